@@ -84,7 +84,9 @@ def _dump(objects: list[dict[str, Any]], what: str) -> str:
     return HEADER.format(what=what) + "---\n" + "---\n".join(docs)
 
 
-def _pick(rendered: dict[str, list[dict[str, Any]]], names: tuple[str, ...]) -> list[dict[str, Any]]:
+def _pick(
+    rendered: dict[str, list[dict[str, Any]]], names: tuple[str, ...]
+) -> list[dict[str, Any]]:
     return [obj for name in names for obj in rendered.get(name, [])]
 
 

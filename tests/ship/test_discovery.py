@@ -1,0 +1,259 @@
+"""grain.client.discovery against KMock: each way in, and each error with its advice."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grain.client import discovery
+from grain.client.discovery import (
+    ClusterDiscoveryError,
+    ClusterNotFoundError,
+    ClusterNotRunningError,
+    ExecutorPodNotFoundError,
+    KubeconfigNotFoundError,
+    PortForwardRefusedError,
+    TokenSecretForbiddenError,
+    TokenSecretNotFoundError,
+    open_cluster,
+    resolve_cluster,
+)
+
+from .k8s_fake import FakeApi, StandInExecutor
+
+NS = "science"
+GRC = "grain.dev/v1/grainclusters"
+SELECTOR = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "executor"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cluster(api: FakeApi, phase: str = "Running", **status: Any) -> None:
+    status = {
+        "phase": phase,
+        "endpoints": {"inCluster": f"grain://demo-executor.{NS}.svc:4242"},
+        "tokenSecret": "demo-token",
+        **status,
+    }
+    api.put(
+        GRC,
+        NS,
+        "demo",
+        {"apiVersion": "grain.dev/v1", "kind": "GrainCluster", "spec": {}, "status": status},
+    )
+
+
+def _secret(api: FakeApi, name: str = "demo-token", token: str = "s3cret") -> None:
+    data = {"token": base64.b64encode(token.encode()).decode()}
+    api.put("v1/secrets", NS, name, {"apiVersion": "v1", "kind": "Secret", "data": data})
+
+
+def _executor_objects(api: FakeApi, target_port: Any = 4242) -> None:
+    api.put(
+        "v1/services",
+        NS,
+        "demo-executor",
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "spec": {
+                "selector": SELECTOR,
+                "ports": [
+                    {"name": "grain", "port": 4242, "targetPort": target_port},
+                    {"name": "http", "port": 8080, "targetPort": 8080},
+                ],
+            },
+        },
+    )
+    container = {
+        "name": "executor",
+        "image": "grain",
+        "ports": [{"name": "grain", "containerPort": 4242}],
+    }
+    api.put(
+        "v1/pods",
+        NS,
+        "demo-executor-abc",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"labels": SELECTOR},
+            "spec": {"containers": [container]},
+            "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+        },
+    )
+    # A pod of another cluster in the same namespace is never chosen (KMock ignores selectors).
+    api.put(
+        "v1/pods",
+        NS,
+        "other-executor-xyz",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"labels": {**SELECTOR, "app.kubernetes.io/instance": "other"}},
+            "spec": {"containers": [container]},
+            "status": {"phase": "Running"},
+        },
+    )
+
+
+def _roundtrip(address: str) -> bytes:
+    host, port = address.removeprefix("grain://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as s:
+        s.sendall(b"hello")
+        return s.recv(100)
+
+
+@pytest.fixture
+def kubeconfig(api: FakeApi, tmp_path: Path) -> str:
+    return str(api.kubeconfig(tmp_path / "kubeconfig", namespace=NS))
+
+
+def test_external_endpoint_used_when_reachable(api, kubeconfig, executor: StandInExecutor):
+    _cluster(api, endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    _secret(api)
+    with open_cluster("demo", kubeconfig=kubeconfig) as conn:  # namespace from the context
+        assert (conn.via, conn.namespace, conn.token) == ("external", NS, "s3cret")
+        assert conn.address == f"grain://127.0.0.1:{executor.port}"
+        assert _roundtrip(conn.address) == b"executor:hello"
+    assert "s3cret" not in repr(conn)
+
+
+def test_secret_name_defaults_to_name_token(api, kubeconfig, executor):
+    _cluster(api, tokenSecret=None, endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    _secret(api, "demo-token", "from-default-name")
+    with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert conn.token == "from-default-name"
+
+
+def test_port_forward_when_external_unreachable(api, kubeconfig, executor):
+    _cluster(
+        api,
+        endpoints={
+            "inCluster": "grain://demo-executor.science.svc:4242",
+            "external": f"grain://127.0.0.1:{_free_port()}",
+        },
+    )
+    _secret(api)
+    _executor_objects(api, target_port="grain")  # a named targetPort, resolved in the pod
+    api.km.forward_to = executor.port
+    with open_cluster("demo", NS, kubeconfig=kubeconfig, connect_timeout=0.2) as conn:
+        assert conn.via == "port-forward"
+        assert conn.address.startswith("grain://127.0.0.1:")
+        assert _roundtrip(conn.address) == b"executor:hello"
+        assert _roundtrip(conn.address) == b"executor:hello"  # a second connection, new stream
+        local_port = int(conn.address.rsplit(":", 1)[1])
+    assert api.km.forwards == [f"{NS}/demo-executor-abc:4242"] * 2
+    with pytest.raises(OSError):  # closed on exit
+        socket.create_connection(("127.0.0.1", local_port), timeout=1).close()
+
+
+def test_in_cluster_uses_service_dns(api, kubeconfig, monkeypatch):
+    _cluster(api)
+    _secret(api)
+    real = discovery._load_api_client
+    monkeypatch.setattr(discovery, "_load_api_client", lambda cfg: (real(kubeconfig)[0], True, NS))
+    conn = resolve_cluster("demo")
+    assert (conn.via, conn.address) == ("in-cluster", f"grain://demo-executor.{NS}.svc:4242")
+
+
+def test_explicit_token_skips_the_secret(api, kubeconfig, executor):
+    _cluster(api, endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    with open_cluster("demo", NS, kubeconfig=kubeconfig, token="given") as conn:
+        assert conn.token == "given"
+
+
+# -- errors: each a ClusterDiscoveryError whose message says what to do ----------------------
+
+
+def test_no_kubeconfig(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    with pytest.raises(KubeconfigNotFoundError, match=r"KUBECONFIG.*address="):
+        resolve_cluster("demo")
+
+
+def test_no_such_cluster(api, kubeconfig):
+    api.km.resources[GRC] = {"kind": "GrainCluster", "namespaced": True}
+    with pytest.raises(ClusterNotFoundError, match=r"science/nope.*kubectl get grainclusters -A"):
+        resolve_cluster("nope", kubeconfig=kubeconfig)
+
+
+@pytest.mark.parametrize("phase", ["Pending", "Failed"])
+def test_cluster_not_running(api, kubeconfig, phase):
+    conditions = [{"type": "ExecutorReady", "status": "False", "message": "image pull backoff"}]
+    _cluster(api, phase=phase, conditions=conditions)
+    with pytest.raises(ClusterNotRunningError, match=rf"is {phase}.*image pull backoff.*Wait"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+def test_degraded_cluster_is_usable(api, kubeconfig, executor):
+    _cluster(api, phase="Degraded", endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    _secret(api)
+    with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert conn.phase == "Degraded"
+
+
+def test_secret_forbidden(api, kubeconfig):
+    _cluster(api)
+    api.km["get", kmock_resource("v1/secrets")] << kmock_forbidden()
+    with pytest.raises(TokenSecretForbiddenError, match=r"403.*create role.*token="):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+def test_secret_missing(api, kubeconfig):
+    _cluster(api)
+    api.km.resources["v1/secrets"] = {"kind": "Secret", "namespaced": True}
+    with pytest.raises(TokenSecretNotFoundError, match="does not exist"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+@pytest.mark.parametrize("status, advice", [(403, "pods/portforward"), (400, "WebSocket")])
+def test_port_forward_refused(api, kubeconfig, status, advice):
+    _cluster(api)
+    _secret(api)
+    _executor_objects(api)
+    api.km.refuse_with = status
+    with pytest.raises(PortForwardRefusedError, match=rf"refused a port-forward.*{advice}"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+def test_no_executor_pod(api, kubeconfig):
+    _cluster(api)
+    _secret(api)
+    _executor_objects(api)
+    del api.km.objects["v1/pods", NS, "demo-executor-abc"]
+    with pytest.raises(ExecutorPodNotFoundError, match="No running executor pod"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+def test_every_error_is_a_discovery_error():
+    errors = [
+        v
+        for v in vars(discovery).values()
+        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == discovery.__name__
+    ]
+    assert len(errors) >= 9
+    assert all(issubclass(e, ClusterDiscoveryError) for e in errors)
+    assert all(e.__doc__ for e in errors)
+
+
+def kmock_resource(name: str):
+    import kmock
+
+    return kmock.resource(name)
+
+
+def kmock_forbidden():
+    import kmock
+
+    return kmock.KubernetesError(
+        status=403, reason="Forbidden", message='secrets "demo-token" is forbidden'
+    )

@@ -1,0 +1,52 @@
+# Grain developer entry points. Every target creates .venv itself when it is missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.stamp
+
+.PHONY: demo test test-fast lint crd docs bench bench-quick clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP)-core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP)-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test,operator]'
+	./scripts/system-deps.sh
+	touch $@
+
+$(STAMP)-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+demo: $(STAMP)-core
+	$(BIN)/python examples/demo.py
+
+test: $(STAMP)-test
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest tests
+
+test-fast: $(STAMP)-test
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: $(STAMP)-test
+	$(BIN)/ruff check .
+
+crd: $(STAMP)-test
+	$(BIN)/python -m grain_operator.crd --write
+
+docs: $(STAMP)-test
+	$(BIN)/python -m grain_operator.docs --write
+
+bench: $(STAMP)-bench
+	$(BIN)/python -m bench.run
+
+bench-quick: $(STAMP)-bench
+	$(BIN)/python -m bench.run --quick
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

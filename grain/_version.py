@@ -1,0 +1,3 @@
+"""Grain's version."""
+
+__version__ = "1.0.0.dev0"

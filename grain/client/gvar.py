@@ -1,0 +1,44 @@
+"""``GVAR``: per-job context, as in the original grain.
+
+``GVAR.res`` is the job's concrete allocation (``CPU_Cores([6-7,9]) & Memory(4GB)``) inside
+a job, and raises ``LookupError`` outside one; ``GVAR.instance`` names the worker running
+the job (``"local"`` in the client). Backed by context variables, so concurrent tasks and
+nested jobs each see their own.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import Any
+
+_VARS: dict[str, ContextVar[Any]] = {
+    "res": ContextVar("GRAIN_RESOURCE"),
+    "instance": ContextVar("GRAIN_INSTANCE", default="local"),
+}
+
+
+class GrainVar:
+    """Attribute access to Grain's context variables (``res``, ``instance``)."""
+
+    def __getattr__(self, k: str) -> Any:
+        try:
+            var = _VARS[k]
+        except KeyError:
+            raise AttributeError(f"GVAR has no variable {k!r} (it has {sorted(_VARS)})") from None
+        return var.get()
+
+    def __setattr__(self, k: str, v: Any) -> None:
+        if k not in _VARS:
+            raise AttributeError(f"GVAR has no variable {k!r} (it has {sorted(_VARS)})")
+        _VARS[k].set(v)
+
+    def __getstate__(self) -> dict[str, Any]:
+        _none = object()
+        return {k: v.get(_none) for k, v in _VARS.items() if v.get(_none) is not _none}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+GVAR = GrainVar()

@@ -1,0 +1,174 @@
+"""Placement: which queued job starts on which worker, now. Pure code, no I/O.
+
+Policy (EASY backfilling without run-time estimates):
+
+- Jobs are considered in submission order (their global id). The first job that fits
+  nowhere is the *head*; it gets a *reservation* on the worker where it will fit soonest
+  (the one with the most of its request already free among those big enough).
+- Later jobs may start before the head ("backfill") only on other workers: nothing new
+  starts on the reserved worker, which therefore only drains until the head fits. The head
+  is never starved.
+- Jobs with the same request are interchangeable, so the queue is kept per request shape:
+  a pass costs O(shapes + placements), not O(queue), even with a million queued jobs.
+- Among workers where a job fits, the first registered wins (first fit), which packs jobs
+  and leaves whole workers free for big requests.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..resource import Resource, to_wire
+
+
+def shape_of(request: Resource) -> Any:
+    """A hashable key: equal for requests that are interchangeable for placement."""
+    return repr(to_wire(request))
+
+
+@dataclass(slots=True)
+class Pending:
+    """A queued job as placement sees it."""
+
+    gid: int
+    request: Resource
+    shape: Any
+
+
+@dataclass(slots=True)
+class WorkerState:
+    """A registered worker's capacity: ``total`` is never mutated, ``free`` is."""
+
+    wid: int
+    name: str
+    total: Resource
+    free: Resource
+    running: set[int] = field(default_factory=set)
+
+
+class Placement:
+    """The executor's queue and the workers' free resources."""
+
+    def __init__(self) -> None:
+        self.workers: dict[int, WorkerState] = {}
+        self._shapes: dict[Any, deque[Pending]] = {}
+        self._queued: dict[int, Pending] = {}
+        self.reserved_for: tuple[int, int] | None = None  # (head gid, worker id) of last pass
+
+    # -- workers -------------------------------------------------------------------
+    def add_worker(self, wid: int, name: str, total: Resource, free: Resource) -> None:
+        """Register a worker; ``total`` and ``free`` must be distinct objects."""
+        self.workers[wid] = WorkerState(wid, name, total, free)
+
+    def remove_worker(self, wid: int) -> set[int]:
+        """Forget a worker; returns the ids of the jobs that were running on it."""
+        w = self.workers.pop(wid, None)
+        return set(w.running) if w else set()
+
+    def could_ever_fit(self, request: Resource) -> bool:
+        """True when some registered worker, empty, could run ``request``."""
+        return any(w.total.request(request) for w in self.workers.values())
+
+    # -- queue -----------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self._queued)
+
+    def enqueue(self, gid: int, request: Resource, shape: Any = None) -> None:
+        """Queue a job. A re-queued (retried) job keeps its place by its original id."""
+        p = Pending(gid, request, shape_of(request) if shape is None else shape)
+        dq = self._shapes.get(p.shape)
+        if dq is None:
+            self._shapes[p.shape] = deque((p,))
+        elif dq[-1].gid < gid:
+            dq.append(p)
+        else:
+            dq.insert(bisect_left([x.gid for x in dq], gid), p)
+        self._queued[gid] = p
+
+    def dequeue(self, gid: int) -> bool:
+        """Remove a queued job (cancelled). False when it is not queued."""
+        p = self._queued.pop(gid, None)
+        if p is None:
+            return False
+        dq = self._shapes[p.shape]
+        dq.remove(p)
+        if not dq:
+            del self._shapes[p.shape]
+        return True
+
+    def is_queued(self, gid: int) -> bool:
+        return gid in self._queued
+
+    def shapes(self) -> list[tuple[Resource, list[int]]]:
+        """(request, queued ids) per shape, for sweeps over what is waiting."""
+        return [(dq[0].request, [p.gid for p in dq]) for dq in self._shapes.values()]
+
+    # -- running ---------------------------------------------------------------------
+    def release(self, wid: int, gid: int, alloc: Resource) -> None:
+        """A job ended: give its allocation back to its worker (if it is still there)."""
+        w = self.workers.get(wid)
+        if w is not None and gid in w.running:
+            w.running.discard(gid)
+            w.free.dealloc(alloc)
+
+    def schedule(self) -> list[tuple[int, int, Resource]]:
+        """Start what can start now: a list of (job id, worker id, allocation)."""
+        out: list[tuple[int, int, Resource]] = []
+        if not self._shapes or not self.workers:
+            return out
+        heads = [(dq[0].gid, key) for key, dq in self._shapes.items()]
+        heapq.heapify(heads)
+        reserved: int | None = None
+        self.reserved_for = None
+        workers = list(self.workers.values())
+        while heads:
+            _, key = heapq.heappop(heads)
+            dq = self._shapes[key]
+            req = dq[0].request
+            blocked = False
+            while dq:
+                w = self._first_fit(workers, req, reserved)
+                if w is None:
+                    blocked = True
+                    break
+                p = dq.popleft()
+                del self._queued[p.gid]
+                w.running.add(p.gid)
+                out.append((p.gid, w.wid, w.free.alloc(req)))
+                if dq and heads and dq[0].gid > heads[0][0]:
+                    heapq.heappush(heads, (dq[0].gid, key))  # an older shape goes first
+                    break
+            if not dq:
+                del self._shapes[key]
+            elif blocked and reserved is None:
+                # dq[0] is the oldest job that fits nowhere: the head. Hold a worker for it.
+                reserved = self._reserve(workers, req)
+                if reserved is not None:
+                    self.reserved_for = (dq[0].gid, reserved)
+        return out
+
+    @staticmethod
+    def _first_fit(workers: list[WorkerState], req: Resource,
+                   reserved: int | None) -> WorkerState | None:
+        for w in workers:
+            if w.wid != reserved and w.free.request(req):
+                return w
+        return None
+
+    @staticmethod
+    def _reserve(workers: list[WorkerState], req: Resource) -> int | None:
+        """The worker where ``req`` will fit soonest: big enough, most already free."""
+        best, best_score = None, None
+        for w in workers:
+            if not w.total.request(req):
+                continue
+            stat = w.free.stat()
+            score = sum(float(a) / float(t) if t else 1.0
+                        for kind, (a, t) in stat.items() if kind in req.kinds())
+            if best_score is None or score > best_score:
+                best, best_score = w.wid, score
+        return best

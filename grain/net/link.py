@@ -1,0 +1,212 @@
+"""Message links: the one interface every Grain hop speaks.
+
+``send(header, payload)`` never blocks: messages queue in an outbox and go out in batches
+(one frame, one syscall for everything that piled up while the previous batch was being
+written). ``receive()`` returns the next batch. Two kinds:
+
+- ``memory_link_pair()``: both ends in one trio run (the embedded cluster). No encoding.
+- ``StreamLink``: over a trio stream (TCP, TLS, Unix socket), framed by ``protocol.frames``,
+  with heartbeats: a PING goes out after ``heartbeat`` seconds of silence, and a peer
+  silent for ``timeout`` seconds is declared dead (half-open connections included).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from ..errors import ProtocolError
+from ..protocol.frames import FrameDecoder, Message, encode_batch
+from ..protocol.messages import Msg
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEARTBEAT = 2.0
+DEFAULT_TIMEOUT = 10.0
+
+
+class LinkClosed(Exception):
+    """The link is closed; ``reason`` says why."""
+
+
+class _Box:
+    __slots__ = ("items", "event", "closed")
+
+    def __init__(self) -> None:
+        self.items: list[Message] = []
+        self.event = trio.Event()
+        self.closed: str | None = None
+
+    def put(self, msg: Message) -> None:
+        items = self.items
+        items.append(msg)
+        if len(items) == 1:
+            self.event.set()
+
+    def put_many(self, msgs: list[Message]) -> None:
+        if msgs:
+            self.items.extend(msgs)
+            self.event.set()
+
+    def close(self, reason: str) -> None:
+        if self.closed is None:
+            self.closed = reason
+        self.event.set()
+
+    async def take(self) -> list[Message]:
+        while not self.items:
+            if self.closed is not None:
+                raise LinkClosed(self.closed)
+            await self.event.wait()
+            self.event = trio.Event()
+        items, self.items = self.items, []
+        return items
+
+
+class Link:
+    """Base of both link kinds."""
+
+    peer: str = "?"
+
+    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
+        raise NotImplementedError
+
+    async def receive(self) -> list[Message]:
+        raise NotImplementedError
+
+    def close(self, reason: str = "closed") -> None:
+        raise NotImplementedError
+
+    @property
+    def closed(self) -> str | None:
+        raise NotImplementedError
+
+
+class MemoryLink(Link):
+    """One end of an in-process link."""
+
+    def __init__(self, inbox: _Box, outbox: _Box, peer: str) -> None:
+        self._in, self._out, self.peer = inbox, outbox, peer
+
+    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
+        if self._out.closed is not None:
+            raise LinkClosed(self._out.closed)
+        self._out.put((header, payload))
+
+    async def receive(self) -> list[Message]:
+        return await self._in.take()
+
+    def close(self, reason: str = "closed") -> None:
+        self._in.close(reason)
+        self._out.close(reason)
+
+    @property
+    def closed(self) -> str | None:
+        return self._in.closed
+
+
+def memory_link_pair(name_a: str = "a", name_b: str = "b") -> tuple[MemoryLink, MemoryLink]:
+    """Two connected ends; ``a.send`` arrives at ``b.receive`` and back."""
+    x, y = _Box(), _Box()
+    return MemoryLink(x, y, name_b), MemoryLink(y, x, name_a)
+
+
+class StreamLink(Link):
+    """A link over a byte stream. Call ``start(nursery)`` once, before use."""
+
+    def __init__(self, stream: trio.abc.Stream, peer: str, *,
+                 heartbeat: float = DEFAULT_HEARTBEAT, timeout: float = DEFAULT_TIMEOUT,
+                 decoder: FrameDecoder | None = None) -> None:
+        self.stream = stream
+        self.peer = peer
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self._decoder = decoder or FrameDecoder()
+        self._in = _Box()
+        self._out = _Box()
+        self._scope = trio.CancelScope()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def start(self, nursery: trio.Nursery) -> None:
+        nursery.start_soon(self._run)
+
+    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
+        if self._out.closed is not None:
+            raise LinkClosed(self._out.closed)
+        self._out.put((header, payload))
+
+    async def receive(self) -> list[Message]:
+        return await self._in.take()
+
+    def close(self, reason: str = "closed") -> None:
+        self._in.close(reason)
+        self._out.close(reason)
+        self._scope.cancel()
+
+    @property
+    def closed(self) -> str | None:
+        return self._in.closed
+
+    async def _run(self) -> None:
+        reason = "connection closed"
+        with self._scope:
+            try:
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._writer)
+                    await self._reader()
+                    n.cancel_scope.cancel()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+                reason = f"connection lost: {e or type(e).__name__}"
+            except ProtocolError as e:
+                reason = f"protocol error from {self.peer}: {e}"
+                log.warning("dropping %s: %s", self.peer, e)
+            except LinkClosed as e:
+                reason = str(e)
+            except trio.TooSlowError:
+                reason = f"peer {self.peer} silent for {self.timeout:g}s (heartbeat timeout)"
+            else:
+                reason = "connection closed by peer"
+        self._in.close(reason)
+        self._out.close(reason)
+        with trio.CancelScope(shield=True), trio.move_on_after(1):
+            try:
+                await self.stream.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
+
+    async def _reader(self) -> None:
+        self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
+        while True:
+            with trio.fail_after(self.timeout):
+                data = await self.stream.receive_some(1 << 18)
+            if not data:
+                return
+            self.bytes_in += len(data)
+            self._deliver(self._decoder.feed(data))
+
+    def _deliver(self, batches: list[list[Message]]) -> None:
+        for batch in batches:
+            self._in.put_many([m for m in batch if m[0][0] != Msg.PING])
+
+    async def _writer(self) -> None:
+        out = self._out
+        while True:
+            with trio.move_on_after(self.heartbeat):
+                while not out.items:
+                    if out.closed is not None:
+                        raise LinkClosed(out.closed)
+                    await out.event.wait()
+                    out.event = trio.Event()
+            if out.items:
+                items, out.items = out.items, []
+            elif out.closed is not None:
+                raise LinkClosed(out.closed)
+            else:
+                items = [([Msg.PING], b"")]
+            frame = encode_batch(items)
+            self.bytes_out += len(frame)
+            await self.stream.send_all(frame)

@@ -1,0 +1,84 @@
+"""TCP/TLS/Unix connect and listen for trio; the thin socket shell under ``StreamLink``."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .endpoints import Endpoint
+
+
+def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    """A TLS server context from a certificate chain and key file."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def client_ssl_context(ca: str | None = None, *, verify: bool = True) -> ssl.SSLContext:
+    """A TLS client context trusting ``ca`` (or the system store)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+async def connect(ep: Endpoint, ssl_context: ssl.SSLContext | None = None) -> trio.abc.Stream:
+    """Open a stream to ``ep``, TLS-wrapped when ``ssl_context`` is given."""
+    stream: trio.abc.Stream
+    if ep.is_unix:
+        stream = await trio.open_unix_socket(ep.path)
+    else:
+        stream = await trio.open_tcp_stream(ep.host or "127.0.0.1", ep.port)
+    if ssl_context is not None:
+        tls = trio.SSLStream(stream, ssl_context, server_hostname=ep.host or None)
+        await tls.do_handshake()
+        return tls
+    return stream
+
+
+async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
+                         ) -> tuple[list[trio.abc.Listener], Endpoint]:
+    """Listeners for ``ep`` and the endpoint really bound (port 0 -> the chosen port)."""
+    if ep.is_unix:
+        import os
+        import socket
+        if os.path.exists(ep.path):
+            os.unlink(ep.path)
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        await sock.bind(ep.path)
+        os.chmod(ep.path, 0o600)
+        sock.listen(512)
+        listeners: list[trio.abc.Listener] = [trio.SocketListener(sock)]
+        bound = ep
+    else:
+        listeners = list(await trio.open_tcp_listeners(ep.port, host=ep.host or None,
+                                                       backlog=512))
+        port = listeners[0].socket.getsockname()[1]
+        bound = Endpoint(host=ep.host or "0.0.0.0", port=port)
+    if ssl_context is not None:
+        listeners = [trio.SSLListener(lst, ssl_context, https_compatible=False)
+                     for lst in listeners]
+    return listeners, bound
+
+
+async def serve(listeners: list[trio.abc.Listener],
+                handler: Callable[[trio.abc.Stream], Awaitable[None]]) -> None:
+    """Serve connections forever, each in its own task."""
+    await trio.serve_listeners(handler, listeners)
+
+
+def peer_name(stream: trio.abc.Stream) -> str:
+    """``host:port`` of the remote end, for logs."""
+    inner = getattr(stream, "transport_stream", stream)
+    sock = getattr(inner, "socket", None)
+    try:
+        name = sock.getpeername() if sock is not None else None
+    except OSError:
+        name = None
+    if isinstance(name, tuple):
+        return f"{name[0]}:{name[1]}"
+    return str(name or "local")

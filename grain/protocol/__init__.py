@@ -1,0 +1,1 @@
+"""Grain's wire protocol: frames, typed messages, payloads and the handshake."""

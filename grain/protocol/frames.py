@@ -1,0 +1,121 @@
+"""Length-prefixed frames: the unit on every Grain connection.
+
+A frame is ``u32 header_len | u32 payload_len | header | payload`` (big-endian). The header
+is msgpack: ``[messages, payload_lengths]``, a *batch* of messages, each a list whose first
+item is its type (see ``messages``); the payload is the messages' opaque byte payloads
+concatenated, split by ``payload_lengths``. Both lengths are checked against limits before
+anything past the prefix is read, so an oversized or hostile frame costs nothing.
+
+``FrameDecoder`` is pure (bytes in, batches out): the socket shells feed it and the fuzz
+tests hammer it.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from ..errors import ProtocolError
+
+PREFIX = struct.Struct(">II")
+DEFAULT_MAX_HEADER = 16 * 1024 * 1024
+DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+
+Message = tuple[Sequence[Any], bytes]
+"""One message: (header fields, payload bytes)."""
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_batch(messages: Sequence[Message]) -> bytes:
+    """One frame carrying every message of ``messages``."""
+    headers = [m[0] for m in messages]
+    payloads = [m[1] for m in messages]
+    header = _packb([headers, [len(p) for p in payloads]])
+    return b"".join((PREFIX.pack(len(header), sum(map(len, payloads))), header, *payloads))
+
+
+def encode(header: Sequence[Any], payload: bytes = b"") -> bytes:
+    """One frame carrying one message."""
+    return encode_batch(((header, payload),))
+
+
+class FrameDecoder:
+    """Incremental frame parser: ``feed(data)`` returns the batches completed so far.
+
+    Raises ``ProtocolError`` on a frame over the limits or a malformed header; after that
+    the connection must be dropped (the decoder's state is undefined).
+    """
+
+    def __init__(self, max_header: int = DEFAULT_MAX_HEADER,
+                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+        self.max_header = max_header
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._need: tuple[int, int] | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes, max_frames: int | None = None) -> list[list[Message]]:
+        """Add ``data``; return the complete batches (at most ``max_frames`` of them)."""
+        self._buf += data
+        out: list[list[Message]] = []
+        buf = self._buf
+        pos = 0
+        while max_frames is None or len(out) < max_frames:
+            if self._need is None:
+                if len(buf) - pos < PREFIX.size:
+                    break
+                hlen, plen = PREFIX.unpack_from(buf, pos)
+                if hlen > self.max_header or hlen == 0:
+                    raise ProtocolError(f"frame header of {hlen} bytes refused "
+                                        f"(limit {self.max_header})")
+                if plen > self.max_payload:
+                    raise ProtocolError(f"frame payload of {plen} bytes refused "
+                                        f"(limit {self.max_payload})")
+                self._need = (hlen, plen)
+                pos += PREFIX.size
+            hlen, plen = self._need
+            if len(buf) - pos < hlen + plen:
+                break
+            header = bytes(buf[pos:pos + hlen])
+            payload = memoryview(buf)[pos + hlen:pos + hlen + plen].tobytes() if plen else b""
+            pos += hlen + plen
+            self._need = None
+            out.append(_split(header, payload))
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def _split(header: bytes, payload: bytes) -> list[Message]:
+    try:
+        decoded = msgpack.unpackb(header, use_list=True, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise ProtocolError(f"malformed frame header: {e}") from None
+    if (not isinstance(decoded, list) or len(decoded) != 2
+            or not isinstance(decoded[0], list) or not isinstance(decoded[1], list)
+            or len(decoded[0]) != len(decoded[1])):
+        raise ProtocolError("malformed frame header: expected [messages, payload lengths]")
+    headers, lengths = decoded
+    if len(headers) == 1:  # the common case: one message, the whole payload
+        h = headers[0]
+        if not isinstance(h, list) or not h or lengths[0] != len(payload):
+            raise ProtocolError("malformed message in frame")
+        return [(h, payload)]
+    msgs: list[Message] = []
+    off = 0
+    for h, n in zip(headers, lengths, strict=True):
+        if not isinstance(h, list) or not h or not isinstance(n, int) or n < 0:
+            raise ProtocolError("malformed message in frame")
+        msgs.append((h, payload[off:off + n]))
+        off += n
+    if off != len(payload):
+        raise ProtocolError("frame payload lengths do not add up")
+    return msgs

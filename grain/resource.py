@@ -1,0 +1,428 @@
+"""Resources: what a job requests and what a worker offers.
+
+Pure code (no I/O). Used by the client (requests), the executor (placement) and the
+worker (capacity, pinning). Compatible with the original grain's ``grain.resource``:
+``Cores``, ``Memory``, ``Node``, ``WTime``, ``ZERO``, ``&`` composition, ``request``/
+``alloc``/``dealloc``, ``>=`` and the original reprs.
+
+A ``Resource`` is a composite of *kinds* (one object per kind, keyed by class name).
+A request and an allocation have the same shape as a pool, so a pool can ``request`` and
+``alloc`` a request and later ``dealloc`` the allocation.
+
+Custom kinds subclass ``Resource``, call ``super().__init__()`` and implement ``_request``,
+``_alloc``, ``_dealloc``, ``_repr`` and ``_stat``. They travel to the executor as plain data
+(see ``to_wire``): the executor rebuilds them by class from ``kind_registry`` and never
+unpickles a client's payload. A kind must therefore be importable by the executor (an
+embedded cluster runs in the client's process, so any class works there; a remote executor
+imports the modules named by ``--resource-module``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+__all__ = [
+    "Resource", "ZERO", "Cores", "Memory", "Node", "WTime", "GPU",
+    "res2link0", "to_wire", "from_wire", "kind_registry", "UnknownResourceKind",
+]
+
+
+class UnknownResourceKind(ValueError):
+    """A wire-form resource names a kind this process has not imported."""
+
+
+#: wire name -> class, filled in by ``Resource.__init_subclass__``.
+kind_registry: dict[str, type[Resource]] = {}
+
+_BUILTIN_MODULE = __name__
+
+
+def _wire_name(cls: type) -> str:
+    if cls.__module__ == _BUILTIN_MODULE:
+        return cls.__qualname__
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+class Resource:
+    """A (possibly composite) resource. Subclass it to define a kind.
+
+    ``a & b`` combines kinds (the same kind twice raises ``ValueError``); ``pool >= req``
+    is ``pool.request(req)``; attributes of the parts (``.c``, ``.N``, ``.m``) are reachable
+    on the composite.
+    """
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        kind_registry[_wire_name(cls)] = cls
+
+    # -- to be implemented by kinds -------------------------------------------------
+    def _request(self, res: Resource) -> bool:
+        """True when ``alloc(res)`` would succeed now."""
+        raise NotImplementedError
+
+    def _alloc(self, res: Resource) -> Resource:
+        """Take ``res`` out of this pool; return the concrete allocation."""
+        raise NotImplementedError
+
+    def _dealloc(self, res: Resource) -> None:
+        """Give an allocation back."""
+        raise NotImplementedError
+
+    def _repr(self) -> str:
+        raise NotImplementedError
+
+    def _stat(self) -> tuple[float, float]:
+        """(available, total)."""
+        return 1, 1
+
+    def _to_wire(self) -> dict[str, Any]:
+        """Plain data (msgpack-able) from which ``_from_wire`` rebuilds this kind."""
+        return {k: (sorted(v) if isinstance(v, set | frozenset) else v)
+                for k, v in vars(self).items() if not k.startswith("_")}
+
+    @classmethod
+    def _from_wire(cls, state: dict[str, Any]) -> Resource:
+        obj = cls.__new__(cls)
+        Resource.__init__(obj)
+        for k, v in state.items():
+            setattr(obj, k, v)
+        return obj
+
+    # -- composite machinery --------------------------------------------------------
+    def __init__(self, init: bool = True) -> None:
+        self._parts: dict[str, Resource] = {type(self).__name__: self} if init else {}
+
+    def __repr__(self) -> str:
+        if not self._parts:
+            return "Ø"
+        return " & ".join(p._repr() for p in self._parts.values())
+
+    def __and__(self, other: Resource) -> Resource:
+        if any(k in self._parts for k in other._parts):
+            raise ValueError("Combining resources of the same type is not supported")
+        r = Resource(init=False)
+        r._parts = {**self._parts, **other._parts}
+        return r
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "_parts":
+            raise AttributeError(attr)
+        for part in self.__dict__.get("_parts", {}).values():
+            if attr in part.__dict__:
+                return part.__dict__[attr]
+        raise AttributeError(f"Resource object {self} has no attribute {attr}")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __ge__(self, other: Resource) -> bool:
+        return self.request(other)
+
+    def __le__(self, other: Resource) -> bool:
+        return other.request(self)
+
+    def __gt__(self, other: Resource) -> bool:
+        return not other.request(self)
+
+    def __lt__(self, other: Resource) -> bool:
+        return not self.request(other)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Resource):
+            return NotImplemented
+        return to_wire(self) == to_wire(other)
+
+    __hash__ = object.__hash__
+
+    def kinds(self) -> dict[str, Resource]:
+        """The parts of this resource, by kind name."""
+        return dict(self._parts)
+
+    def request(self, res: Resource) -> bool:
+        """True when this pool could allocate ``res`` now. A kind the pool lacks: False."""
+        parts = self._parts
+        for k, v in res._parts.items():
+            mine = parts.get(k)
+            if mine is None or not mine._request(v):
+                return False
+        return True
+
+    def alloc(self, res: Resource) -> Resource:
+        """Allocate ``res`` from this pool; raises ``ValueError`` when it cannot."""
+        if any(k not in self._parts for k in res._parts):
+            raise ValueError(f"Cannot alloc: resource {self} does not have the same shape as {res}")
+        r = Resource(init=False)
+        try:
+            for k, v in res._parts.items():
+                r &= self._parts[k]._alloc(v)
+        except BaseException:  # rewind what was taken
+            self.dealloc(r)
+            raise
+        return r
+
+    def dealloc(self, res: Resource) -> None:
+        """Return an allocation made by ``alloc``."""
+        if any(k not in self._parts for k in res._parts):
+            raise ValueError(f"Cannot dealloc: resource {self} does not have the same shape as {res}")
+        for k, v in res._parts.items():
+            self._parts[k]._dealloc(v)
+
+    def stat(self) -> dict[str, tuple[float, float]]:
+        """{kind: (available, total)}."""
+        return {k: v._stat() for k, v in self._parts.items()}
+
+
+ZERO = Resource(init=False)
+"""The empty request: a job asking ``ZERO`` runs in the client, not on a worker."""
+
+
+def _compact_ranges(ids: set[int]) -> str:
+    if not ids:
+        return ""
+    first, *rest = sorted(ids)
+    runs = [[first, first]]
+    for x in rest:
+        if x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+class Cores(Resource):
+    """CPU cores: ``Cores(3)`` asks for three, ``Cores([6, 7, 9])`` names them.
+
+    ``.c`` is the set of core ids, ``.N`` the count. Allocation hands out the lowest free
+    ids first, so jobs pack onto neighbouring cores.
+    """
+
+    def __init__(self, N: int | Any) -> None:
+        super().__init__()
+        if isinstance(N, int):
+            if N < 0:
+                raise ValueError(f"Cores({N}): the count must be >= 0")
+            self.c = set(range(N))
+            self.N = N
+        else:
+            self.c = {int(x) for x in N}
+            self.N = len(self.c)
+
+    def _repr(self) -> str:
+        return f"CPU_Cores([{_compact_ranges(self.c)}])"
+
+    def _request(self, res: Resource) -> bool:
+        return len(self.c) >= res.N
+
+    def _alloc(self, res: Resource) -> Resource:
+        if not self._request(res):
+            raise ValueError(f"{self} cannot allocate {res.N} core(s)")
+        taken = sorted(self.c)[: res.N]
+        self.c.difference_update(taken)
+        return Cores(taken)
+
+    def _dealloc(self, res: Resource) -> None:
+        self.c |= res.c
+
+    def _stat(self) -> tuple[float, float]:
+        return len(self.c), self.N
+
+    def _to_wire(self) -> dict[str, Any]:
+        return {"c": sorted(self.c), "N": self.N}
+
+    @classmethod
+    def _from_wire(cls, state: dict[str, Any]) -> Resource:
+        obj = cls(state["c"])
+        obj.N = state["N"]
+        return obj
+
+
+class Memory(Resource):
+    """Memory in GB: ``.m`` is what is available (or asked), ``.M`` the total."""
+
+    def __init__(self, M: float) -> None:
+        super().__init__()
+        if M < 0:
+            raise ValueError(f"Memory({M}): the size must be >= 0")
+        self.m = M
+        self.M = M
+
+    def _repr(self) -> str:
+        return f"Memory({self.m}GB)"
+
+    def _request(self, res: Resource) -> bool:
+        return self.m >= res.m
+
+    def _alloc(self, res: Resource) -> Resource:
+        if not self._request(res):
+            raise ValueError(f"{self} cannot allocate {res}")
+        self.m -= res.m
+        return Memory(res.m)
+
+    def _dealloc(self, res: Resource) -> None:
+        self.m += res.m
+
+    def _stat(self) -> tuple[float, float]:
+        return self.m, self.M
+
+
+def Node(N: int, M: float) -> Resource:  # noqa: N802 - the original's name
+    """``Cores(N) & Memory(M)``."""
+    return Cores(N) & Memory(M)
+
+
+def _parse_hms(T: str) -> int:
+    *d, h, m, s = map(int, T.replace("-", ":").split(":"))
+    return 86400 * (d or [0])[-1] + 3600 * h + 60 * m + s
+
+
+class WTime(Resource):
+    """Wall time. As a request, ``WTime(T)`` is the job's time limit in seconds (or
+    ``"[d-]hh:mm:ss"``); ``softT`` (default ``T``) is what placement asks of a worker's
+    remaining lifetime. As a capacity, ``WTime(T, countdown=True)`` is a worker's
+    remaining lifetime (``math.inf`` for a worker that does not expire).
+    """
+
+    def __init__(self, T: float | str, softT: float | str | None = None,
+                 countdown: bool = False) -> None:
+        super().__init__()
+        if isinstance(T, str):
+            T = _parse_hms(T)
+        if isinstance(softT, str):
+            softT = _parse_hms(softT)
+        if T <= 0:
+            raise ValueError(f"WTime({T}): the time must be > 0")
+        self.deadline = time.time() + T if countdown else 0
+        self.T = T
+        self.softT = softT or T
+
+    def _repr(self) -> str:
+        t = self.deadline - time.time() if self.deadline else self.T
+        if math.isinf(t):
+            return "Walltime(unlimited)"
+        t = int(t)
+        return f"Walltime({t // 3600:02}:{t % 3600 // 60:02}:{t % 60:02})"
+
+    def _request(self, res: Resource) -> bool:
+        return self.deadline - time.time() >= res.softT
+
+    def _alloc(self, res: Resource) -> Resource:
+        if not self._request(res):
+            raise ValueError(f"{self} cannot allocate {res}")
+        return res
+
+    def _dealloc(self, res: Resource) -> None:
+        pass
+
+    def _to_wire(self) -> dict[str, Any]:
+        # A deadline is a clock reading; send what is left so other clocks can use it.
+        left = self.deadline - time.time() if self.deadline else None
+        return {"T": self.T, "softT": self.softT, "left": left}
+
+    @classmethod
+    def _from_wire(cls, state: dict[str, Any]) -> Resource:
+        obj = cls(state["T"], state["softT"])
+        if state.get("left") is not None:
+            obj.deadline = time.time() + state["left"]
+        return obj
+
+
+class GPU(Resource):
+    """GPUs: ``GPU(2)`` asks for two devices, ``GPU([0, 1])`` names them.
+
+    ``.g`` is the set of device ids, ``.G`` the count. A job given GPUs sees them in
+    ``CUDA_VISIBLE_DEVICES``.
+    """
+
+    def __init__(self, G: int | Any) -> None:
+        super().__init__()
+        if isinstance(G, int):
+            if G < 0:
+                raise ValueError(f"GPU({G}): the count must be >= 0")
+            self.g = set(range(G))
+            self.G = G
+        else:
+            self.g = {int(x) for x in G}
+            self.G = len(self.g)
+
+    def _repr(self) -> str:
+        return f"GPU([{_compact_ranges(self.g)}])"
+
+    def _request(self, res: Resource) -> bool:
+        return len(self.g) >= res.G
+
+    def _alloc(self, res: Resource) -> Resource:
+        if not self._request(res):
+            raise ValueError(f"{self} cannot allocate {res.G} GPU(s)")
+        taken = sorted(self.g)[: res.G]
+        self.g.difference_update(taken)
+        return GPU(taken)
+
+    def _dealloc(self, res: Resource) -> None:
+        self.g |= res.g
+
+    def _stat(self) -> tuple[float, float]:
+        return len(self.g), self.G
+
+    def _to_wire(self) -> dict[str, Any]:
+        return {"g": sorted(self.g), "G": self.G}
+
+    @classmethod
+    def _from_wire(cls, state: dict[str, Any]) -> Resource:
+        obj = cls(state["g"])
+        obj.G = state["G"]
+        return obj
+
+
+def to_wire(res: Resource) -> list[list[Any]]:
+    """Plain, msgpack-able form: ``[[kind_name, state], ...]``."""
+    return [[_wire_name(type(p)), p._to_wire()] for p in res._parts.values()]
+
+
+class _OpaqueKind(Resource):
+    """Stand-in for a kind this process cannot import: its state as attributes."""
+
+    def __init__(self, name: str, state: dict[str, Any]) -> None:
+        super().__init__()
+        self._name = name
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def _repr(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{self._name.rpartition(':')[2]}({fields})"
+
+
+def from_wire(data: list[list[Any]], strict: bool = True) -> Resource:
+    """Rebuild a resource from ``to_wire`` output, by registered kind.
+
+    An unknown kind raises ``UnknownResourceKind``; with ``strict=False`` it becomes a
+    stand-in whose attributes are its state (enough for ``GVAR.res`` inside a job).
+    """
+    r = Resource(init=False)
+    for name, state in data:
+        cls = kind_registry.get(name)
+        if cls is None and not strict:
+            r._parts[name.rpartition(":")[2]] = _OpaqueKind(name, state)
+            continue
+        if cls is None:
+            raise UnknownResourceKind(
+                f"unknown resource kind {name!r}: import the module that defines it in the "
+                f"executor and the workers (grain executor --resource-module MODULE)")
+        part = cls._from_wire(state)
+        r._parts[type(part).__name__] = part
+    return r
+
+
+def res2link0(res: Resource) -> str:
+    """Gaussian link0 lines for an allocation (the original's helper)."""
+    s = ""
+    if getattr(res, "c", set()):
+        s += f"%CPU={','.join(map(str, sorted(res.c)))}\n"
+    if getattr(res, "m", 0):
+        s += f"%Mem={res.m}GB\n"
+    return s

@@ -1,0 +1,5 @@
+"""``python -m grain.runner FD``: run jobs sent over the socket ``FD`` by a worker."""
+
+from .main import main
+
+main()

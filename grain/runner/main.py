@@ -1,0 +1,138 @@
+"""The runner process: pinned to a job's cores, runs it, sends back its value or error.
+
+A worker starts runners (``python -m grain.runner FD``) and keeps them warm; each one runs
+a persistent trio loop (starting one per job would cost more than a no-op job) and takes
+``FUNCTION`` (a pickled function, cached by id) and ``RUN`` messages over a socket pair.
+Before a job runs, the runner pins itself (``sched_setaffinity``) to the job's real CPU
+ids and sets ``OMP_NUM_THREADS`` and friends, so subprocesses the job starts inherit both.
+Plain functions are called directly in the loop; ``async`` ones are awaited.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import os
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+import trio
+
+from ..client.gvar import _VARS
+from ..errors import RemoteError, SerializationError
+from ..protocol import payload as pl
+from ..protocol.frames import FrameDecoder, encode
+from ..protocol.messages import End, Msg
+from ..resource import from_wire
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this runner when its worker dies (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class Runner:
+    """State kept across jobs: cached functions, current pinning and environment."""
+
+    def __init__(self) -> None:
+        self.fns: dict[int, Any] = {}
+        self.fn_bytes: dict[int, bytes] = {}
+        self.pinned: frozenset[int] | None = None
+        self.all_cpus = frozenset(os.sched_getaffinity(0))
+        self.env_set: dict[str, str] = {}
+
+    def _function(self, gfn: int) -> Any:
+        fn = self.fns.get(gfn)
+        if fn is None:
+            fn = self.fns[gfn] = pl.loads(self.fn_bytes.pop(gfn))
+        return fn
+
+    def _prepare(self, cpus: list[int] | None, env: dict[str, str]) -> None:
+        want = frozenset(cpus) if cpus else self.all_cpus
+        if want != self.pinned:
+            os.sched_setaffinity(0, want)
+            self.pinned = want
+        if env != self.env_set:
+            for k in self.env_set:
+                if k not in env:
+                    os.environ.pop(k, None)
+            os.environ.update(env)
+            self.env_set = dict(env)
+
+    async def run(self, h: list[Any], payload: bytes) -> bytes:
+        jid, alloc_wire, gfn, cpus, env, instance = h[1], h[2], h[3], h[4], h[5], h[6]
+        try:
+            fn = self._function(gfn)
+            args, kwargs = pl.loads(payload)
+        except Exception as e:  # noqa: BLE001
+            return _reply(jid, End.SERIALIZATION,
+                          f"cannot unpickle the job's function or arguments on the worker: "
+                          f"{type(e).__name__}: {e}")
+        self._prepare(cpus, env)
+        _VARS["res"].set(from_wire(alloc_wire, strict=False))
+        _VARS["instance"].set(instance)
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as e:  # noqa: BLE001 - the job's own error goes back to the client
+            return _error_reply(jid, e)
+        try:
+            data = pl.dumps(value, "the job's result")
+        except SerializationError as e:
+            return _reply(jid, End.SERIALIZATION, str(e))
+        return _reply(jid, End.OK, "", data)
+
+
+def _reply(jid: int, end: End, message: str, data: bytes = b"") -> bytes:
+    return encode([Msg.DONE, jid, int(end), message], data)
+
+
+def _error_reply(jid: int, e: BaseException) -> bytes:
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    e.__traceback__ = None
+    try:
+        data = pl.dumps((e, tb), "the job's exception")
+        pl.loads(data)  # an exception that pickles but will not unpickle is common
+    except Exception:  # noqa: BLE001
+        data = pl.dumps((RemoteError(f"{type(e).__qualname__}: {e}"), tb))
+    return _reply(jid, End.RAISED, f"{type(e).__name__}: {e}", data)
+
+
+async def serve(sock: socket.socket) -> None:
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    dec = FrameDecoder()
+    runner = Runner()
+    while True:
+        data = await stream.receive_some(1 << 18)
+        if not data:
+            return
+        for batch in dec.feed(data):
+            for h, payload in batch:
+                t = h[0]
+                if t == Msg.FUNCTION:
+                    runner.fn_bytes[h[1]] = payload
+                elif t == Msg.FORGET_FN:
+                    runner.fns.pop(h[1], None)
+                    runner.fn_bytes.pop(h[1], None)
+                elif t == Msg.RUN:
+                    await stream.send_all(await runner.run(h, payload))
+
+
+def main() -> None:
+    _die_with_parent()
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    try:
+        trio.run(serve, sock)
+    except KeyboardInterrupt:
+        pass

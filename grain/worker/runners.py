@@ -1,0 +1,136 @@
+"""Warm runner processes: started once, reused for job after job, replaced when they die.
+
+Each runner is ``python -m grain.runner FD`` in its own session (so a kill takes the job's
+subprocesses too), talking to its worker over a socket pair. One job at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+import trio
+
+from ..protocol.frames import FrameDecoder, Message, encode_batch
+
+log = logging.getLogger("grain.worker")
+
+
+class RunnerDied(Exception):
+    """The runner's process exited while a job was running on it."""
+
+
+class RunnerProcess:
+    """One warm runner process and its socket."""
+
+    def __init__(self, proc: trio.Process, stream: trio.SocketStream) -> None:
+        self.proc = proc
+        self.stream = stream
+        self.decoder = FrameDecoder()
+        self.fns: set[int] = set()
+        self.kill_reason: Any = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    async def call(self, messages: list[Message]) -> Message:
+        """Send messages (ending with a RUN) and wait for the job's DONE."""
+        await self.stream.send_all(encode_batch(messages))
+        while True:
+            data = await self.stream.receive_some(1 << 18)
+            if not data:
+                raise RunnerDied(self._exit_text())
+            batches = self.decoder.feed(data)
+            if batches:
+                return batches[0][0]
+
+    def _exit_text(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            return "the runner closed its socket"
+        if code < 0:
+            try:
+                return f"the runner was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"the runner was killed by signal {-code}"
+        return f"the runner exited with code {code}"
+
+    def kill(self, reason: Any = None) -> None:
+        """SIGKILL the runner's whole session (the job and anything it started)."""
+        if self.kill_reason is None:
+            self.kill_reason = reason
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def aclose(self) -> None:
+        self.kill()
+        with trio.CancelScope(shield=True):
+            await self.proc.wait()
+            await self.stream.aclose()
+
+
+class RunnerPool:
+    """Idle runners ready to take a job; spawns more on demand, up to no fixed limit
+    (the executor never sends a worker more jobs than its capacity allows)."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 keep_idle: int = 64) -> None:
+        self.env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self.keep_idle = keep_idle
+        self.idle: list[RunnerProcess] = []
+        self.busy: set[RunnerProcess] = set()
+        self.spawned = 0
+
+    async def spawn(self) -> RunnerProcess:
+        parent, child = socket.socketpair()
+        try:
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "grain.runner", str(child.fileno())],
+                pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
+                cwd=self.cwd, stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        self.spawned += 1
+        return RunnerProcess(proc, trio.SocketStream(trio.socket.from_stdlib_socket(parent)))
+
+    async def warm(self, n: int) -> None:
+        """Start ``n`` idle runners ahead of the first jobs."""
+        for _ in range(n - len(self.idle)):
+            self.idle.append(await self.spawn())
+
+    async def acquire(self) -> RunnerProcess:
+        while self.idle:
+            r = self.idle.pop()
+            if r.proc.poll() is None:
+                self.busy.add(r)
+                return r
+            await r.aclose()
+        r = await self.spawn()
+        self.busy.add(r)
+        return r
+
+    async def release(self, r: RunnerProcess, healthy: bool) -> None:
+        self.busy.discard(r)
+        if healthy and r.kill_reason is None and len(self.idle) < self.keep_idle:
+            self.idle.append(r)
+        else:
+            await r.aclose()
+
+    async def aclose(self) -> None:
+        everyone = [*self.idle, *self.busy]
+        self.idle, self.busy = [], set()
+        for r in everyone:
+            r.kill()
+        with trio.CancelScope(shield=True):
+            for r in everyone:
+                await r.aclose()

@@ -12,7 +12,10 @@ in, in this order:
 
 The kubernetes client is synchronous, so this module is too: call it before entering
 trio, or from a worker thread (`trio.to_thread.run_sync`). Every failure raises a subclass
-of `ClusterDiscoveryError` whose message says what to do.
+of `grain.errors.ClusterDiscoveryError` whose message says what to do; the subclasses are
+defined here (KubeconfigNotFoundError, ClusterNotFoundError, ClusterNotRunningError,
+TokenSecretForbiddenError, TokenSecretNotFoundError, ExecutorPodNotFoundError,
+PortForwardRefusedError, KubernetesApiError).
 """
 
 from __future__ import annotations
@@ -30,6 +33,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from grain.errors import ClusterDiscoveryError
+
+__all__ = [
+    "ClusterConnection",
+    "ClusterDiscoveryError",
+    "ClusterNotFoundError",
+    "ClusterNotRunningError",
+    "ExecutorPodNotFoundError",
+    "KubeconfigNotFoundError",
+    "KubernetesApiError",
+    "PortForwardError",
+    "PortForwardRefusedError",
+    "TokenSecretError",
+    "TokenSecretForbiddenError",
+    "TokenSecretNotFoundError",
+    "open_cluster",
+    "resolve_cluster",
+]
+
 log = logging.getLogger(__name__)
 
 GROUP, VERSION, PLURAL = "grain.dev", "v1", "grainclusters"
@@ -39,10 +61,6 @@ SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 API_TIMEOUT = 10.0
 
 Via = Literal["in-cluster", "external", "port-forward"]
-
-
-class ClusterDiscoveryError(Exception):
-    """Base class: a GrainCluster could not be found or reached through Kubernetes."""
 
 
 class KubeconfigNotFoundError(ClusterDiscoveryError):

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+import grain.errors
 from grain.client import discovery
 from grain.client.discovery import (
     ClusterDiscoveryError,
@@ -240,8 +241,9 @@ def test_every_error_is_a_discovery_error():
         for v in vars(discovery).values()
         if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == discovery.__name__
     ]
-    assert len(errors) >= 9
+    assert len(errors) >= 8
     assert all(issubclass(e, ClusterDiscoveryError) for e in errors)
+    assert issubclass(ClusterDiscoveryError, grain.errors.GrainError)
     assert all(e.__doc__ for e in errors)
 
 

@@ -162,9 +162,10 @@ def test_notes_say_what_to_do_next():
     text = notes()
     assert "rollout status deployment/grain-operator" in text
     assert "kind: GrainCluster" in text and 'cluster="demo"' in text
-    assert "does not upgrade the CRD" in text
+    assert "does not upgrade the CRD" in text and "NAMESPACE" in text
     created = notes({"cluster": {"create": True, "name": "lab"}})
     assert 'GrainCluster "lab" was created' in created
+    assert "grain://lab-executor.grain-system.svc:4242" in created and "NAMESPACE" not in created
 
 
 def test_rbac_binds_the_operator_service_account():
@@ -186,3 +187,13 @@ def test_sample_matches_crd():
     for values in ({"cluster": {"create": True}}, CUSTOM):
         (grc,) = by_kind(render(values), "GrainCluster")
         check_against_crd(grc)
+
+
+def test_cluster_outside_watched_namespaces_is_refused():
+    values = {"cluster": {"create": True, "namespace": "x"}, "operator": {"watchNamespaces": ["a"]}}
+    with pytest.raises(helm.HelmRenderError, match="not watched by the operator"):
+        render(values)
+    (grc,) = by_kind(
+        render({**values, "operator": {"watchNamespaces": ["a", "x"]}}), "GrainCluster"
+    )
+    assert grc["metadata"]["namespace"] == "x"

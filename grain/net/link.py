@@ -152,24 +152,12 @@ class StreamLink(Link):
         return self._in.closed
 
     async def _run(self) -> None:
-        reason = "connection closed"
+        self._reason: str | None = None
         with self._scope:
-            try:
-                async with trio.open_nursery() as n:
-                    n.start_soon(self._writer)
-                    await self._reader()
-                    n.cancel_scope.cancel()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
-                reason = f"connection lost: {e or type(e).__name__}"
-            except ProtocolError as e:
-                reason = f"protocol error from {self.peer}: {e}"
-                log.warning("dropping %s: %s", self.peer, e)
-            except LinkClosed as e:
-                reason = str(e)
-            except trio.TooSlowError:
-                reason = f"peer {self.peer} silent for {self.timeout:g}s (heartbeat timeout)"
-            else:
-                reason = "connection closed by peer"
+            async with trio.open_nursery() as n:
+                n.start_soon(self._guard, self._writer, n)
+                await self._guard(self._reader, n)
+        reason = self._reason or self._in.closed or "connection closed"
         self._in.close(reason)
         self._out.close(reason)
         with trio.CancelScope(shield=True), trio.move_on_after(1):
@@ -178,13 +166,29 @@ class StreamLink(Link):
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 pass
 
-    async def _reader(self) -> None:
+    async def _guard(self, part: Any, n: trio.Nursery) -> None:
+        """Run the reader or writer; whichever stops first records why and stops both."""
+        reason = None
+        try:
+            reason = await part()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
+            reason = f"connection lost: {e or type(e).__name__}"
+        except ProtocolError as e:
+            reason = f"protocol error from {self.peer}: {e}"
+            log.warning("dropping %s: %s", self.peer, e)
+        except trio.TooSlowError:
+            reason = f"peer {self.peer} silent for {self.timeout:g}s (heartbeat timeout)"
+        if self._reason is None:
+            self._reason = reason
+        n.cancel_scope.cancel()
+
+    async def _reader(self) -> str:
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
         while True:
             with trio.fail_after(self.timeout):
                 data = await self.stream.receive_some(1 << 18)
             if not data:
-                return
+                return "connection closed by peer"
             self.bytes_in += len(data)
             self._deliver(self._decoder.feed(data))
 
@@ -192,19 +196,19 @@ class StreamLink(Link):
         for batch in batches:
             self._in.put_many([m for m in batch if m[0][0] != Msg.PING])
 
-    async def _writer(self) -> None:
+    async def _writer(self) -> str | None:
         out = self._out
         while True:
             with trio.move_on_after(self.heartbeat):
                 while not out.items:
                     if out.closed is not None:
-                        raise LinkClosed(out.closed)
+                        return out.closed
                     await out.event.wait()
                     out.event = trio.Event()
             if out.items:
                 items, out.items = out.items, []
             elif out.closed is not None:
-                raise LinkClosed(out.closed)
+                return out.closed
             else:
                 items = [([Msg.PING], b"")]
             frame = encode_batch(items)

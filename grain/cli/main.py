@@ -1,0 +1,210 @@
+"""The ``grain`` command line: executor, worker, status, version (and operator).
+
+Thin shells over the library: they parse options, read the token, set up logging and
+run the trio service. See ``docs/interfaces.md`` for the contract the operator relies on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+import click
+
+from .._version import __version__
+from ..errors import ConfigurationError, GrainError
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def read_token(token_file: str | None, required: bool = True) -> str | None:
+    """The shared token: ``--token-file`` first, then ``GRAIN_TOKEN``."""
+    if token_file:
+        try:
+            with open(token_file) as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise click.UsageError(f"cannot read the token file {token_file}: {e}") from None
+        if not token:
+            raise click.UsageError(f"the token file {token_file} is empty")
+        return token
+    token = os.environ.get("GRAIN_TOKEN", "").strip()
+    if not token and required:
+        raise click.UsageError("no token: pass --token-file FILE or set GRAIN_TOKEN "
+                               "(every peer of one cluster must share it)")
+    return token or None
+
+
+def _import_resource_modules(mods: tuple[str, ...]) -> None:
+    import importlib
+    for m in mods:
+        try:
+            importlib.import_module(m)
+        except ImportError as e:
+            raise click.UsageError(f"cannot import resource module {m!r}: {e}") from None
+
+
+common_logging = click.option("--log-level", default="info", show_default=True,
+                              type=click.Choice(["debug", "info", "warning", "error"]))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="grain")
+def cli() -> None:
+    """Grain: resource-aware parallel jobs on trio, each pinned to exactly its cores."""
+
+
+@cli.command()
+def version() -> None:
+    """Print Grain's version."""
+    click.echo(__version__)
+
+
+@cli.command()
+@click.option("--listen", default="grain://0.0.0.0:4242", show_default=True,
+              help="Where clients and workers connect: grain://HOST:PORT or unix:///PATH.")
+@click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
+              help="Serve /healthz, /status and /metrics here (e.g. 0.0.0.0:8080).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="File holding the shared token (else $GRAIN_TOKEN).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate chain; with --tls-key, every connection must use TLS.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--retries", default=2, show_default=True,
+              help="Times a job is re-run after losing its worker.")
+@click.option("--wait-for-workers", default=0.0, show_default=True, metavar="SECONDS",
+              help="How long a job no worker can satisfy waits for one before it fails.")
+@click.option("--heartbeat", default=2.0, show_default=True, metavar="SECONDS",
+              help="Ping a silent peer after this long.")
+@click.option("--timeout", "peer_timeout", default=10.0, show_default=True, metavar="SECONDS",
+              help="Declare a peer dead after this long without a byte from it.")
+@click.option("--resource-module", multiple=True, metavar="MODULE",
+              help="Import a module defining custom resource kinds (repeatable).")
+@common_logging
+def executor(listen: str, http_addr: str | None, token_file: str | None, tls_cert: str | None,
+             tls_key: str | None, retries: int, wait_for_workers: float, heartbeat: float,
+             peer_timeout: float, resource_module: tuple[str, ...], log_level: str) -> None:
+    """Run the executor: queue, placement and routing of jobs."""
+    _setup_logging(log_level)
+    token = read_token(token_file)
+    _import_resource_modules(resource_module)
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    from ..executor.service import run_executor
+    _run(run_executor, listen=listen, http=http_addr, token=token, tls_cert=tls_cert,
+         tls_key=tls_key, retries=retries, wait_for_workers=wait_for_workers,
+         heartbeat=heartbeat, timeout=peer_timeout)
+
+
+@cli.command()
+@click.option("--executor", "executor_addr", default=None, metavar="grain://HOST:PORT",
+              help="Dial this executor (the usual form; reconnects by itself).")
+@click.option("--listen", default=None, metavar="grain://HOST:PORT",
+              help="Instead, wait for the executor to dial in (the original grain's form).")
+@click.option("--name", default=None, help="Worker name [default: $NODE_NAME, else host name].")
+@click.option("--cores", default="auto", show_default=True,
+              help="'auto' (this process's cpuset) or a CPU list such as 0-3,6.")
+@click.option("--memory", default="auto", show_default=True,
+              help="'auto' (the machine's memory) or a size such as 8GB.")
+@click.option("--reserve-cores", default=0, show_default=True,
+              help="Keep this many of the cores out of Grain's hands.")
+@click.option("--gpus", default="auto", show_default=True,
+              help="'auto', 'none' or a device list such as 0,1.")
+@click.option("--walltime", default=None, metavar="[D-]HH:MM:SS",
+              help="This worker's remaining lifetime (e.g. the batch allocation's end).")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--tls", is_flag=True, help="Use TLS to reach the executor.")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="CA bundle to verify the executor's certificate (implies --tls).")
+@click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --listen: serve TLS with this certificate.")
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--heartbeat", default=2.0, show_default=True)
+@click.option("--timeout", "peer_timeout", default=10.0, show_default=True)
+@click.option("--resource-module", multiple=True, metavar="MODULE")
+@common_logging
+def worker(executor_addr: str | None, listen: str | None, name: str | None, cores: str,
+           memory: str, reserve_cores: int, gpus: str, walltime: str | None,
+           token_file: str | None, tls: bool, tls_ca: str | None, tls_cert: str | None,
+           tls_key: str | None, heartbeat: float, peer_timeout: float,
+           resource_module: tuple[str, ...], log_level: str) -> None:
+    """Run a worker: offers this node's cores, memory and GPUs; runs pinned jobs."""
+    _setup_logging(log_level)
+    if bool(executor_addr) == bool(listen):
+        raise click.UsageError("give exactly one of --executor URL or --listen URL")
+    token = read_token(token_file)
+    _import_resource_modules(resource_module)
+    from ..worker.service import run_worker
+    _run(run_worker, executor=executor_addr, listen=listen,
+         name=name or os.environ.get("NODE_NAME") or socket.gethostname(), cores=cores,
+         memory=memory, reserve_cores=reserve_cores, gpus=gpus, walltime=walltime,
+         token=token, tls=tls or bool(tls_ca), tls_ca=tls_ca, tls_cert=tls_cert,
+         tls_key=tls_key, heartbeat=heartbeat, timeout=peer_timeout)
+
+
+@cli.command()
+@click.option("--executor", "executor_addr", default=None, metavar="grain://HOST:PORT",
+              help="Ask the executor over Grain's protocol (needs the token).")
+@click.option("--http", "http_url", default=None, metavar="http://HOST:PORT",
+              help="Read the executor's HTTP /status instead (no token needed).")
+@click.option("--cluster", default=None, help="A GrainCluster's name (through Kubernetes).")
+@click.option("-n", "--namespace", default=None, help="The GrainCluster's namespace.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+def status(executor_addr: str | None, http_url: str | None, cluster: str | None,
+           namespace: str | None, token_file: str | None, tls_ca: str | None,
+           as_json: bool) -> None:
+    """Show workers, cores free/total, memory, running jobs, queue and clients."""
+    from .status import fetch_status, render_status
+    executor_addr = executor_addr or (None if (http_url or cluster) else
+                                      os.environ.get("GRAIN_ADDRESS"))
+    if not (executor_addr or http_url or cluster):
+        raise click.UsageError("give --executor grain://HOST:PORT, --http URL or --cluster NAME")
+    token = read_token(token_file, required=False)
+    try:
+        doc = fetch_status(executor=executor_addr, http=http_url, cluster=cluster,
+                           namespace=namespace, token=token, tls_ca=tls_ca)
+    except (OSError, GrainError, TimeoutError) as e:
+        where = executor_addr or http_url or f"GrainCluster {cluster}"
+        click.echo(f"error: cannot get the status of {where}: {e}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        render_status(doc)
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def operator(ctx: click.Context) -> None:
+    """Run the Kubernetes operator (same as python -m grain_operator; needs grain[operator])."""
+    try:
+        from grain_operator.__main__ import main as operator_main
+    except ImportError as e:
+        raise click.UsageError(f"the operator is not installed ({e}): "
+                               f"pip install 'grain[operator]'") from None
+    sys.argv = ["grain operator", *ctx.args]
+    operator_main()
+
+
+def _run(fn: Any, **kwargs: Any) -> None:
+    import trio
+    try:
+        trio.run(lambda: fn(**kwargs))
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except (ConfigurationError, GrainError) as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except OSError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)

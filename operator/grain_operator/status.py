@@ -1,0 +1,316 @@
+"""The GrainCluster's status: observe the children and the executor, then say how it is doing.
+
+``observe`` (I/O) reads the executor Deployment, the worker DaemonSet, the Service (and, for
+NodePort, the executor pod's node address) and ``GET /status`` of the executor (JSON shape in
+docs/interfaces.md, fetched with aiohttp and a short timeout). ``compute_status`` (pure) turns
+an ``Observation`` into the status dict: phase, conditions with observedGeneration and
+lastTransitionTime, workers, cores, memory, queue, endpoints, per-worker cpusets. Called by
+the handlers after each reconcile and by the timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from grain_operator import render
+from grain_operator.diff import merge_patch
+from grain_operator.kube import KubeApi
+from grain_operator.model import (
+    Condition,
+    CoresStatus,
+    Endpoints,
+    GrainClusterSpec,
+    GrainClusterStatus,
+    MemoryStatus,
+    SpecProblem,
+    WorkersStatus,
+    WorkerStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STATUS_URL = "http://{name}-executor.{namespace}.svc:{http_port}/status"
+
+
+@dataclass
+class Observation:
+    """Everything the status is computed from (filled by ``observe``, or by tests)."""
+
+    deployment: dict[str, Any] | None = None
+    daemonset: dict[str, Any] | None = None
+    service: dict[str, Any] | None = None
+    executor_host_ip: str | None = None
+    executor_status: dict[str, Any] | None = None
+    executor_error: str | None = None
+    blocker: str | None = None  # a reconcile problem worth showing (e.g. the token Secret)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def now_rfc3339() -> str:
+    """The current time, as Kubernetes writes it."""
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def compact_cpuset(cpus: list[int] | None) -> str:
+    """[2, 3, 4, 5, 8] -> "2-5,8"."""
+    if not cpus:
+        return ""
+    ordered = sorted(set(int(c) for c in cpus))
+    ranges: list[str] = []
+    start = prev = ordered[0]
+    for cpu in ordered[1:] + [None]:  # type: ignore[list-item]
+        if cpu is not None and cpu == prev + 1:
+            prev = cpu
+            continue
+        ranges.append(str(start) if start == prev else f"{start}-{prev}")
+        if cpu is not None:
+            start = prev = cpu
+    return ",".join(ranges)
+
+
+# ---------------------------------------------------------------------------------------------
+# I/O
+
+
+def status_url(template: str, owner: render.Owner, spec: GrainClusterSpec) -> str:
+    """The executor's /status URL (the template can point elsewhere, e.g. in tests)."""
+    return template.format(
+        name=owner.name, namespace=owner.namespace, http_port=spec.executor.http_port, port=spec.executor.port
+    )
+
+
+async def fetch_executor_status(url: str, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str | None]:
+    """GET the executor's /status: (the JSON, None) or (None, why it could not be read)."""
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            async with session.get(url, headers={"Accept": "application/json"}) as resp:
+                if resp.status != 200:
+                    return None, f"GET {url}: HTTP {resp.status}"
+                data = await resp.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return None, f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+    except ValueError as exc:
+        return None, f"GET {url}: not JSON ({exc})"
+    if not isinstance(data, dict):
+        return None, f"GET {url}: not a JSON object"
+    return data, None
+
+
+async def observe(
+    api: KubeApi, owner: render.Owner, spec: GrainClusterSpec, url_template: str, timeout: float = 3.0
+) -> Observation:
+    """Read the children and the executor's /status."""
+    ns = owner.namespace
+    deployment, daemonset, service = await asyncio.gather(
+        api.get("apps/v1", "Deployment", ns, owner.executor_name),
+        api.get("apps/v1", "DaemonSet", ns, owner.worker_name),
+        api.get("v1", "Service", ns, owner.executor_name),
+    )
+    obs = Observation(deployment=deployment, daemonset=daemonset, service=service)
+    if spec.executor.service_type == "NodePort" and not spec.executor.external_host:
+        pods = await api.list("v1", "Pod", ns, render.selector_labels(owner, "executor"))
+        ips = [p.get("status", {}).get("hostIP") for p in pods if p.get("status", {}).get("hostIP")]
+        obs.executor_host_ip = sorted(ips)[0] if ips else None
+    if deployment is not None:
+        url = status_url(url_template, owner, spec)
+        obs.executor_status, obs.executor_error = await fetch_executor_status(url, timeout)
+    else:
+        obs.executor_error = "the executor Deployment does not exist yet"
+    return obs
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure
+
+
+def _external_endpoint(owner: render.Owner, spec: GrainClusterSpec, obs: Observation) -> str | None:
+    e = spec.executor
+    svc = obs.service or {}
+    if e.service_type == "ClusterIP":
+        return f"grain://{e.external_host}:{e.port}" if e.external_host else None
+    if e.service_type == "NodePort":
+        ports = (svc.get("spec") or {}).get("ports") or []
+        node_port = next((p.get("nodePort") for p in ports if p.get("name") == "grain"), None)
+        host = e.external_host or obs.executor_host_ip
+        return f"grain://{host}:{node_port}" if host and node_port else None
+    ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
+    host = e.external_host or next((i.get("hostname") or i.get("ip") for i in ingress if i.get("hostname") or i.get("ip")), None)
+    return f"grain://{host}:{e.port}" if host else None
+
+
+def _condition(ctype: str, ok: bool | None, reason: str, message: str, generation: int | None) -> dict[str, Any]:
+    status = "Unknown" if ok is None else "True" if ok else "False"
+    return {"type": ctype, "status": status, "reason": reason, "message": message, "observedGeneration": generation}
+
+
+def _keep_transition_times(new: list[dict[str, Any]], old: list[dict[str, Any]] | None, now: str) -> list[dict[str, Any]]:
+    previous = {c.get("type"): c for c in old or []}
+    for cond in new:
+        before = previous.get(cond["type"])
+        if before and before.get("status") == cond["status"] and before.get("lastTransitionTime"):
+            cond["lastTransitionTime"] = before["lastTransitionTime"]
+        else:
+            cond["lastTransitionTime"] = now
+    return new
+
+
+def compute_status(
+    owner: render.Owner,
+    spec: GrainClusterSpec | None,
+    obs: Observation,
+    *,
+    generation: int | None,
+    problems: list[SpecProblem] | None = None,
+    previous: dict[str, Any] | None = None,
+    now: str | None = None,
+) -> dict[str, Any]:
+    """The whole status dict (camelCase), stable when nothing changed (transition times kept)."""
+    now = now or now_rfc3339()
+    spec = spec or GrainClusterSpec()
+    problems = problems or []
+    conditions: list[dict[str, Any]] = []
+
+    # SpecValid
+    if problems:
+        conditions.append(_condition("SpecValid", False, "InvalidSpec", "; ".join(map(str, problems)), generation))
+    else:
+        conditions.append(_condition("SpecValid", True, "Valid", "", generation))
+
+    # ExecutorReady
+    dep_status = (obs.deployment or {}).get("status") or {}
+    available = int(dep_status.get("availableReplicas") or dep_status.get("readyReplicas") or 0)
+    es = obs.executor_status
+    if obs.deployment is None:
+        executor = _condition("ExecutorReady", False, "NotCreated", "the executor Deployment does not exist yet", generation)
+    elif available < 1:
+        executor = _condition("ExecutorReady", False, "DeploymentNotReady", "0/1 executor pods available", generation)
+    elif es is None:
+        executor = _condition("ExecutorReady", False, "StatusUnreachable", obs.executor_error or "no /status", generation)
+    else:
+        executor = _condition(
+            "ExecutorReady", True, "Ready",
+            f"executor {es.get('version', '?')} answers /status",
+            generation,
+        )
+    conditions.append(executor)
+
+    # WorkersReady
+    ds_status = (obs.daemonset or {}).get("status") or {}
+    desired = int(ds_status.get("desiredNumberScheduled") or 0)
+    ready = int(ds_status.get("numberReady") or 0)
+    reported = list((es or {}).get("workers") or [])
+    registered = len(reported)
+    if obs.daemonset is None:
+        workers = _condition("WorkersReady", False, "NotCreated", "the worker DaemonSet does not exist yet", generation)
+    elif desired == 0:
+        workers = _condition(
+            "WorkersReady", False, "NoMatchingNodes",
+            "no node runs a worker: check spec.workers.nodeSelector and tolerations", generation,
+        )
+    elif ready < desired:
+        workers = _condition("WorkersReady", False, "PodsNotReady", f"{ready}/{desired} worker pods ready", generation)
+    elif es is not None and registered < ready:
+        workers = _condition(
+            "WorkersReady", False, "NotRegistered",
+            f"{ready} worker pods ready, {registered} registered with the executor", generation,
+        )
+    else:
+        suffix = f", {registered} registered" if es is not None else ""
+        workers = _condition("WorkersReady", True, "AllReady", f"{ready}/{desired} worker pods ready{suffix}", generation)
+    conditions.append(workers)
+
+    # ExclusiveCpus (only when asked)
+    shared = sorted(str(w.get("name")) for w in reported if not w.get("exclusive_cpuset"))
+    exclusive: dict[str, Any] | None = None
+    if spec.workers.exclusive_cpus:
+        if es is None or not reported:
+            exclusive = _condition("ExclusiveCpus", None, "NoWorkerReport", "no worker has reported its cpuset yet", generation)
+        elif shared:
+            exclusive = _condition(
+                "ExclusiveCpus", False, "StaticCPUManagerNotInForce",
+                f"exclusiveCpus is set but worker(s) {', '.join(shared)} see all the node's CPUs: the kubelet's "
+                "static CPU manager (cpuManagerPolicy: static) is not in force there, so cores are shared",
+                generation,
+            )
+        else:
+            exclusive = _condition("ExclusiveCpus", True, "Exclusive", "every worker has exclusive cores", generation)
+        conditions.append(exclusive)
+
+    # Phase and Degraded
+    degraded: list[tuple[str, str]] = []  # (reason, message)
+    if executor["reason"] == "StatusUnreachable":
+        degraded.append(("ExecutorStatusUnreachable", f"executor status unreachable ({obs.executor_error})"))
+    if workers["status"] != "True" and ready > 0:
+        degraded.append(("WorkersNotReady", workers["message"]))
+    if exclusive is not None and exclusive["status"] == "False":
+        degraded.append((
+            "CoresNotExclusive", f"cores not exclusive on {', '.join(shared)} (static CPU manager not in force)"
+        ))
+    if problems:
+        phase, message = "Failed", "invalid spec: " + "; ".join(map(str, problems))
+    elif executor["reason"] in ("NotCreated", "DeploymentNotReady"):
+        phase, message = "Pending", executor["message"]
+    elif ready == 0:
+        phase, message = "Pending", workers["message"]
+    elif degraded:
+        phase, message = "Degraded", "; ".join(m for _, m in degraded)
+    else:
+        total = int(((es or {}).get("cores") or {}).get("total") or 0)
+        phase, message = "Running", f"{registered or ready} workers, {total} cores"
+    if obs.blocker:
+        message = f"{obs.blocker}; {message}"
+    if phase == "Degraded":
+        conditions.append(_condition("Degraded", True, degraded[0][0], "; ".join(m for _, m in degraded), generation))
+    else:
+        conditions.append(_condition("Degraded", False, "AsExpected" if phase == "Running" else phase, "", generation))
+
+    nodes = sorted(
+        (WorkerStatus(
+            name=str(w.get("name", "?")),
+            cpuset=compact_cpuset(w.get("cpuset")),
+            exclusive=bool(w.get("exclusive_cpuset")),
+            cores_total=int(w.get("cores_total") or 0),
+            cores_free=int(w.get("cores_free") or 0),
+            running_jobs=int(w.get("running_jobs") or 0),
+        ) for w in reported),
+        key=lambda n: n.name,
+    )
+    cores = (es or {}).get("cores") or {}
+    memory = (es or {}).get("memory_gb") or {}
+    status = GrainClusterStatus(
+        phase=phase,
+        message=message,
+        observed_generation=generation,
+        conditions=[Condition.model_validate(c) for c in _keep_transition_times(conditions, (previous or {}).get("conditions"), now)],
+        endpoints=Endpoints(in_cluster=owner.in_cluster_endpoint(spec), external=_external_endpoint(owner, spec, obs)),
+        token_secret=owner.token_secret_name(spec),
+        workers=WorkersStatus(desired=desired, ready=ready, registered=registered, summary=f"{ready}/{desired}", nodes=nodes),
+        cores=CoresStatus(
+            total=int(cores.get("total") or 0), free=int(cores.get("free") or 0),
+            summary=f"{int(cores.get('free') or 0)}/{int(cores.get('total') or 0)}",
+        ),
+        memory=MemoryStatus(total_gb=float(memory.get("total") or 0.0), free_gb=float(memory.get("free") or 0.0)),
+        queue_length=int((es or {}).get("queue_length") or 0),
+        running_jobs=int((es or {}).get("running_jobs") or 0),
+        clients=int((es or {}).get("clients") or 0),
+        executor_version=(es or {}).get("version"),
+    )
+    return status.model_dump(by_alias=True, exclude_none=True)
+
+
+def status_patch(new: dict[str, Any], old: dict[str, Any] | None) -> dict[str, Any]:
+    """The merge patch of status from ``old`` to ``new``; {} when nothing changed (no write).
+
+    Fields of ``old`` that ``new`` lacks are removed (null), except foreign top-level keys.
+    """
+    old = old or {}
+    return merge_patch({k: v for k, v in old.items() if k in _OWN_KEYS}, new, old)
+
+
+_OWN_KEYS = frozenset(GrainClusterStatus.model_json_schema(by_alias=True)["properties"])

@@ -4,7 +4,7 @@ VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.stamp
 
-.PHONY: demo test test-fast lint crd docs bench bench-quick clean
+.PHONY: demo test test-fast lint crd docs manifests bench bench-quick clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -41,6 +41,9 @@ crd: $(STAMP)-test
 
 docs: $(STAMP)-test
 	$(BIN)/python -m grain_operator.docs --write
+
+manifests: $(STAMP)-test
+	$(BIN)/python scripts/render_manifests.py --write
 
 bench: $(STAMP)-bench
 	$(BIN)/python -m bench.run

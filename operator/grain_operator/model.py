@@ -194,7 +194,7 @@ class SchedulerSpec(_Model):
     """How the executor schedules jobs."""
 
     retries: int = Field(
-        1, ge=0, description="How many times a job is started again when the worker running it is lost (0: it fails at once)."
+        2, ge=0, description="How many times a job is started again when the worker running it is lost (0: it fails at once)."
     )
     wait_for_workers_seconds: float = Field(
         0.0, ge=0,

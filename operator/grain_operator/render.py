@@ -183,7 +183,12 @@ def _tls_volume(spec: GrainClusterSpec, items: list[str] | None) -> tuple[list[d
 
 def executor_args(spec: GrainClusterSpec) -> list[str]:
     """Arguments of ``grain executor`` (docs/interfaces.md)."""
-    args = ["--listen", f"grain://0.0.0.0:{spec.executor.port}", "--http", f"0.0.0.0:{spec.executor.http_port}"]
+    args = [
+        "--listen", f"grain://0.0.0.0:{spec.executor.port}",
+        "--http", f"0.0.0.0:{spec.executor.http_port}",
+        "--retries", str(spec.scheduler.retries),
+        "--wait-for-workers", f"{spec.scheduler.wait_for_workers_seconds:g}",
+    ]
     if spec.scheduler.heartbeat_seconds is not None:
         args += ["--heartbeat", f"{spec.scheduler.heartbeat_seconds:g}"]
     if spec.auth.tls is not None:
@@ -204,8 +209,6 @@ def executor_deployment(owner: Owner, spec: GrainClusterSpec, token_hash: str | 
         "args": executor_args(spec),
         "env": [
             _token_env(owner, spec),
-            {"name": "GRAIN_SCHEDULER_RETRIES", "value": str(spec.scheduler.retries)},
-            {"name": "GRAIN_SCHEDULER_WAIT_FOR_WORKERS", "value": f"{spec.scheduler.wait_for_workers_seconds:g}"},
             *_env(e.env),
         ],
         "ports": [

@@ -93,11 +93,31 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return node
 
 
+_KEY_ORDER = [
+    "type", "description", "default", "enum", "format", "minimum", "exclusiveMinimum", "maximum",
+    "exclusiveMaximum", "pattern", "x-kubernetes-int-or-string", "required", "properties",
+    "additionalProperties", "items",
+]
+
+
+def _ordered(node: Any) -> Any:
+    """Keys in a fixed, readable order (type and description first), recursively."""
+    if isinstance(node, list):
+        return [_ordered(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    rank = {key: i for i, key in enumerate(_KEY_ORDER)}
+    keys = sorted(node, key=lambda k: (rank.get(k, len(rank)), k))
+    if "properties" in node:
+        node = {**node, "properties": {name: _ordered(sub) for name, sub in node["properties"].items()}}
+    return {k: node[k] if k == "properties" else _ordered(node[k]) for k in keys}
+
+
 def structural_schema(cls: type[model.BaseModel]) -> dict[str, Any]:
     """The Kubernetes structural schema of a pydantic model class."""
     raw = cls.model_json_schema(by_alias=True, mode="serialization")
     defs = raw.pop("$defs", {})
-    return _resolve(raw, defs)
+    return _ordered(_resolve(raw, defs))
 
 
 def openapi_schema() -> dict[str, Any]:

@@ -201,7 +201,7 @@ class SchedulerSpec(_Model):
         description="How long a job that no registered worker could ever run stays queued, waiting for workers to join, before it fails; 0: it fails at once.",
     )
     heartbeat_seconds: float | None = Field(
-        None, gt=0, description="Heartbeat interval on every connection; empty: the executor's default."
+        None, ge=0.05, description="Heartbeat interval on every connection; empty: the executor's default."
     )
 
 

@@ -47,12 +47,17 @@ def run_combine(subtasks: Callable[[], Any] | Iterable[Callable[[], Any]],
     all; ``retries`` is how often a job is re-run after losing its worker. Returns what a
     single ``subtasks`` function returns.
     """
-    return trio.run(_boot, subtasks, dict(
-        waddrs=tuple(waddrs), rpw=rpw, temporary_err=tuple(temporary_err),
-        temporary_attempts=temporary_attempts, address=address, token=token,
-        cluster=cluster, namespace=namespace, kubeconfig=kubeconfig, tls=tls,
-        tls_ca=tls_ca, retries=retries, nolocal=nolocal, heartbeat=heartbeat,
-        timeout=timeout))
+    opts = dict(waddrs=tuple(waddrs), rpw=rpw, temporary_err=tuple(temporary_err),
+                temporary_attempts=temporary_attempts, address=address, token=token,
+                cluster=cluster, namespace=namespace, kubeconfig=kubeconfig, tls=tls,
+                tls_ca=tls_ca, retries=retries, nolocal=nolocal, heartbeat=heartbeat,
+                timeout=timeout)
+    try:
+        return trio.run(_boot, subtasks, opts)
+    except BaseExceptionGroup as eg:
+        # The cluster's own nurseries wrap what the program raised; give it back as itself.
+        collapsed = _collapse(eg)
+        raise collapsed from collapsed.__cause__
 
 
 async def _boot(subtasks: Any, opts: dict[str, Any]) -> Any:

@@ -46,6 +46,8 @@ class RunnerProcess:
         while True:
             data = await self.stream.receive_some(1 << 18)
             if not data:
+                with trio.move_on_after(2):  # the exit status says how it died
+                    await self.proc.wait()
                 raise RunnerDied(self._exit_text())
             batches = self.decoder.feed(data)
             if batches:

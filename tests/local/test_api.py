@@ -1,0 +1,113 @@
+"""The original API on the embedded cluster: wait groups, subtasks, exec1, ZERO, GVAR."""
+
+import os
+
+import pytest
+import trio
+
+import grain
+from grain.resource import ZERO, Cores, Memory
+
+
+def square(x):
+    return x * x
+
+
+async def asquare(x):
+    await trio.sleep(0.01)
+    return x * x
+
+
+def instance_and_res():
+    return grain.GVAR.instance, repr(grain.GVAR.res)
+
+
+def test_results_in_submission_order_plain_and_async():
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            for i in range(20):
+                wg.submit(Cores(1), asquare if i % 2 else square, i)
+        return wg.results
+    assert grain.run_combine(main) == [i * i for i in range(20)]
+
+
+def test_nested_subtasks_and_exec1():
+    async def sweep(n):
+        async with grain.open_waitgroup() as wg:
+            for i in range(n):
+                wg.submit(Cores(1), square, i)
+        return sum(wg.results)
+
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            wg.submit(Cores(1) & Memory(0.1), square, 7)
+            wg.start_subtask(sweep, 30)
+        one = await grain.exec1(Cores(1), square, 3)
+        return wg.results, one
+    assert grain.run_combine(main) == ([49, sum(i * i for i in range(30))], 9)
+
+
+def test_zero_runs_in_the_client():
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            wg.submit(ZERO, os.getpid)
+            wg.submit(Cores(1), os.getpid)
+        return wg.results, await grain.exec1(ZERO, instance_and_res)
+    (client_pid, job_pid), zero = grain.run_combine(main)
+    assert client_pid == os.getpid() and job_pid != os.getpid()
+    assert zero == ("local", "Ø")
+
+
+def test_gvar_inside_a_job():
+    async def main():
+        return await grain.exec1(Cores(1) & Memory(0.5), instance_and_res)
+    instance, res = grain.run_combine(main)
+    assert instance == "local"
+    assert res.startswith("CPU_Cores([") and res.endswith("& Memory(0.5GB)")
+
+
+def test_list_of_mains_runs_in_parallel():
+    seen = []
+
+    async def make(i):
+        async def main():
+            seen.append(await grain.exec1(Cores(1), square, i))
+        return main
+    mains = [trio.run(make, i) for i in range(3)]
+    grain.run_combine(mains)
+    assert sorted(seen) == [0, 1, 4]
+
+
+def test_deep_nesting_does_not_deadlock():
+    async def nest(depth):
+        if depth == 0:
+            return await grain.exec1(Cores(1), square, 2)
+        async with grain.open_waitgroup() as wg:
+            wg.start_subtask(nest, depth - 1)
+        return wg.results[0]
+
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            for _ in range(400):   # 400 groups open at once: the original stalled near 300
+                wg.start_subtask(nest, 1)
+        return wg.results
+    assert grain.run_combine(main) == [4] * 400
+
+
+def test_outside_run_combine_is_a_clear_error():
+    async def main():
+        grain.open_waitgroup()
+    with pytest.raises(RuntimeError, match="only valid inside"):
+        trio.run(main)
+
+
+def test_wait_group_cannot_be_reentered():
+    async def main():
+        wg = grain.open_waitgroup()
+        async with wg:
+            wg.submit(Cores(1), square, 1)
+        with pytest.raises(RuntimeError, match="entered once"):
+            async with wg:
+                pass
+        return wg.results
+    assert grain.run_combine(main) == [1]

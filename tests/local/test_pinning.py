@@ -1,0 +1,77 @@
+"""Every job runs pinned to exactly its allocated cores, with thread counts to match."""
+
+import os
+import subprocess
+import sys
+
+import grain
+from grain.resource import Cores, Memory, Node
+
+CPUS = sorted(os.sched_getaffinity(0))
+
+
+def report():
+    return (sorted(grain.GVAR.res.c) if "Cores" in grain.GVAR.res.kinds() else None,
+            sorted(os.sched_getaffinity(0)), os.environ.get("OMP_NUM_THREADS"),
+            os.environ.get("OPENBLAS_NUM_THREADS"), os.getpid())
+
+
+def child_affinity():
+    out = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                         capture_output=True, text=True, check=True)
+    return sorted(grain.GVAR.res.c), out.stdout.strip()
+
+
+def test_each_job_sees_exactly_its_cores():
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            for _ in range(12):
+                wg.submit(Cores(1), report)
+            wg.submit(Cores(len(CPUS)), report)
+        return wg.results
+    results = grain.run_combine(main)
+    for alloc, affinity, omp, blas, _ in results:
+        assert alloc == affinity, "pinned to exactly the allocated CPU ids"
+        assert omp == blas == str(len(alloc))
+    assert results[-1][1] == CPUS
+    assert len({pid for *_, pid in results}) <= len(CPUS) + 1, "runners are reused"
+
+
+def test_subprocesses_inherit_the_pinning():
+    async def main():
+        return await grain.exec1(Cores(1), child_affinity)
+    alloc, child = grain.run_combine(main)
+    assert child == str(alloc)
+
+
+def test_memory_only_job_runs_unpinned_in_a_runner():
+    async def main():
+        return await grain.exec1(Memory(0.2), report)
+    alloc, affinity, omp, _, pid = grain.run_combine(main)
+    assert alloc is None and affinity == CPUS and pid != os.getpid()
+
+
+def test_declared_cores_beyond_the_machine_are_mapped(caplog):
+    declared = 3 * len(CPUS)
+
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            for _ in range(declared):
+                wg.submit(Cores(1), report)
+        return wg.results
+    results = grain.run_combine(main, rpw=Node(declared, 4))
+    assert "declared but only" in caplog.text
+    seen_declared = {a[0] for a, *_ in results}
+    assert seen_declared <= set(range(declared))
+    for alloc, affinity, *_ in results:
+        assert affinity == [CPUS[alloc[0] % len(CPUS)]]
+
+
+def test_rpw_caps_the_local_worker():
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            for _ in range(4):
+                wg.submit(Cores(1), report)
+        return wg.results
+    results = grain.run_combine(main, rpw=Node(1, 1))
+    assert {tuple(r[1]) for r in results} == {(CPUS[0],)}

@@ -1,0 +1,49 @@
+"""Frames: round trips, batching, limits checked before payload is read, malformed input."""
+
+import pytest
+
+from grain.errors import ProtocolError
+from grain.protocol.frames import PREFIX, FrameDecoder, encode, encode_batch
+
+
+def test_roundtrip_byte_by_byte():
+    frame = encode([2, 7, [["Cores", {"c": [0], "N": 1}]], 3, None], b"payload")
+    dec = FrameDecoder()
+    out = []
+    for i in range(len(frame)):
+        out += dec.feed(frame[i:i + 1])
+    assert out == [[([2, 7, [["Cores", {"c": [0], "N": 1}]], 3, None], b"payload")]]
+    assert dec.buffered == 0
+
+
+def test_batch_splits_payloads():
+    msgs = [([1, i], bytes([i]) * i) for i in range(5)]
+    [batch] = FrameDecoder().feed(encode_batch(msgs))
+    assert [(list(h), p) for h, p in batch] == [([1, i], bytes([i]) * i) for i in range(5)]
+
+
+def test_several_frames_in_one_read():
+    data = encode([10]) + encode([11], b"x") + encode([12])[:3]
+    dec = FrameDecoder()
+    assert [b[0][0][0] for b in dec.feed(data)] == [10, 11]
+    assert dec.buffered == 3
+
+
+def test_oversized_frames_are_refused_from_the_prefix_alone():
+    dec = FrameDecoder(max_header=100, max_payload=1000)
+    with pytest.raises(ProtocolError, match="payload of 5000 bytes refused"):
+        dec.feed(PREFIX.pack(10, 5000))
+    with pytest.raises(ProtocolError, match="header of 200 bytes refused"):
+        FrameDecoder(max_header=100).feed(PREFIX.pack(200, 0))
+
+
+def test_malformed_headers_are_protocol_errors():
+    for header in (b"\xc1", b"\x91\x01", b"\x92\x90\x91\x05"):
+        with pytest.raises(ProtocolError):
+            FrameDecoder().feed(PREFIX.pack(len(header), 0) + header)
+
+
+def test_max_frames_leaves_the_rest_buffered():
+    dec = FrameDecoder()
+    assert len(dec.feed(encode([1]) + encode([2]), max_frames=1)) == 1
+    assert dec.feed(b"")[0][0][0] == [2]

@@ -21,5 +21,5 @@ def test_original_imports_still_work():
 def test_gvar_outside_a_job_raises_lookuperror():
     import pytest
     with pytest.raises(LookupError):
-        grain.GVAR.res
+        _ = grain.GVAR.res
     assert grain.GVAR.instance == "local"

@@ -6,8 +6,17 @@ import time
 import pytest
 
 from grain.resource import (
-    GPU, ZERO, Cores, Memory, Node, Resource, UnknownResourceKind, WTime, from_wire,
-    res2link0, to_wire,
+    GPU,
+    ZERO,
+    Cores,
+    Memory,
+    Node,
+    Resource,
+    UnknownResourceKind,
+    WTime,
+    from_wire,
+    res2link0,
+    to_wire,
 )
 
 

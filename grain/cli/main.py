@@ -195,16 +195,26 @@ def operator(ctx: click.Context) -> None:
     operator_main()
 
 
+def _leaves(e: BaseException) -> list[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``[e]``."""
+    if isinstance(e, BaseExceptionGroup):
+        return [leaf for sub in e.exceptions for leaf in _leaves(sub)]
+    return [e]
+
+
 def _run(fn: Any, **kwargs: Any) -> None:
     import trio
     try:
         trio.run(lambda: fn(**kwargs))
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
-    except (ConfigurationError, GrainError) as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except OSError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    except BaseException as e:  # noqa: BLE001 - sorted below; anything else is re-raised
+        leaves = [x for x in _leaves(e) if not isinstance(x, trio.Cancelled)] or [e]
+        if any(isinstance(x, KeyboardInterrupt) for x in leaves):
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        # A service's error arrives wrapped in its nursery's ExceptionGroup: show the
+        # message (e.g. a refused token, a port in use), not a traceback.
+        if all(isinstance(x, (GrainError, OSError)) for x in leaves):
+            for x in leaves:
+                click.echo(f"error: {x}", err=True)
+            sys.exit(2)
+        raise

@@ -56,7 +56,7 @@ class ExecutorServer:
         except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError, ssl.SSLError) as e:
             self.refused += 1
-            log.warning("refused connection from %s: %s", peer, e or type(e).__name__)
+            log.warning("refused connection from %s: %s", peer, transport.describe_error(e))
             await trio.aclose_forcefully(stream)
             return
         link = StreamLink(stream, peer, heartbeat=self.heartbeat, timeout=self.timeout,

@@ -35,9 +35,27 @@ async def connect(ep: Endpoint, ssl_context: ssl.SSLContext | None = None) -> tr
         stream = await trio.open_tcp_stream(ep.host or "127.0.0.1", ep.port)
     if ssl_context is not None:
         tls = trio.SSLStream(stream, ssl_context, server_hostname=ep.host or None)
-        await tls.do_handshake()
+        try:
+            await tls.do_handshake()
+        except trio.BrokenResourceError as e:
+            # trio hides the reason (a certificate that does not verify, a peer that does
+            # not speak TLS) in __cause__: raise it, an OSError callers already handle.
+            await trio.aclose_forcefully(tls)
+            cause = e.__cause__
+            if isinstance(cause, ssl.SSLError):
+                raise cause from None
+            raise ConnectionError(f"TLS handshake with {ep} failed: connection lost") from e
         return tls
     return stream
+
+
+def describe_error(e: BaseException) -> str:
+    """A one-line reason for a failed connection, for logs (TLS causes included)."""
+    cause = e.__cause__
+    if isinstance(e, trio.BrokenResourceError) and isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {cause}"
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None

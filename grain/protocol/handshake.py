@@ -96,6 +96,18 @@ async def dial(stream: trio.abc.Stream, token: str, role: str,
                timeout: float = HANDSHAKE_TIMEOUT) -> tuple[dict[str, Any], FrameDecoder]:
     """Dialer side. Returns (listener's info, decoder holding any early bytes)."""
     dec = _small_decoder()
+    try:
+        return await _dial(stream, dec, token, role, info, expect_role, timeout)
+    except trio.TooSlowError:
+        raise ProtocolError(
+            f"no complete handshake from the peer within {timeout:g}s: is it a Grain "
+            f"{expect_role or 'endpoint'}, and does it require TLS (then connect with "
+            f"TLS: tls_ca=... / --tls-ca)?") from None
+
+
+async def _dial(stream: trio.abc.Stream, dec: FrameDecoder, token: str, role: str,
+                info: dict[str, Any] | None, expect_role: str | None,
+                timeout: float) -> tuple[dict[str, Any], FrameDecoder]:
     with trio.fail_after(timeout):
         kind, hello = await _read_one(stream, dec)
         if kind != "HELLO" or hello.get("proto") != "grain":

@@ -21,7 +21,7 @@ from typing import Any
 import kopf
 
 from grain_operator import apply, render, status
-from grain_operator.kube import ApiError, KubeApi, connection_info, load_credentials
+from grain_operator.kube import ApiClosed, ApiError, KubeApi, connection_info, load_credentials
 from grain_operator.model import API_GROUP, API_VERSION, PLURAL, parse_spec
 from grain_operator.settings import OperatorConfig
 
@@ -134,6 +134,8 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     ) -> None:
         try:
             await reconcile(body, patch, memo.kube, config, logger, in_handler=False)
+        except ApiClosed:
+            logger.debug("resync interrupted: the operator is exiting")
         except Exception:
             if stopped:  # the operator is exiting and closed its client under this run
                 logger.debug("resync interrupted by the operator's exit")

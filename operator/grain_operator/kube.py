@@ -41,6 +41,10 @@ class ApiError(Exception):
         self.message = message
 
 
+class ApiClosed(Exception):
+    """The client was closed (the operator is exiting)."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     """Where the API server is and how to authenticate (a subset of a kubeconfig)."""
@@ -119,14 +123,21 @@ class KubeApi:
         self._timeout = timeout
         self._creds: Credentials | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     async def close(self) -> None:
-        """Close the HTTP session (idempotent)."""
+        """Close the HTTP session for good (idempotent); later requests raise ApiClosed."""
+        self._closed = True
+        await self._drop_session()
+
+    async def _drop_session(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     def _ensure_session(self) -> tuple[aiohttp.ClientSession, Credentials]:
+        if self._closed:
+            raise ApiClosed("the operator is stopping: its API client is closed")
         if self._creds is None:
             self._creds = self._loader()
         if self._session is None:
@@ -172,7 +183,7 @@ class KubeApi:
                 text = await resp.text()
                 if resp.status == 401 and attempt == 1:
                     self._creds = None  # the token rotated: load it again, retry once
-                    await self.close()
+                    await self._drop_session()
                     continue
                 if resp.status >= 400:
                     try:

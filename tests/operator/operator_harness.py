@@ -275,3 +275,65 @@ def graincluster(name: str = "demo", spec: dict[str, Any] | None = None, generat
                      "resourceVersion": "1"},
         "spec": spec if spec is not None else {"image": "grain:test"},
     }
+
+
+# -- the real grain core, when it is there ------------------------------------------------------
+
+def grain_cli_available() -> bool:
+    """Whether the core's CLI (``grain executor``/``grain worker``) can be imported."""
+    try:
+        import grain.cli.main  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Processes:
+    """Child processes started by a test; all stopped (TERM, then KILL) on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[Any] = []
+
+    def start(self, argv: list[str], env: dict[str, str], log: Path) -> Any:
+        import subprocess
+        out = log.open("wb")
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        self.procs.append(proc)
+        return proc
+
+    def __enter__(self) -> Processes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import subprocess
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def wait_http(url: str, timeout: float = 20.0) -> None:
+    """Wait until ``url`` answers 200."""
+    import urllib.request
+
+    def ok() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+    wait_for(ok, timeout, f"{url} to answer")

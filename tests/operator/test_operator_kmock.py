@@ -1,0 +1,288 @@
+"""The real kopf operator against KMock: create, resume, update that rolls, status, bad spec, delete.
+
+KMock runs no controllers, so the test plays them where needed (Deployment and DaemonSet
+status, executor Pods). KMock assigns no uid/generation/resourceVersion: the test sets them.
+Never exact call counts (kopf may run a handler more than once here).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from typing import Any
+
+import pytest
+from operator_harness import (
+    DAEMONSETS,
+    DEPLOYMENTS,
+    GRC,
+    NS,
+    PODS,
+    SECRETS,
+    SERVICES,
+    graincluster,
+    sample_status,
+    wait_for,
+)
+
+from grain_operator import render
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
+    for c in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if c["type"] == ctype:
+            return c
+    return None
+
+
+def grc(api: Any, name: str = "demo", ns: str = NS) -> dict[str, Any]:
+    obj = api.get(GRC, ns, name)
+    assert obj is not None, f"GrainCluster {ns}/{name} is gone"
+    return obj
+
+
+def play_controllers(api: Any, name: str = "demo", ns: str = NS, nodes: int = 2) -> None:
+    """What the Deployment and DaemonSet controllers would write."""
+    api.patch(DEPLOYMENTS, ns, f"{name}-executor", {"status": {"replicas": 1, "readyReplicas": 1,
+                                                              "availableReplicas": 1}}, sub="status")
+    api.patch(DAEMONSETS, ns, f"{name}-worker", {"status": {"desiredNumberScheduled": nodes,
+                                                           "currentNumberScheduled": nodes,
+                                                           "numberReady": nodes}}, sub="status")
+
+
+def children_present(api: Any, name: str = "demo", ns: str = NS) -> bool:
+    return all(api.get(res, ns, n) for res, n in [
+        (DEPLOYMENTS, f"{name}-executor"), (SERVICES, f"{name}-executor"),
+        (DAEMONSETS, f"{name}-worker"), (SECRETS, f"{name}-token")])
+
+
+def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]
+
+
+def writes_to(api: Any, path_part: str) -> int:
+    return sum(1 for r in api.operator_requests() if r.method in ("POST", "PATCH", "PUT", "DELETE")
+               and path_part in str(r.url.path))
+
+
+def test_create_makes_owned_children_and_reports_status(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "workers": {"cpus": 2, "memory": "4Gi"}}))
+        wait_for(lambda: children_present(api), 15, "the children")
+        for res, name in [(DEPLOYMENTS, "demo-executor"), (SERVICES, "demo-executor"),
+                          (DAEMONSETS, "demo-worker"), (SECRETS, "demo-token")]:
+            refs = api.get(res, NS, name)["metadata"]["ownerReferences"]
+            assert refs == [{"apiVersion": "grain.dev/v1", "kind": "GrainCluster", "name": "demo", "uid": "uid-demo",
+                             "controller": True, "blockOwnerDeletion": True}], (res, refs)
+        token = base64.b64decode(api.get(SECRETS, NS, "demo-token")["data"]["token"]).decode()
+        assert len(token) >= 43
+
+        # the executor is not ready: Pending, and the handler comes back later (TemporaryError)
+        wait_for(lambda: (grc(api).get("status") or {}).get("phase") == "Pending", 10, "phase Pending")
+        wait_for(lambda: "executor not ready yet" in grc(api)["metadata"].get("annotations", {})
+                 .get("grain.dev/reconcile-create", ""), 10, "the create handler to be delayed")
+        assert cond(grc(api), "ExecutorReady")["reason"] == "DeploymentNotReady"
+        assert "grain.dev/finalizer" in grc(api)["metadata"]["finalizers"]
+
+        play_controllers(api)
+        wait_for(lambda: grc(api)["status"]["phase"] == "Running", 15, "phase Running")
+        wait_for(lambda: "grain.dev/reconcile-create" not in grc(api)["metadata"].get("annotations", {}),
+                 10, "the create handler to finish")
+        st = grc(api)["status"]
+        assert st["endpoints"] == {"inCluster": "grain://demo-executor.science.svc:4242"}
+        assert st["tokenSecret"] == "demo-token"
+        assert st["workers"]["summary"] == "2/2" and st["cores"]["summary"] == "4/8" and st["queueLength"] == 3
+        assert {c["type"]: c["status"] for c in st["conditions"]} == {
+            "SpecValid": "True", "ExecutorReady": "True", "WorkersReady": "True", "Degraded": "False"}
+        assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in st["conditions"])
+
+        # steady state: nothing more is written, neither children nor status
+        time.sleep(1.5)
+        before = writes_to(api, "/namespaces/science/")
+        time.sleep(2)
+        assert writes_to(api, "/namespaces/science/") == before
+
+
+def test_update_rolls_the_pod_templates(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1"}))
+        wait_for(lambda: children_present(api), 15, "the children")
+        play_controllers(api)
+        dep0, ds0 = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
+        hash0 = pod_template(dep0)["metadata"]["annotations"][render.TEMPLATE_HASH]
+
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 2},
+                                    "spec": {"image": "grain:2", "workers": {"env": [{"name": "X", "value": "1"}]}}})
+
+        def rolled() -> bool:
+            dep, ds = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
+            return (pod_template(dep)["spec"]["containers"][0]["image"] == "grain:2"
+                    and pod_template(ds)["spec"]["containers"][0]["image"] == "grain:2"
+                    and {"name": "X", "value": "1"} in pod_template(ds)["spec"]["containers"][0]["env"])
+        wait_for(rolled, 15, "the templates to change")
+        dep = api.get(DEPLOYMENTS, NS, "demo-executor")
+        assert pod_template(dep)["metadata"]["annotations"][render.TEMPLATE_HASH] != hash0
+        assert api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"] != ds0["spec"]["template"]
+        wait_for(lambda: grc(api)["status"]["observedGeneration"] == 2, 10, "observedGeneration 2")
+
+        # dropping the env var removes it (three-way merge), not left behind
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 3}, "spec": {"workers": {"env": []}}})
+        wait_for(lambda: all(e["name"] != "X" for e in pod_template(api.get(DAEMONSETS, NS, "demo-worker"))
+                             ["spec"]["containers"][0]["env"]), 15, "X to be removed")
+
+
+def test_drift_is_undone_by_the_timer(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1"}))
+        wait_for(lambda: children_present(api), 15, "the children")
+        good = api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"]["spec"]["containers"]
+        api.patch(DAEMONSETS, NS, "demo-worker", {"spec": {"template": {"spec": {"containers": [
+            {**good[0], "image": "evil:1", "args": ["--oops"]}]}}}})
+        api.delete(SERVICES, NS, "demo-executor")
+        wait_for(lambda: api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"]["spec"]["containers"][0]["image"]
+                 == "grain:1", 10, "the DaemonSet to be repaired")
+        wait_for(lambda: api.get(SERVICES, NS, "demo-executor"), 10, "the Service to be recreated")
+        assert api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"]["spec"]["containers"][0]["args"] == good[0]["args"]
+
+
+def test_resume_after_restart_reconciles(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1"}))
+        wait_for(lambda: children_present(api), 15, "the children")
+        play_controllers(api)
+        wait_for(lambda: grc(api)["status"]["phase"] == "Running", 15, "phase Running")
+        token = api.get(SECRETS, NS, "demo-token")["data"]["token"]
+    # while the operator is away: a child is lost and the spec changes
+    api.delete(DAEMONSETS, NS, "demo-worker")
+    api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {"image": "grain:3"}})
+    with run_operator():
+        wait_for(lambda: api.get(DAEMONSETS, NS, "demo-worker"), 15, "the DaemonSet to be recreated")
+        wait_for(lambda: pod_template(api.get(DEPLOYMENTS, NS, "demo-executor"))["spec"]["containers"][0]["image"]
+                 == "grain:3", 15, "the new image")
+        assert api.get(SECRETS, NS, "demo-token")["data"]["token"] == token  # the token survives restarts
+        wait_for(lambda: grc(api)["status"]["observedGeneration"] == 2, 10, "observedGeneration 2")
+
+
+def test_bad_spec_gets_a_condition_and_no_retry_loop(api: Any, run_operator: Any, caplog: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "workers": {"cpus": 2, "reserveCores": 2}}))
+        wait_for(lambda: cond(api.get(GRC, NS, "demo"), "SpecValid"), 10, "the SpecValid condition")
+        c = cond(grc(api), "SpecValid")
+        assert c["status"] == "False" and c["reason"] == "InvalidSpec"
+        assert "spec.workers.reserveCores" in c["message"] and c["observedGeneration"] == 1
+        assert grc(api)["status"]["phase"] == "Failed"
+        # the handling cycle is over (permanent failure): kopf keeps no progress to retry with
+        wait_for(lambda: "grain.dev/last-handled-configuration" in grc(api)["metadata"].get("annotations", {}),
+                 10, "the handling cycle to end")
+        assert "grain.dev/reconcile-create" not in grc(api)["metadata"]["annotations"]
+        assert any("reconcile-create" in r.getMessage() and "failed permanently" in r.getMessage()
+                   and "spec.workers.reserveCores" in r.getMessage() for r in caplog.records)
+        # no retry loop: after the outcome, nothing is written any more (several timer periods)
+        time.sleep(1)
+        before = writes_to(api, "/grainclusters/demo")
+        time.sleep(2.5)
+        assert writes_to(api, "/grainclusters/demo") == before
+        assert api.get(DEPLOYMENTS, NS, "demo-executor") is None and api.get(DAEMONSETS, NS, "demo-worker") is None
+
+        # fixing the spec makes it converge
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {"workers": {"reserveCores": 1}}})
+        wait_for(lambda: children_present(api), 15, "the children after the fix")
+        wait_for(lambda: cond(grc(api), "SpecValid")["status"] == "True", 10, "SpecValid True")
+
+
+def test_delete_removes_children_and_releases_the_finalizer(api: Any, run_operator: Any) -> None:
+    api.create(SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine", "namespace": NS},
+                             "data": {"token": base64.b64encode(b"users-own-token").decode()}})
+    with run_operator():
+        api.create(GRC, NS, graincluster("a", spec={"image": "grain:1"}))
+        api.create(GRC, NS, graincluster("b", spec={"image": "grain:1", "auth": {"tokenSecret": "mine"}}))
+        wait_for(lambda: children_present(api, "a"), 15, "a's children")
+        wait_for(lambda: api.get(DAEMONSETS, NS, "b-worker"), 15, "b's children")
+        wait_for(lambda: "grain.dev/finalizer" in grc(api, "b")["metadata"].get("finalizers", []), 10, "finalizer")
+        api.delete(GRC, NS, "b")
+        wait_for(lambda: api.get(GRC, NS, "b") is None, 15, "b to be gone")
+        for res, name in [(DEPLOYMENTS, "b-executor"), (SERVICES, "b-executor"), (DAEMONSETS, "b-worker")]:
+            assert api.get(res, NS, name) is None, name
+        assert api.get(SECRETS, NS, "mine") is not None  # the user's own Secret stays
+        assert children_present(api, "a")  # the other cluster is untouched
+
+
+def test_named_token_secret_missing_then_created(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "auth": {"tokenSecret": "later"}}))
+        wait_for(lambda: "Secret 'later' not found" in ((api.get(GRC, NS, "demo") or {}).get("status") or {})
+                 .get("message", ""), 10, "the status to name the missing Secret")
+        assert api.get(DEPLOYMENTS, NS, "demo-executor") is None
+        api.create(SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": NS},
+                                 "data": {"token": base64.b64encode(b"t0k3n").decode()}})
+        wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor"), 15, "the children")
+        tmpl = pod_template(api.get(DEPLOYMENTS, NS, "demo-executor"))
+        assert tmpl["metadata"]["annotations"][render.TOKEN_DIGEST] == render.token_digest("t0k3n")
+        env = {e["name"]: e for e in tmpl["spec"]["containers"][0]["env"]}
+        assert env["GRAIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "later", "key": "token"}
+        assert api.get(SECRETS, NS, "demo-token") is None  # none generated
+
+
+def test_nodeport_endpoint_from_service_and_pod(api: Any, run_operator: Any) -> None:
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "executor": {"serviceType": "NodePort"}}))
+        wait_for(lambda: children_present(api), 15, "the children")
+        svc = api.get(SERVICES, NS, "demo-executor")
+        assert svc["spec"]["type"] == "NodePort"
+        ports = [{**p, "nodePort": 31042 if p["name"] == "grain" else 31080} for p in svc["spec"]["ports"]]
+        api.patch(SERVICES, NS, "demo-executor", {"spec": {"ports": ports}})  # the API server assigns them
+        labels = render.labels(render.Owner("demo", NS), "executor")
+        api.create(PODS, NS, {"apiVersion": "v1", "kind": "Pod",
+                              "metadata": {"name": "demo-executor-abc", "namespace": NS, "labels": labels},
+                              "spec": {"nodeName": "node-1", "containers": []},
+                              "status": {"hostIP": "192.0.2.10", "phase": "Running"}})
+        play_controllers(api)
+        wait_for(lambda: grc(api)["status"]["endpoints"].get("external") == "grain://192.0.2.10:31042", 15,
+                 "the external endpoint")
+        # the assigned nodePorts are not fought over
+        time.sleep(1)
+        assert api.get(SERVICES, NS, "demo-executor")["spec"]["ports"][0]["nodePort"] == 31042
+
+
+def test_status_follows_the_executor(api: Any, run_operator: Any, executor_http: Any) -> None:
+    """Status refreshed from a real HTTP /status: the real executor when the core is installed."""
+    spec = {"image": "grain:1", "workers": {"cpus": 1, "memory": "1Gi", "exclusiveCpus": True}}
+    with run_operator(status_url=executor_http.url):
+        api.create(GRC, NS, graincluster(spec=spec))
+        wait_for(lambda: children_present(api), 15, "the children")
+        play_controllers(api, nodes=1)
+        wait_for(lambda: (grc(api).get("status") or {}).get("workers", {}).get("registered") == 1, 20,
+                 "the worker to be reported")
+        st = grc(api)["status"]
+        node = st["workers"]["nodes"][0]
+        assert node["name"] == "node-a" if executor_http.real else "node-0"
+        assert node["cpuset"] and st["cores"]["summary"].endswith("/1" if executor_http.real else "/4")
+        assert cond(grc(api), "ExecutorReady")["status"] == "True"
+        assert st["executorVersion"]
+        if executor_http.real:  # a test process sees all CPUs: not exclusive, and that is said
+            c = cond(grc(api), "ExclusiveCpus")
+            assert c["status"] == "False" and "static CPU manager" in c["message"]
+            assert st["phase"] == "Degraded"
+        else:
+            assert cond(grc(api), "ExclusiveCpus")["status"] == "True" and st["phase"] == "Running"
+            executor_http.stand_in.payload = {**sample_status(workers=1, exclusive=False), "queue_length": 9}
+            wait_for(lambda: grc(api)["status"]["queueLength"] == 9, 10, "the new queue length")
+            assert cond(grc(api), "ExclusiveCpus")["status"] == "False"
+            executor_http.stand_in.payload = None  # /status fails
+            wait_for(lambda: cond(grc(api), "ExecutorReady")["reason"] == "StatusUnreachable", 10,
+                     "ExecutorReady False")
+            assert "503" in cond(grc(api), "ExecutorReady")["message"]
+
+
+def test_cluster_wide_mode(api: Any, run_operator: Any) -> None:
+    with run_operator(namespaces=(), all_namespaces=True):
+        api.create(GRC, NS, graincluster("x", spec={"image": "grain:1"}))
+        other = graincluster("y", spec={"image": "grain:1"})
+        other["metadata"]["namespace"] = "other"
+        api.create(GRC, "other", other)
+        wait_for(lambda: children_present(api, "x", NS) and children_present(api, "y", "other"), 15,
+                 "children in both namespaces")
+        assert pod_template(api.get(DAEMONSETS, "other", "y-worker"))["spec"]["containers"][0]["args"][1] \
+            == "grain://y-executor.other.svc:4242"

@@ -75,3 +75,39 @@ def test_rpw_caps_the_local_worker():
         return wg.results
     results = grain.run_combine(main, rpw=Node(1, 1))
     assert {tuple(r[1]) for r in results} == {(CPUS[0],)}
+
+
+def gpu_env():
+    return sorted(grain.GVAR.res.g), os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def test_gpus_are_allocated_and_made_visible():
+    from grain.resource import GPU
+
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            wg.submit(Cores(1) & GPU(2), gpu_env)
+            wg.submit(Cores(1) & GPU(1), gpu_env)
+        return wg.results
+    (ids2, env2), (ids1, env1) = grain.run_combine(main, rpw=Node(2, 2) & GPU([0, 1, 2]))
+    assert env2 == ",".join(map(str, ids2)) and len(ids2) == 2
+    assert env1 == ",".join(map(str, ids1)) and len(ids1) == 1
+    assert not set(ids1) & set(ids2), "devices are not shared between running jobs"
+
+
+def test_worker_lifetime_limits_placement():
+    import pytest
+
+    from grain.errors import Unschedulable
+    from grain.resource import WTime
+
+    async def main():
+        ok = await grain.exec1(Cores(1) & WTime(5), gpu_free_report)
+        with pytest.raises(Unschedulable):
+            await grain.exec1(Cores(1) & WTime(3600), gpu_free_report)
+        return ok
+    assert grain.run_combine(main, rpw=Node(1, 1) & WTime(600, countdown=True)) == "ran"
+
+
+def gpu_free_report():
+    return "ran"

@@ -108,12 +108,26 @@ def _error_reply(jid: int, e: BaseException) -> bytes:
     return _reply(jid, End.RAISED, f"{type(e).__name__}: {e}", data)
 
 
+async def _send(sock: socket.socket, stream: trio.SocketStream, frame: bytes) -> None:
+    try:
+        sent = sock.send(frame)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(frame):
+        await stream.send_all(memoryview(frame)[sent:])
+
+
 async def serve(sock: socket.socket) -> None:
+    # Raw non-blocking socket calls on the hot path: fewer scheduler round trips per job.
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     dec = FrameDecoder()
     runner = Runner()
     while True:
-        data = await stream.receive_some(1 << 18)
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            data = sock.recv(1 << 18)
+        except BlockingIOError:
+            continue
         if not data:
             return
         for batch in dec.feed(data):
@@ -125,7 +139,7 @@ async def serve(sock: socket.socket) -> None:
                     runner.fns.pop(h[1], None)
                     runner.fn_bytes.pop(h[1], None)
                 elif t == Msg.RUN:
-                    await stream.send_all(await runner.run(h, payload))
+                    await _send(sock, stream, await runner.run(h, payload))
 
 
 def main() -> None:

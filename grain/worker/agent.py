@@ -165,6 +165,12 @@ class WorkerAgent:
         except OSError as e:
             reply = ([Msg.DONE, gid, int(End.CRASHED),
                       f"could not start a runner on worker {self.name}: {e}"], b"")
+        except Exception as e:  # a bug here must fail this job, not the worker
+            log.exception("worker %s: internal error running job %d", self.name, gid)
+            if runner is not None:
+                runner.kill(End.CRASHED)
+            reply = ([Msg.DONE, gid, int(End.CRASHED),
+                      f"internal error on worker {self.name}: {e!r}"], b"")
         finally:
             self.running.pop(gid, None)
             self.jobs_done += 1

@@ -29,9 +29,10 @@ class RunnerDied(Exception):
 class RunnerProcess:
     """One warm runner process and its socket."""
 
-    def __init__(self, proc: trio.Process, stream: trio.SocketStream) -> None:
+    def __init__(self, proc: trio.Process, sock: socket.socket) -> None:
         self.proc = proc
-        self.stream = stream
+        self.sock = sock  # non-blocking once trio wraps it
+        self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.decoder = FrameDecoder()
         self.fns: set[int] = set()
         self.kill_reason: Any = None
@@ -41,10 +42,23 @@ class RunnerProcess:
         return self.proc.pid
 
     async def call(self, messages: list[Message]) -> Message:
-        """Send messages (ending with a RUN) and wait for the job's DONE."""
-        await self.stream.send_all(encode_batch(messages))
+        """Send messages (ending with a RUN) and wait for the job's DONE.
+
+        The hot path talks to the socket directly: a small frame always fits the socket
+        buffer, and skipping the stream layer saves scheduler round trips per job."""
+        frame = encode_batch(messages)
+        try:
+            sent = self.sock.send(frame)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(frame):
+            await self.stream.send_all(memoryview(frame)[sent:])
         while True:
-            data = await self.stream.receive_some(1 << 18)
+            await trio.lowlevel.wait_readable(self.sock)
+            try:
+                data = self.sock.recv(1 << 18)
+            except BlockingIOError:
+                continue
             if not data:
                 with trio.move_on_after(2):  # the exit status says how it died
                     await self.proc.wait()
@@ -103,7 +117,7 @@ class RunnerPool:
         finally:
             child.close()
         self.spawned += 1
-        return RunnerProcess(proc, trio.SocketStream(trio.socket.from_stdlib_socket(parent)))
+        return RunnerProcess(proc, parent)
 
     async def warm(self, n: int) -> None:
         """Start ``n`` idle runners ahead of the first jobs."""

@@ -20,9 +20,11 @@ from operator_harness import (
     PODS,
     SECRETS,
     SERVICES,
+    free_port,
     graincluster,
     sample_status,
     wait_for,
+    wait_http,
 )
 
 from grain_operator import render
@@ -276,8 +278,10 @@ def test_status_follows_the_executor(api: Any, run_operator: Any, executor_http:
             assert "503" in cond(grc(api), "ExecutorReady")["message"]
 
 
-def test_cluster_wide_mode(api: Any, run_operator: Any) -> None:
-    with run_operator(namespaces=(), all_namespaces=True):
+def test_cluster_wide_mode_with_liveness_endpoint(api: Any, run_operator: Any) -> None:
+    liveness = f"http://127.0.0.1:{free_port()}/healthz"
+    with run_operator(namespaces=(), all_namespaces=True, liveness_endpoint=liveness):
+        wait_http(liveness, 10)
         api.create(GRC, NS, graincluster("x", spec={"image": "grain:1"}))
         other = graincluster("y", spec={"image": "grain:1"})
         other["metadata"]["namespace"] = "other"

@@ -19,6 +19,7 @@ from ..net.endpoints import Endpoint
 from ..net.link import DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, LinkClosed, StreamLink
 from ..protocol import handshake
 from ..protocol.messages import Msg
+from ..resource import from_wire
 from .core import Executor
 
 log = logging.getLogger("grain.executor")
@@ -59,20 +60,34 @@ class ExecutorServer:
             log.warning("refused connection from %s: %s", peer, transport.describe_error(e))
             await trio.aclose_forcefully(stream)
             return
+        if role == "worker":
+            try:
+                info = _worker_info(info, peer)
+            except ProtocolError as e:
+                self.refused += 1
+                log.warning("refused worker at %s: %s", peer, e)
+                await trio.aclose_forcefully(stream)
+                return
         link = StreamLink(stream, peer, heartbeat=self.heartbeat, timeout=self.timeout,
                           decoder=dec)
-        async with trio.open_nursery() as n:
-            link.start(n)
-            try:
-                if role == "client":
-                    info.setdefault("name", peer)
-                    await self.executor.serve_client(link, info)
-                elif role == "worker":
-                    await self.executor.serve_worker(link, _worker_info(info, peer))
-                else:
-                    await self._serve_observer(link)
-            finally:
-                link.close("served")
+        try:
+            async with trio.open_nursery() as n:
+                link.start(n)
+                try:
+                    if role == "client":
+                        info.setdefault("name", peer)
+                        await self.executor.serve_client(link, info)
+                    elif role == "worker":
+                        await self.executor.serve_worker(link, info)
+                    else:
+                        await self._serve_observer(link)
+                finally:
+                    link.close("served")
+                    log.info("%s %r at %s disconnected: %s", role, info.get("name", ""), peer,
+                             link.closed)
+        except* Exception as eg:  # one connection's failure never takes the executor down
+            log.error("connection of %s %s ended by an internal error; dropped it",
+                      role, peer, exc_info=eg)
 
     async def _serve_observer(self, link: StreamLink) -> None:
         try:
@@ -85,8 +100,13 @@ class ExecutorServer:
 
 
 def _worker_info(info: dict[str, Any], peer: str) -> dict[str, Any]:
+    """A worker's registration, checked before anything is built from it."""
     if not isinstance(info.get("capacity"), list):
         raise ProtocolError(f"worker at {peer} registered without a capacity")
+    try:
+        from_wire(info["capacity"])
+    except Exception as e:  # noqa: BLE001 - any malformed capacity is the peer's fault
+        raise ProtocolError(f"worker at {peer} registered a malformed capacity: {e!r}") from None
     return info
 
 
@@ -106,6 +126,7 @@ async def dial_worker(executor: Executor, ep: Endpoint, token: str, *,
             try:
                 info, dec = await handshake.dial(stream, token, "executor",
                                                  {"name": executor.name}, expect_role="worker")
+                info = _worker_info(info, str(ep))
             except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError, OSError) as e:
                 log.warning("worker %s refused: %s", ep, e)
                 await trio.aclose_forcefully(stream)
@@ -113,11 +134,15 @@ async def dial_worker(executor: Executor, ep: Endpoint, token: str, *,
                 delay = 0.2
                 link = StreamLink(stream, str(ep), heartbeat=heartbeat, timeout=timeout,
                                   decoder=dec)
-                async with trio.open_nursery() as n:
-                    link.start(n)
-                    try:
-                        await executor.serve_worker(link, _worker_info(info, str(ep)))
-                    finally:
-                        link.close("worker served")
+                try:
+                    async with trio.open_nursery() as n:
+                        link.start(n)
+                        try:
+                            await executor.serve_worker(link, info)
+                        finally:
+                            link.close("worker served")
+                except* Exception as eg:  # redial rather than take the executor down
+                    log.error("connection to worker %s ended by an internal error",
+                              ep, exc_info=eg)
         await trio.sleep(delay)
         delay = min(delay * 2, max_backoff)

@@ -8,6 +8,9 @@ written). ``receive()`` returns the next batch. Two kinds:
 - ``StreamLink``: over a trio stream (TCP, TLS, Unix socket), framed by ``protocol.frames``,
   with heartbeats: a PING goes out after ``heartbeat`` seconds of silence, and a peer
   silent for ``timeout`` seconds is declared dead (half-open connections included).
+  Each end's first frame is ``[PING, timeout]``: the peer then pings at least every
+  ``timeout / 4`` seconds, so two ends configured differently never time each other out
+  merely for being quiet.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HEARTBEAT = 2.0
 DEFAULT_TIMEOUT = 10.0
+MIN_HEARTBEAT = 0.1
 
 
 class LinkClosed(Exception):
@@ -128,6 +132,8 @@ class StreamLink(Link):
         self._in = _Box()
         self._out = _Box()
         self._scope = trio.CancelScope()
+        self._idle: trio.CancelScope | None = None
+        self._last_send = 0.0
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -194,23 +200,45 @@ class StreamLink(Link):
 
     def _deliver(self, batches: list[list[Message]]) -> None:
         for batch in batches:
-            self._in.put_many([m for m in batch if m[0][0] != Msg.PING])
+            msgs = [m for m in batch if m[0][0] != Msg.PING]
+            if len(msgs) != len(batch):
+                for m in batch:
+                    if m[0][0] == Msg.PING and len(m[0]) > 1:
+                        self._peer_timeout(m[0][1])
+            self._in.put_many(msgs)
+
+    def _peer_timeout(self, value: Any) -> None:
+        """The peer declares it after ``value`` seconds of silence: ping well before."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            return
+        hb = max(MIN_HEARTBEAT, min(self.heartbeat, value / 4))
+        if hb < self.heartbeat:
+            log.debug("link to %s: pinging every %gs (the peer's timeout is %gs)",
+                      self.peer, hb, value)
+            self.heartbeat = hb
+            if self._idle is not None:
+                self._idle.deadline = min(self._idle.deadline, self._last_send + hb)
 
     async def _writer(self) -> str | None:
         out = self._out
+        items: list[Message] = [([Msg.PING, self.timeout], b"")]  # announce our timeout
         while True:
-            with trio.move_on_after(self.heartbeat):
-                while not out.items:
-                    if out.closed is not None:
-                        return out.closed
-                    await out.event.wait()
-                    out.event = trio.Event()
-            if out.items:
-                items, out.items = out.items, []
-            elif out.closed is not None:
-                return out.closed
-            else:
-                items = [([Msg.PING], b"")]
+            if not items:
+                with trio.CancelScope(deadline=self._last_send + self.heartbeat) as self._idle:
+                    while not out.items:
+                        if out.closed is not None:
+                            return out.closed
+                        await out.event.wait()
+                        out.event = trio.Event()
+                self._idle = None
+                if out.items:
+                    items, out.items = out.items, []
+                elif out.closed is not None:
+                    return out.closed
+                else:
+                    items = [([Msg.PING], b"")]
             frame = encode_batch(items)
+            items = []
             self.bytes_out += len(frame)
             await self.stream.send_all(frame)
+            self._last_send = trio.current_time()

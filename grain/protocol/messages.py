@@ -28,7 +28,7 @@ class Msg(IntEnum):
     # worker -> executor
     DONE = 9        # [gjob_id, end_code, message]            payload: value/error
     # any direction
-    PING = 10       # []
+    PING = 10       # [] or [timeout_s]: the sender's timeout, first frame on a link
     PONG = 11       # []
     STATUS_REQ = 12  # []
     STATUS = 13     # [status_dict]

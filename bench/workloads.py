@@ -1,0 +1,281 @@
+"""The workloads: what is measured, and how, identically on every system.
+
+Each is ``async def name(ops, params) -> dict of metrics`` (see ``bench.systems``), except
+``cpu`` (two clusters: one worker, then two) and the Grain-only ``queue100k`` and
+``pinning``, which use Grain's API directly. Sizes come from ``params`` (``sizes()`` gives
+the full and the ``--quick`` ones). Every workload warms its system up first (runners,
+workers, function caches) unless it measures the cold start itself.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+from . import procs
+from .jobs import burn, burn_probe, echo, hold, noop, pin_probe, sleep_ms
+from .systems import Ops, run_on
+
+MiB = 2 ** 20
+
+
+def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
+    """Workload sizes; ``--quick`` keeps every workload but makes it smaller; ``smoke``
+    (the harness's own test) makes them tiny: figures meaningless, every path exercised."""
+    if smoke:
+        return {"rt_jobs": 10, "noop_jobs": 200, "sleep_jobs": 100, "big_bytes": MiB,
+                "big_reps": 2, "cpu_jobs": 4, "cpu_seconds": 0.02, "idle_wait": 0.1,
+                "pin_jobs": 40, "queue_jobs": 2000}
+    return {
+        "rt_jobs": 100 if quick else 300,
+        "noop_jobs": 5000,
+        "sleep_jobs": 2000 if quick else 5000,
+        "big_bytes": 10 * MiB,
+        "big_reps": 5 if quick else 10,
+        "cpu_jobs": 8,
+        "cpu_seconds": 0.25 if quick else 0.5,
+        "idle_wait": 1.0 if quick else 2.0,
+        "pin_jobs": 500 if quick else 2000,
+        "queue_jobs": 100_000,
+    }
+
+
+def p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+
+
+async def warm(ops: Ops, n: int = 0) -> None:
+    n = n or 4 * ops.cores
+    await ops.map(noop, [(i,) for i in range(n)])
+
+
+# -- workloads on every system --------------------------------------------------------
+async def cold(ops: Ops, p: dict) -> dict:
+    """Process start (before importing the system) to the first job's result."""
+    await ops.call(noop, 0)
+    t = time.perf_counter()
+    return {"cold_start_s": t - ops.t0, "cold_ready_s": (ops.ready_at or t) - ops.t0}
+
+
+async def roundtrip(ops: Ops, p: dict) -> dict:
+    """One job at a time: submit, wait for its result, again."""
+    await warm(ops)
+    for i in range(20):
+        await ops.call(noop, i)
+    lat = []
+    for i in range(p["rt_jobs"]):
+        t = time.perf_counter()
+        await ops.call(noop, i)
+        lat.append(time.perf_counter() - t)
+    return {"rt_median_ms": statistics.median(lat) * 1e3, "rt_p95_ms": p95(lat) * 1e3}
+
+
+async def noops(ops: Ops, p: dict) -> dict:
+    """N no-op jobs submitted at once: jobs/s from the first submit to the last result."""
+    await warm(ops, 200)
+    n = p["noop_jobs"]
+    t = time.perf_counter()
+    out = await ops.map(noop, [(i,) for i in range(n)])
+    dt = time.perf_counter() - t
+    assert len(out) == n
+    return {"noop_jobs_per_s": n / dt}
+
+
+async def sleeps(ops: Ops, p: dict) -> dict:
+    """N jobs sleeping 1 ms, submitted at once; ideal is cores / 1 ms."""
+    await warm(ops)
+    n = p["sleep_jobs"]
+    t = time.perf_counter()
+    await ops.map(sleep_ms, [(i,) for i in range(n)])
+    rate = n / (time.perf_counter() - t)
+    ideal = ops.cores * 1000.0
+    return {"sleep_jobs_per_s": rate, "sleep_of_ideal": rate / ideal}
+
+
+async def big(ops: Ops, p: dict) -> dict:
+    """One job taking and returning a 10 MiB bytes object, several times: round trip."""
+    data = os.urandom(p["big_bytes"])
+    await warm(ops)
+    for _ in range(2):
+        await ops.call(echo, data)
+    times = []
+    for _ in range(p["big_reps"]):
+        t = time.perf_counter()
+        r = await ops.call(echo, data)
+        times.append(time.perf_counter() - t)
+        assert len(r) == len(data)
+    return {"big_rt_ms": statistics.median(times) * 1e3}
+
+
+async def idle(ops: Ops, p: dict) -> dict:
+    """Memory of the driver and all its descendants once warm and idle."""
+    await warm(ops)
+    await ops.sleep(p["idle_wait"])
+    m = procs.tree_memory()
+    return {"idle_rss_mib": m["rss_mib"], "idle_pss_mib": m["pss_mib"],
+            "idle_procs": m["procs"], "_idle_names": m["names"]}
+
+
+# -- CPU scaling: two clusters ---------------------------------------------------------
+def _cpu_phase(fn: Any):
+    async def phase(ops: Ops, p: dict) -> dict:
+        await warm(ops, 2 * ops.cores)
+        t = time.perf_counter()
+        out = await ops.map(fn, [(p["burn_n"],)] * p["cpu_jobs"])
+        dt = time.perf_counter() - t
+        bad = 0
+        if fn is burn_probe:
+            bad = sum(1 for _, aff, cores in out if aff != cores)
+        return {"t": dt, "pin_mismatches": bad}
+    return phase
+
+
+def cpu(system: str, p: dict, t0: float) -> dict:
+    """8 CPU-bound jobs of ~0.5 s on one worker, then on two: the speed-up.
+    Grain: the embedded cluster with ``rpw=Cores(1)`` then ``Cores(2)`` (over TCP: a worker
+    with ``--cores 0`` then ``--cores 0,1``), each job checking its pinning."""
+    fn = burn_probe if system.startswith("grain") else burn
+    one = run_on(system, _cpu_phase(fn), p, t0, workers=1)
+    two = run_on(system, _cpu_phase(fn), p, t0, workers=2)
+    out = {"cpu_1w_s": one["t"], "cpu_2w_s": two["t"], "cpu_speedup": one["t"] / two["t"]}
+    if system.startswith("grain"):
+        out["cpu_pin_mismatches"] = one["pin_mismatches"] + two["pin_mismatches"]
+    return out
+
+
+# -- Grain only ------------------------------------------------------------------------
+async def pinning(ops: Any, p: dict) -> dict:
+    """Jobs of mixed shapes (Cores(1), Cores(2)); each reports its affinity, its
+    allocation and OMP_NUM_THREADS; count jobs where they disagree."""
+    from grain.resource import Cores
+    await warm(ops)
+    n = p["pin_jobs"]
+    out1 = await ops.map(pin_probe, [(i,) for i in range(n // 2)], res=Cores(1))
+    out2 = await ops.map(pin_probe, [(i,) for i in range(n - n // 2)],
+                         res=Cores(min(2, ops.cores)))
+    bad = sum(1 for _, aff, cores, omp in out1 + out2
+              if aff != cores or omp != str(len(cores)))
+    return {"pin_jobs": len(out1) + len(out2), "pin_mismatches": bad,
+            "pin_runner_pids": len({r[0] for r in out1 + out2})}
+
+
+async def _barrier(ops: Any) -> str:
+    """Wait until the executor has processed everything sent before: it refuses a job
+    no worker could ever run at once, and a link is in order. Falls back to waiting
+    for the executor's RSS to settle when the refusal does not come."""
+    import trio
+
+    import grain
+    from grain.errors import Unschedulable
+    from grain.resource import Cores
+    with trio.move_on_after(120):
+        try:
+            await grain.exec1(Cores(1_000_000), noop)
+        except Unschedulable:
+            return "refusal"
+    return "timeout"
+
+
+async def queue100k(ops: Any, p: dict) -> dict:
+    """One job holds every core; 100,000 Cores(1) jobs queue behind it. Executor RSS
+    (the whole client+executor process on the embedded cluster) before, with the queue,
+    and after cancelling it."""
+    import trio
+
+    import grain
+    from grain.resource import Cores
+    await warm(ops)
+    pid = ops.executor_pid or os.getpid()
+    await _barrier(ops)
+    before = procs.rss_mib(pid)
+    n = p["queue_jobs"]
+    out: dict[str, Any] = {}
+    with trio.CancelScope() as cs:
+        async with grain.open_waitgroup() as wg:
+            wg.submit(Cores(ops.cores), hold, 3600)
+            t = time.perf_counter()
+            for i in range(n):
+                wg.submit(ops.one, noop, i)
+            t_sub = time.perf_counter() - t
+            how = await _barrier(ops)
+            t_q = time.perf_counter() - t
+            queued = procs.rss_mib(pid)
+            out.update(queue_jobs=n, queue_submit_s=t_sub, queue_accept_s=t_q,
+                       queue_rss_before_mib=before, queue_rss_mib=queued,
+                       queue_bytes_per_job=(queued - before) * MiB / n, _barrier=how)
+            if ops.executor_pid:
+                out["queue_client_rss_mib"] = procs.rss_mib(os.getpid())
+            tc = time.perf_counter()
+            cs.cancel()
+    await _barrier(ops)
+    out["queue_cancel_s"] = time.perf_counter() - tc
+    out["queue_rss_after_cancel_mib"] = procs.rss_mib(pid)
+    return out
+
+
+# -- the bare TCP echo (the 10 MiB target's yardstick) --------------------------------
+def tcp_echo(p: dict) -> dict:
+    """10 MiB to an echo server in another process on loopback and back, store and
+    forward (the server reads all of it before answering, as a job does)."""
+    import socket
+    import subprocess
+    import sys
+    srv = subprocess.Popen([sys.executable, "-m", "bench.echo_server"],
+                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    try:
+        port = int(srv.stdout.readline())
+        data = os.urandom(p["big_bytes"])
+        times = []
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for i in range(2 + p["big_reps"]):
+                t = time.perf_counter()
+                s.sendall(len(data).to_bytes(8, "big") + data)
+                got = _recv_exact(s, 8)
+                back = _recv_exact(s, int.from_bytes(got, "big"))
+                dt = time.perf_counter() - t
+                assert len(back) == len(data)
+                if i >= 2:
+                    times.append(dt)
+        return {"big_rt_ms": statistics.median(times) * 1e3}
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def _recv_exact(s: Any, n: int) -> bytes:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = s.recv_into(view[got:])
+        if not k:
+            raise ConnectionError("echo server closed")
+        got += k
+    return bytes(buf)
+
+
+#: workload name -> (function, systems it runs on, what it measures)
+WORKLOADS: dict[str, tuple[Any, tuple[str, ...], str]] = {
+    "cold": (cold, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+             "process start to the first job's result"),
+    "roundtrip": (roundtrip, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+                  "one job at a time: latency"),
+    "noop": (noops, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+             "5,000 no-op jobs at once: throughput"),
+    "sleep1ms": (sleeps, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+                 "5,000 jobs sleeping 1 ms: throughput"),
+    "big10mib": (big, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+                 "one job taking and returning 10 MiB: round trip"),
+    "echo10mib": (tcp_echo, ("bare-tcp",), "bare TCP echo of 10 MiB over loopback"),
+    "cpu": (cpu, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+            "8 CPU-bound jobs: speed-up of 2 workers over 1"),
+    "idle": (idle, ("grain", "grain-tcp", "dask", "ray", "processpool"),
+             "RSS of the driver and all its children, warm and idle"),
+    "pinning": (pinning, ("grain", "grain-tcp"), "every job's affinity = its allocation"),
+    "queue100k": (queue100k, ("grain", "grain-tcp"),
+                  "executor RSS with 100,000 queued jobs"),
+}

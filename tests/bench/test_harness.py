@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark harness (``bench.run``): its tiniest mode, Grain's embedded
+cluster and the ProcessPool floor only, in a temporary results directory. Checks the JSON
+it writes has the expected shape. Never checks a timing: targets are reported by the
+benchmark, never asserted here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def doc(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("bench-results")
+    p = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only",
+                        "grain,processpool", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=220)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    files = sorted(f.name for f in out.iterdir())
+    assert "latest.json" in files and len(files) == 2, files
+    stamped = next(f for f in files if f != "latest.json")
+    assert json.loads((out / stamped).read_text()) == json.loads(
+        (out / "latest.json").read_text())
+    assert "Targets" in p.stdout
+    return json.loads((out / "latest.json").read_text())
+
+
+def test_top_level_keys(doc: dict) -> None:
+    assert set(doc) >= {"meta", "systems", "results", "ratios", "targets", "errors", "runs"}
+    assert doc["meta"]["smoke"] is True and doc["meta"]["rounds"] == 1
+    assert set(doc["systems"]) == {"grain", "processpool"}
+    assert doc["errors"] == []
+    assert all(r["ok"] and r["leaked"] == [] for r in doc["runs"])
+
+
+def test_every_workload_measured(doc: dict) -> None:
+    common = {"cold_start_s", "rt_median_ms", "rt_p95_ms", "noop_jobs_per_s",
+              "sleep_jobs_per_s", "sleep_of_ideal", "big_rt_ms", "cpu_speedup",
+              "idle_rss_mib"}
+    grain_only = {"pin_mismatches", "cpu_pin_mismatches", "queue_rss_mib",
+                  "queue_bytes_per_job"}
+    assert set(doc["results"]["grain"]) >= common | grain_only
+    assert set(doc["results"]["processpool"]) >= common
+    assert not set(doc["results"]["processpool"]) & grain_only
+    for m in doc["results"]["grain"].values():
+        assert set(m) >= {"median", "min", "max", "values", "n", "unit", "better"}
+        assert m["min"] <= m["median"] <= m["max"]
+
+
+def test_ratios_and_targets(doc: dict) -> None:
+    assert set(doc["ratios"]["grain"]["rt_median_ms"]) == {"processpool"}
+    targets = {t["target"]: t for t in doc["targets"] if t["system"] == "grain"}
+    assert "round trip <= 2.5x ProcessPool" in targets
+    assert targets["round trip <= 1/2 of Ray"]["met"] is None  # Ray not run: n/a
+    assert all(t["met"] in (True, False, None) for t in targets.values())
+    # correctness, not speed: every job ran on exactly the cores it was given
+    assert doc["results"]["grain"]["pin_mismatches"]["max"] == 0

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from .._version import __version__
-from ..errors import ConfigurationError, GrainError
+from ..errors import GrainError
 
 
 def _setup_logging(level: str) -> None:

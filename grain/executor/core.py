@@ -25,6 +25,9 @@ from .placement import Placement, shape_of
 log = logging.getLogger("grain.executor")
 
 DEFAULT_RETRIES = 2
+CHAIN_SHORT_SECONDS = 0.01   # chain jobs of functions whose jobs take less than this
+CHAIN_MIN_SAMPLES = 5
+CHAIN_DEPTH = 16             # at most this many jobs wait behind a running one
 
 
 @dataclass
@@ -60,12 +63,13 @@ class Executor:
     """Routes jobs from clients to workers. Transport-agnostic: give it ``Link`` s."""
 
     def __init__(self, *, retries: int = DEFAULT_RETRIES, wait_for_workers: float = 0.0,
-                 name: str = "executor") -> None:
+                 name: str = "executor", chain_short: float = CHAIN_SHORT_SECONDS,
+                 chain_depth: int = CHAIN_DEPTH) -> None:
         self.name = name
         self.retries = retries
         self.wait_for_workers = wait_for_workers
         self.ledger = Ledger()
-        self.placement = Placement()
+        self.placement = Placement(chain_depth=chain_depth if chain_short > 0 else 0)
         self.clients: dict[int, ClientSession] = {}
         self.workers: dict[int, WorkerSession] = {}
         self.fn_bytes: dict[int, bytes] = {}
@@ -76,6 +80,9 @@ class Executor:
         self.placement_count = 0
         self.worker_changed = trio.Event()
         self._first_unfit: dict[Any, float] = {}
+        self.chain_short = chain_short
+        self._fn_runtime: dict[int, list[float]] = {}   # gfn -> [jobs, total seconds]
+        self.chained = 0
 
     def _new_id(self) -> int:
         self._ids += 1
@@ -174,6 +181,7 @@ class Executor:
             self._cancel(gid)
         for gfn in s.fns.values():
             self.fn_bytes.pop(gfn, None)
+            self._fn_runtime.pop(gfn, None)
             self._fn_owner.pop(gfn, None)
             for w in self.workers.values():
                 if gfn in w.fns:
@@ -251,23 +259,54 @@ class Executor:
             return
         now = time.monotonic()
         for gid, wid, alloc in self.placement.schedule():
-            rec = self.ledger.get(gid)
-            w = self.workers[wid]
-            alloc_wire = to_wire(alloc)
-            self.ledger.start(gid, wid, alloc, alloc_wire)
-            self.placement_seconds_sum += now - rec.submitted_at
-            self.placement_count += 1
-            if rec.gfn not in w.fns:
-                w.fns.add(rec.gfn)
-                w.link.send([Msg.FUNCTION, rec.gfn], self.fn_bytes[rec.gfn])
-            w.link.send([Msg.RUN, gid, alloc_wire, rec.gfn, limits_for(rec.request),
-                         self.clients[rec.client].name if rec.client in self.clients else ""],
-                        rec.payload)
+            self._dispatch(gid, wid, alloc, None, now)
+        if self.placement.chain_depth and len(self.placement):
+            for gid, wid, alloc, after in self.placement.chain(self._chain_depth_for):
+                self.chained += 1
+                self._dispatch(gid, wid, alloc, after, now)
+
+    def _dispatch(self, gid: int, wid: int, alloc: Resource, after: int | None,
+                  now: float) -> None:
+        rec = self.ledger.get(gid)
+        w = self.workers[wid]
+        alloc_wire = to_wire(alloc)
+        self.ledger.start(gid, wid, alloc, alloc_wire)
+        self.placement_seconds_sum += now - rec.submitted_at
+        self.placement_count += 1
+        if rec.gfn not in w.fns:
+            w.fns.add(rec.gfn)
+            w.link.send([Msg.FUNCTION, rec.gfn], self.fn_bytes[rec.gfn])
+        w.link.send([Msg.RUN, gid, alloc_wire, rec.gfn, limits_for(rec.request),
+                     self.clients[rec.client].name if rec.client in self.clients else "",
+                     after], rec.payload)
+
+    def _chain_depth_for(self, head: int, tail: int) -> int:
+        """How many jobs may wait on one allocation: only jobs of one function whose jobs
+        are known to be short, and only as many as take about ``chain_short`` seconds
+        together (a chained job waits for those ahead of it even if another core frees)."""
+        h, t = self.ledger.get(head), self.ledger.get(tail)
+        if h is None or t is None or h.gfn != t.gfn:
+            return 0
+        stats = self._fn_runtime.get(h.gfn)
+        if stats is None or stats[0] < CHAIN_MIN_SAMPLES or stats[1] >= self.chain_short:
+            return 0
+        return max(1, int(self.chain_short / max(stats[1], 1e-6)))
 
     def _end(self, rec: JobRecord, end: End, message: str = "", payload: bytes = b"") -> None:
         alloc_wire, worker = rec.alloc_wire, rec.worker
         if rec.state is JobState.RUNNING and rec.worker is not None:
-            self.placement.release(rec.worker, rec.gid, rec.alloc)
+            now = time.monotonic()
+            succ = self.placement.release(rec.worker, rec.gid, rec.alloc)
+            if succ is not None:  # the job chained behind it starts now
+                nxt = self.ledger.get(succ)
+                if nxt is not None:
+                    nxt.started_at = now
+            if end in (End.OK, End.RAISED):
+                # a moving average of the function's job run time, for chaining
+                stats = self._fn_runtime.setdefault(rec.gfn, [0, 0.0])
+                took = now - rec.started_at
+                stats[1] = took if not stats[0] else 0.8 * stats[1] + 0.2 * took
+                stats[0] += 1
         if self.ledger.end(rec.gid, ok=end == End.OK, cancelled=end == End.CANCELLED) is None:
             return
         s = self.clients.get(rec.client)

@@ -12,6 +12,13 @@ Policy (EASY backfilling without run-time estimates):
   a pass costs O(shapes + placements), not O(queue), even with a million queued jobs.
 - Among workers where a job fits, the first registered wins (first fit), which packs jobs
   and leaves whole workers free for big requests.
+
+Chaining (``chain``): when nothing more fits, the head of the queue may be queued *behind*
+a running job of the same request on that job's allocation, to start on the same cores the
+moment it ends, without a round trip through the executor. Only the head is ever chained
+(so order is kept and nobody is delayed but the chained job itself), at most one job per
+allocation, and only where the caller's ``can_chain`` agrees (the executor allows it for
+jobs of a function whose jobs are observed to be short).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +47,16 @@ class Pending:
     shape: Any
 
 
+@dataclass(slots=True, eq=False)
+class _Chain:
+    """Jobs sharing one allocation: the first runs, the others wait behind it."""
+
+    wid: int
+    alloc: Resource
+    shape: Any
+    jobs: deque[int]
+
+
 @dataclass(slots=True)
 class WorkerState:
     """A registered worker's capacity: ``total`` is never mutated, ``free`` is."""
@@ -53,11 +71,15 @@ class WorkerState:
 class Placement:
     """The executor's queue and the workers' free resources."""
 
-    def __init__(self) -> None:
+    def __init__(self, chain_depth: int = 0) -> None:
         self.workers: dict[int, WorkerState] = {}
         self._shapes: dict[Any, deque[Pending]] = {}
         self._queued: dict[int, Pending] = {}
         self.reserved_for: tuple[int, int] | None = None  # (head gid, worker id) of last pass
+        # chaining: the jobs sharing each allocation, and the chains with room left
+        self.chain_depth = chain_depth
+        self._chain_of: dict[int, _Chain] = {}
+        self._open: dict[Any, dict[_Chain, None]] = {}
 
     # -- workers -------------------------------------------------------------------
     def add_worker(self, wid: int, name: str, total: Resource, free: Resource) -> None:
@@ -67,7 +89,13 @@ class Placement:
     def remove_worker(self, wid: int) -> set[int]:
         """Forget a worker; returns the ids of the jobs that were running on it."""
         w = self.workers.pop(wid, None)
-        return set(w.running) if w else set()
+        if w is None:
+            return set()
+        for gid in w.running:
+            ch = self._chain_of.pop(gid, None)
+            if ch is not None:
+                self._open.get(ch.shape, {}).pop(ch, None)
+        return set(w.running)
 
     def could_ever_fit(self, request: Resource) -> bool:
         """True when some registered worker, empty, could run ``request``."""
@@ -108,12 +136,59 @@ class Placement:
         return [(dq[0].request, [p.gid for p in dq]) for dq in self._shapes.values()]
 
     # -- running ---------------------------------------------------------------------
-    def release(self, wid: int, gid: int, alloc: Resource) -> None:
-        """A job ended: give its allocation back to its worker (if it is still there)."""
+    def release(self, wid: int, gid: int, alloc: Resource) -> int | None:
+        """A job ended. When jobs are chained behind it, the allocation passes on and the
+        id of the job that now runs on it is returned; otherwise the allocation goes back
+        to its worker (if the worker is still there)."""
         w = self.workers.get(wid)
-        if w is not None and gid in w.running:
-            w.running.discard(gid)
+        ch = self._chain_of.pop(gid, None)
+        if w is None or gid not in w.running:
+            return None
+        w.running.discard(gid)
+        if ch is None:
             w.free.dealloc(alloc)
+            return None
+        was_current = ch.jobs[0] == gid
+        ch.jobs.remove(gid)
+        if ch.jobs:
+            if len(ch.jobs) <= self.chain_depth:
+                self._open.setdefault(ch.shape, {})[ch] = None
+            return ch.jobs[0] if was_current else None
+        self._open.get(ch.shape, {}).pop(ch, None)
+        w.free.dealloc(ch.alloc)
+        return None
+
+    def chain(self, depth_for: Callable[[int, int], int], tries: int = 4
+              ) -> list[tuple[int, int, Resource, int]]:
+        """Queue heads behind running jobs of the same shape: (job, worker, allocation,
+        the job it waits behind). ``depth_for(head, tail)`` says how many jobs may wait
+        on one allocation for this pair (0: none), capped by ``chain_depth``. Call after
+        ``schedule``."""
+        out: list[tuple[int, int, Resource, int]] = []
+        while self._shapes and self.chain_depth:
+            key = min(self._shapes, key=lambda k: self._shapes[k][0].gid)
+            dq = self._shapes[key]
+            head = dq[0]
+            opens = self._open.get(key)
+            found = None
+            for ch in list(opens or ())[:tries]:
+                if len(ch.jobs) <= min(depth_for(head.gid, ch.jobs[-1]), self.chain_depth):
+                    found = ch
+                    break
+            if found is None:
+                break
+            tail = found.jobs[-1]
+            found.jobs.append(head.gid)
+            if len(found.jobs) > self.chain_depth:
+                del opens[found]
+            dq.popleft()
+            del self._queued[head.gid]
+            if not dq:
+                del self._shapes[key]
+            self._chain_of[head.gid] = found
+            self.workers[found.wid].running.add(head.gid)
+            out.append((head.gid, found.wid, found.alloc, tail))
+        return out
 
     def schedule(self) -> list[tuple[int, int, Resource]]:
         """Start what can start now: a list of (job id, worker id, allocation)."""
@@ -138,7 +213,11 @@ class Placement:
                 p = dq.popleft()
                 del self._queued[p.gid]
                 w.running.add(p.gid)
-                out.append((p.gid, w.wid, w.free.alloc(req)))
+                alloc = w.free.alloc(req)
+                if self.chain_depth:
+                    ch = self._chain_of[p.gid] = _Chain(w.wid, alloc, key, deque((p.gid,)))
+                    self._open.setdefault(key, {})[ch] = None
+                out.append((p.gid, w.wid, alloc))
                 if dq and heads and dq[0].gid > heads[0][0]:
                     heapq.heappush(heads, (dq[0].gid, key))  # an older shape goes first
                     break

@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import traceback
+from collections import deque
 from typing import Any
 
 import trio
@@ -24,7 +25,7 @@ import trio
 from ..client.gvar import _VARS
 from ..errors import RemoteError, SerializationError
 from ..protocol import payload as pl
-from ..protocol.frames import FrameDecoder, encode
+from ..protocol.frames import FrameDecoder, Message, encode_batch
 from ..protocol.messages import End, Msg
 from ..resource import from_wire
 
@@ -68,7 +69,7 @@ class Runner:
             os.environ.update(env)
             self.env_set = dict(env)
 
-    async def run(self, h: list[Any], payload: bytes) -> bytes:
+    async def run(self, h: list[Any], payload: bytes) -> Message:
         jid, alloc_wire, gfn, cpus, env, instance = h[1], h[2], h[3], h[4], h[5], h[6]
         try:
             fn = self._function(gfn)
@@ -93,11 +94,11 @@ class Runner:
         return _reply(jid, End.OK, "", data)
 
 
-def _reply(jid: int, end: End, message: str, data: bytes = b"") -> bytes:
-    return encode([Msg.DONE, jid, int(end), message], data)
+def _reply(jid: int, end: End, message: str, data: bytes = b"") -> Message:
+    return [Msg.DONE, jid, int(end), message], data
 
 
-def _error_reply(jid: int, e: BaseException) -> bytes:
+def _error_reply(jid: int, e: BaseException) -> Message:
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
     e.__traceback__ = None
     try:
@@ -108,7 +109,9 @@ def _error_reply(jid: int, e: BaseException) -> bytes:
     return _reply(jid, End.RAISED, f"{type(e).__name__}: {e}", data)
 
 
-async def _send(sock: socket.socket, stream: trio.SocketStream, frame: bytes) -> None:
+async def _flush(sock: socket.socket, stream: trio.SocketStream, replies: list[Message]) -> None:
+    frame = encode_batch(replies)
+    replies.clear()
     try:
         sent = sock.send(frame)
     except BlockingIOError:
@@ -118,28 +121,36 @@ async def _send(sock: socket.socket, stream: trio.SocketStream, frame: bytes) ->
 
 
 async def serve(sock: socket.socket) -> None:
-    # Raw non-blocking socket calls on the hot path: fewer scheduler round trips per job.
+    """Run jobs as they arrive, in order, one at a time; raw non-blocking socket calls on
+    the hot path (fewer scheduler round trips per job). Each reply is sent before the next
+    job starts, so a job that kills the runner can never take a finished job's result with
+    it. Jobs chained behind the current one are already in the socket buffer: the runner
+    goes straight on to them."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
     dec = FrameDecoder()
     runner = Runner()
+    inbox: deque[Message] = deque()
     while True:
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            data = sock.recv(1 << 18)
-        except BlockingIOError:
+        if not inbox:
+            try:
+                data = sock.recv(1 << 18)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            if not data:
+                return
+            for batch in dec.feed(data):
+                inbox.extend(batch)
             continue
-        if not data:
-            return
-        for batch in dec.feed(data):
-            for h, payload in batch:
-                t = h[0]
-                if t == Msg.FUNCTION:
-                    runner.fn_bytes[h[1]] = payload
-                elif t == Msg.FORGET_FN:
-                    runner.fns.pop(h[1], None)
-                    runner.fn_bytes.pop(h[1], None)
-                elif t == Msg.RUN:
-                    await _send(sock, stream, await runner.run(h, payload))
+        h, payload = inbox.popleft()
+        t = h[0]
+        if t == Msg.RUN:
+            await _flush(sock, stream, [await runner.run(h, payload)])
+        elif t == Msg.FUNCTION:
+            runner.fn_bytes[h[1]] = payload
+        elif t == Msg.FORGET_FN:
+            runner.fns.pop(h[1], None)
+            runner.fn_bytes.pop(h[1], None)
 
 
 def main() -> None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,15 +54,26 @@ def job_env(cpus: list[int] | None, gpus: list[int] | None) -> dict[str, str]:
 
 @dataclass(slots=True)
 class RunningJob:
+    """A job this worker was given, from RUN to DONE."""
+
     gid: int
+    gfn: int
+    messages: list[Any]            # what goes to the runner (RUN, maybe FUNCTION first)
+    time_limit: float | None
     memory_limit: int | None
     runner: RunnerProcess | None = None
+    started: float | None = None   # when it became its runner's current job
     cancelled: bool = False
     peak_rss: int = 0
 
 
 class WorkerAgent:
-    """Runs the jobs an executor sends over a link. Reusable across reconnects."""
+    """Runs the jobs an executor sends over a link. Reusable across reconnects.
+
+    Each busy runner has a queue: its current job, and at most one job the executor
+    chained behind it (same cores, to start the moment the first ends). Chained jobs are
+    written to the runner's socket at once, so the runner goes straight on to them.
+    """
 
     def __init__(self, name: str, inventory: Inventory, pool: RunnerPool, *,
                  memory_poll: float = 0.2) -> None:
@@ -69,8 +82,11 @@ class WorkerAgent:
         self.pool = pool
         self.memory_poll = memory_poll
         self.running: dict[int, RunningJob] = {}
+        self.queues: dict[RunnerProcess, deque[RunningJob]] = {}
         self.fn_bytes: dict[int, bytes] = {}
-        self._env_cache: dict[Any, dict[str, str]] = {}
+        self._env_cache: dict[Any, tuple[list[int] | None, dict[str, str]]] = {}
+        self._deadlines_changed = trio.Event()
+        self._chained: dict[RunnerProcess, list[Any]] = {}
         self.jobs_done = 0
 
     def info(self) -> dict[str, Any]:
@@ -79,14 +95,18 @@ class WorkerAgent:
     async def serve(self, link: Link, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve one executor link until it closes; then kill what still runs."""
         self.fn_bytes.clear()  # function ids are per executor connection
+        self._link = link
         try:
             async with trio.open_nursery() as n:
+                self._nursery = n
                 n.start_soon(self._watch_memory)
+                n.start_soon(self._watch_time)
                 task_status.started()
                 try:
                     while True:
                         for h, payload in await link.receive():
-                            self._on_message(n, link, h, payload)
+                            self._on_message(h, payload)
+                        self._flush_chained()
                 except LinkClosed as e:
                     log.warning("worker %s: executor link closed: %s", self.name, e)
                 n.cancel_scope.cancel()
@@ -96,91 +116,148 @@ class WorkerAgent:
                 if job.runner is not None:
                     job.runner.kill(End.CANCELLED)
             self.running.clear()
+            self.queues.clear()
 
-    def _on_message(self, n: trio.Nursery, link: Link, h: Any, payload: bytes) -> None:
+    # -- messages from the executor ------------------------------------------------
+    def _on_message(self, h: Any, payload: bytes) -> None:
         t = h[0]
         if t == Msg.RUN:
-            limits = h[4]
-            job = RunningJob(int(h[1]), limits[1])
-            self.running[job.gid] = job
-            n.start_soon(self._run, link, job, h, payload)
+            self._on_run(h, payload)
         elif t == Msg.FUNCTION:
             self.fn_bytes[int(h[1])] = payload
         elif t == Msg.KILL:
             job = self.running.get(int(h[1]))
             if job is not None:
                 job.cancelled = True
-                if job.runner is not None:
+                if job.runner is not None and job.started is not None:
                     job.runner.kill(End.CANCELLED)
+                # a job still waiting behind another is killed when its turn comes
         elif t == Msg.FORGET_FN:
             self.fn_bytes.pop(int(h[1]), None)
-        elif t == Msg.STATUS:
-            pass
-        else:
+        elif t != Msg.STATUS:
             log.warning("worker %s: unexpected message type %r", self.name, t)
+
+    def _on_run(self, h: Any, payload: bytes) -> None:
+        gid, alloc_wire, gfn, limits = int(h[1]), h[2], int(h[3]), h[4]
+        after = h[6] if len(h) > 6 else None
+        try:
+            cpus, env = self._env_for(alloc_wire)
+        except Exception as e:  # noqa: BLE001 - a bad allocation fails this job only
+            self._reply(gid, End.CRASHED, f"bad allocation on worker {self.name}: {e!r}")
+            return
+        job = RunningJob(gid, gfn, [([Msg.RUN, gid, alloc_wire, gfn, cpus, env, self.name],
+                                     payload)], limits[0], limits[1])
+        self.running[gid] = job
+        pred = self.running.get(after) if after is not None else None
+        q = self.queues.get(pred.runner) if pred is not None and pred.runner else None
+        if q and q[-1] is pred:
+            # it goes straight on after its predecessor; sent with the rest of this batch
+            self._chained.setdefault(pred.runner, []).extend(self._messages_for(pred.runner, job))
+            q.append(job)
+        else:
+            self._nursery.start_soon(self._start, job)
+
+    # -- runners -------------------------------------------------------------------
+    def _messages_for(self, runner: RunnerProcess, job: RunningJob) -> list[Any]:
+        job.runner = runner
+        if job.gfn not in runner.fns:
+            fn = self.fn_bytes.get(job.gfn)
+            if fn is not None:
+                runner.fns.add(job.gfn)
+                return [([Msg.FUNCTION, job.gfn], fn), *job.messages]
+        return job.messages
+
+    def _send(self, runner: RunnerProcess, job: RunningJob) -> None:
+        runner.send_soon(self._messages_for(runner, job), self._nursery)
+
+    def _flush_chained(self) -> None:
+        """One write per runner for all the jobs chained onto it by one batch."""
+        if self._chained:
+            chained, self._chained = self._chained, {}
+            for runner, msgs in chained.items():
+                runner.send_soon(msgs, self._nursery)
+
+    async def _start(self, job: RunningJob) -> None:
+        if job.cancelled:
+            self._finish(job, [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"])
+            return
+        if job.gfn not in self.fn_bytes:
+            self._finish(job, [Msg.DONE, job.gid, int(End.SERIALIZATION),
+                               f"function {job.gfn} was never sent to worker {self.name}"])
+            return
+        try:
+            runner = await self.pool.acquire()
+        except OSError as e:
+            self._finish(job, [Msg.DONE, job.gid, int(End.CRASHED),
+                               f"could not start a runner on worker {self.name}: {e}"])
+            return
+        if job.gid not in self.running:   # ended meanwhile (link lost)
+            await self.pool.release(runner, True)
+            return
+        self.queues[runner] = deque([job])
+        self._begin(job)
+        self._send(runner, job)
+        await self._drive(runner)
+
+    def _begin(self, job: RunningJob) -> None:
+        job.started = time.monotonic()
+        if job.time_limit:
+            self._deadlines_changed.set()
+        if job.cancelled and job.runner is not None:
+            job.runner.kill(End.CANCELLED)
+
+    async def _drive(self, runner: RunnerProcess) -> None:
+        """Read the runner's replies until its queue is empty; handle its death."""
+        q = self.queues[runner]
+        healthy = False
+        try:
+            while q:
+                h, payload = await runner.receive()
+                job = q.popleft()
+                self._finish(job, h, payload)
+                if q:
+                    q[0].started = None
+                    self._begin(q[0])
+            healthy = True
+        except RunnerDied as e:
+            if q:
+                job = q.popleft()
+                self._finish(job, *self._death_reply(job, str(e)))
+            for waiting in q:  # chained behind the dead job: run them on a fresh runner
+                waiting.runner = None
+                waiting.started = None
+                self._nursery.start_soon(self._start, waiting)
+            q.clear()
+        finally:
+            self.queues.pop(runner, None)
+            await self.pool.release(runner, healthy and runner.kill_reason is None)
+
+    def _finish(self, job: RunningJob, header: Any, payload: bytes = b"") -> None:
+        if self.running.pop(job.gid, None) is None:
+            return
+        self.jobs_done += 1
+        if job.cancelled and header[2] != End.OK:
+            header, payload = [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"], b""
+        with contextlib.suppress(LinkClosed):
+            self._link.send(header, payload)
+
+    def _reply(self, gid: int, end: End, message: str) -> None:
+        with contextlib.suppress(LinkClosed):
+            self._link.send([Msg.DONE, gid, int(end), message])
 
     def _env_for(self, alloc_wire: Any) -> tuple[list[int] | None, dict[str, str]]:
         key = repr(alloc_wire)
         cached = self._env_cache.get(key)
         if cached is not None:
-            return cached  # type: ignore[return-value]
+            return cached
         kinds = from_wire(alloc_wire, strict=False).kinds()
         cores = kinds.get("Cores")
         cpus = self.inventory.real_cpus(cores.c) if cores is not None and cores.c else None
         gpu = kinds.get("GPU")
         out = (cpus, job_env(cpus, sorted(gpu.g) if gpu is not None else None))
         if len(self._env_cache) < 4096:
-            self._env_cache[key] = out  # type: ignore[assignment]
+            self._env_cache[key] = out
         return out
-
-    async def _run(self, link: Link, job: RunningJob, h: Any, payload: bytes) -> None:
-        gid, alloc_wire, gfn, limits = job.gid, h[2], int(h[3]), h[4]
-        runner: RunnerProcess | None = None
-        reply: tuple[list[Any], bytes] | None = None
-        try:
-            cpus, env = self._env_for(alloc_wire)
-            runner = job.runner = await self.pool.acquire()
-            if job.cancelled:
-                return
-            msgs: list[Any] = []
-            if gfn not in runner.fns:
-                fn = self.fn_bytes.get(gfn)
-                if fn is None:
-                    reply = ([Msg.DONE, gid, int(End.SERIALIZATION),
-                              f"function {gfn} was never sent to worker {self.name}"], b"")
-                    return
-                msgs.append(([Msg.FUNCTION, gfn], fn))
-                runner.fns.add(gfn)
-            msgs.append(([Msg.RUN, gid, alloc_wire, gfn, cpus, env, self.name], payload))
-            time_limit = limits[0]
-            with trio.move_on_after(time_limit) if time_limit else contextlib.nullcontext():
-                reply = await runner.call(msgs)
-            if reply is None:
-                runner.kill(End.TIMEOUT)
-                reply = ([Msg.DONE, gid, int(End.TIMEOUT),
-                          f"job ran past its time limit of {time_limit:g}s (WTime) and was "
-                          f"killed on worker {self.name}"], b"")
-        except RunnerDied as e:
-            reply = self._death_reply(job, str(e))
-        except OSError as e:
-            reply = ([Msg.DONE, gid, int(End.CRASHED),
-                      f"could not start a runner on worker {self.name}: {e}"], b"")
-        except Exception as e:  # a bug here must fail this job, not the worker
-            log.exception("worker %s: internal error running job %d", self.name, gid)
-            if runner is not None:
-                runner.kill(End.CRASHED)
-            reply = ([Msg.DONE, gid, int(End.CRASHED),
-                      f"internal error on worker {self.name}: {e!r}"], b"")
-        finally:
-            self.running.pop(gid, None)
-            self.jobs_done += 1
-            if reply is None or (job.cancelled and reply[0][2] != End.OK):
-                reply = ([Msg.DONE, gid, int(End.CANCELLED), "cancelled"], b"")
-            with contextlib.suppress(LinkClosed):
-                link.send(*reply)
-            if runner is not None:
-                await self.pool.release(runner, runner.kill_reason is None
-                                        and reply[0][2] not in (End.CRASHED, End.TIMEOUT))
 
     def _death_reply(self, job: RunningJob, why: str) -> tuple[list[Any], bytes]:
         reason = job.runner.kill_reason if job.runner is not None else None
@@ -191,17 +268,40 @@ class WorkerAgent:
                      f"{job.memory_limit / 1024 ** 3:g} GB (allowed with margin: "
                      f"{memory_allowance(job.memory_limit) / 1024 ** 2:.0f} MiB), and was "
                      f"stopped on worker {self.name}"], b"")
+        if reason == End.TIMEOUT:
+            return ([Msg.DONE, gid, int(End.TIMEOUT),
+                     f"job ran past its time limit of {job.time_limit:g}s (WTime) and was "
+                     f"killed on worker {self.name}"], b"")
         if reason == End.CANCELLED or job.cancelled:
             return ([Msg.DONE, gid, int(End.CANCELLED), "cancelled"], b"")
-        if reason == End.TIMEOUT:
-            return ([Msg.DONE, gid, int(End.TIMEOUT), "time limit"], b"")
         return ([Msg.DONE, gid, int(End.CRASHED),
                  f"the process running the job died on worker {self.name}: {why}"], b"")
+
+    # -- limits --------------------------------------------------------------------
+    def _current_jobs(self) -> list[RunningJob]:
+        return [q[0] for q in self.queues.values() if q and q[0].started is not None]
+
+    async def _watch_time(self) -> None:
+        """Kill jobs past their WTime; sleeps until the next deadline (no polling)."""
+        while True:
+            now = time.monotonic()
+            nearest = None
+            for job in self._current_jobs():
+                if not job.time_limit or job.runner is None:
+                    continue
+                due = job.started + job.time_limit
+                if due <= now:
+                    job.runner.kill(End.TIMEOUT)
+                elif nearest is None or due < nearest:
+                    nearest = due
+            self._deadlines_changed = trio.Event()
+            with trio.move_on_after(nearest - now if nearest is not None else 3600):
+                await self._deadlines_changed.wait()
 
     async def _watch_memory(self) -> None:
         while True:
             await trio.sleep(self.memory_poll)
-            for job in list(self.running.values()):
+            for job in self._current_jobs():
                 if job.memory_limit is None or job.runner is None:
                     continue
                 rss = tree_rss(job.runner.pid)

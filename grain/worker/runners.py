@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,36 +37,58 @@ class RunnerProcess:
         self.decoder = FrameDecoder()
         self.fns: set[int] = set()
         self.kill_reason: Any = None
+        self._ready: deque[Message] = deque()
+        self._backlog: list[Any] | None = None
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
-    async def call(self, messages: list[Message]) -> Message:
-        """Send messages (ending with a RUN) and wait for the job's DONE.
+    def send_soon(self, messages: list[Message], nursery: trio.Nursery) -> None:
+        """Queue messages for the runner, in order; never blocks.
 
-        The hot path talks to the socket directly: a small frame always fits the socket
-        buffer, and skipping the stream layer saves scheduler round trips per job."""
+        The hot path writes straight to the non-blocking socket (a small frame always fits
+        its buffer, and skipping the stream layer saves scheduler round trips per job);
+        what does not fit is finished by a task, and later frames wait behind it."""
         frame = encode_batch(messages)
+        if self._backlog is not None:
+            self._backlog.append(frame)
+            return
         try:
             sent = self.sock.send(frame)
         except BlockingIOError:
             sent = 0
+        except OSError:
+            return  # the runner is gone; its reader reports how
         if sent < len(frame):
-            await self.stream.send_all(memoryview(frame)[sent:])
-        while True:
+            self._backlog = [memoryview(frame)[sent:]]
+            nursery.start_soon(self._drain)
+
+    async def _drain(self) -> None:
+        try:
+            while self._backlog:
+                await self.stream.send_all(self._backlog.pop(0))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass
+        self._backlog = None
+
+    async def receive(self) -> Message:
+        """The runner's next reply (a DONE). Raises ``RunnerDied`` when it exits."""
+        while not self._ready:
             await trio.lowlevel.wait_readable(self.sock)
             try:
                 data = self.sock.recv(1 << 18)
             except BlockingIOError:
                 continue
+            except OSError:
+                data = b""
             if not data:
                 with trio.move_on_after(2):  # the exit status says how it died
                     await self.proc.wait()
                 raise RunnerDied(self._exit_text())
-            batches = self.decoder.feed(data)
-            if batches:
-                return batches[0][0]
+            for batch in self.decoder.feed(data):
+                self._ready.extend(batch)
+        return self._ready.popleft()
 
     def _exit_text(self) -> str:
         code = self.proc.poll()
@@ -95,8 +118,8 @@ class RunnerProcess:
 
 
 class RunnerPool:
-    """Idle runners ready to take a job; spawns more on demand, up to no fixed limit
-    (the executor never sends a worker more jobs than its capacity allows)."""
+    """Idle runners ready to take a job; spawns more on demand (the executor never sends a
+    worker more concurrent jobs than its capacity allows)."""
 
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  keep_idle: int = 64) -> None:

@@ -142,3 +142,63 @@ def test_random_workload_never_overcommits():
         for g in rng.sample(sorted(running), k=min(len(running), rng.randint(0, 3))):
             w, a = running.pop(g)
             p.release(w, g, a)
+
+
+def chained_setup(depth=2):
+    p = Placement(chain_depth=depth)
+    p.add_worker(1, "w1", Cores(1), Cores(1))
+    for gid in range(1, 6):
+        p.enqueue(gid, Cores(1))
+    assert [g for g, _, _ in p.schedule()] == [1]
+    return p
+
+
+def test_chaining_queues_the_head_behind_a_running_job_of_its_shape():
+    p = chained_setup(depth=2)
+    chained = p.chain(lambda head, tail: 10)
+    assert [(g, after) for g, _, _, after in chained] == [(2, 1), (3, 2)], "capped by depth"
+    allocs = {id(a) for _, _, a, _ in chained}
+    assert len(allocs) == 1, "chained jobs share the running job's allocation"
+    assert p.is_queued(4) and p.is_queued(5)
+
+
+def test_chaining_respects_the_callers_depth_and_refusal():
+    p = chained_setup(depth=8)
+    assert p.chain(lambda head, tail: 0) == []
+    assert [g for g, *_ in p.chain(lambda head, tail: 1)] == [2]
+
+
+def test_release_passes_the_allocation_down_the_chain():
+    p = chained_setup(depth=2)
+    [(_, w, alloc, _), _] = p.chain(lambda h, t: 10)
+    assert p.release(w, 1, alloc) == 2, "job 2 now runs on job 1's cores"
+    assert len(p.workers[1].free.c) == 0
+    assert p.release(w, 2, alloc) == 3
+    assert p.release(w, 3, alloc) is None
+    assert len(p.workers[1].free.c) == 1, "the last one gives the cores back"
+    assert [g for g, _, _ in p.schedule()] == [4]
+
+
+def test_a_waiting_job_that_ends_first_leaves_the_cores_with_the_running_one():
+    p = chained_setup(depth=1)
+    [(_, w, alloc, _)] = p.chain(lambda h, t: 10)
+    assert p.release(w, 2, alloc) is None, "cancelled while waiting"
+    assert len(p.workers[1].free.c) == 0, "job 1 still runs on them"
+    assert p.release(w, 1, alloc) is None
+    assert len(p.workers[1].free.c) == 1
+
+
+def test_only_the_head_is_chained():
+    p = Placement(chain_depth=4)
+    p.add_worker(1, "w1", Cores(2), Cores(2))
+    p.enqueue(1, Cores(1))
+    p.enqueue(2, Cores(2))    # head after job 1 runs: needs both cores
+    p.enqueue(3, Cores(1))
+    assert [g for g, _, _ in p.schedule()] == [1]
+    assert p.chain(lambda h, t: 10) == [], "job 3 may not jump the head by chaining"
+
+
+def test_lost_worker_returns_chained_jobs_too():
+    p = chained_setup(depth=2)
+    p.chain(lambda h, t: 10)
+    assert p.remove_worker(1) == {1, 2, 3}

@@ -95,7 +95,9 @@ async def open_session(*, waddrs: tuple[str, ...] = (), rpw: Resource | None = N
                         worker_retries=retries)
     if cluster is not None:
         from .discovery import open_cluster
-        with open_cluster(cluster, namespace, kubeconfig=kubeconfig) as conn:
+        # blocking Kubernetes calls, once, before any job exists; the port-forward (if one
+        # is needed) runs in its own thread until the block exits
+        with open_cluster(cluster, namespace, kubeconfig=kubeconfig, token=token) as conn:
             async with _remote_session(conn.address, conn.token, tls, tls_ca, heartbeat,
                                        timeout, session_opts) as s:
                 yield s

@@ -22,7 +22,7 @@ import kopf
 
 from grain_operator import apply, render, status
 from grain_operator.kube import ApiClosed, ApiError, KubeApi, connection_info, load_credentials
-from grain_operator.model import API_GROUP, API_VERSION, PLURAL, parse_spec
+from grain_operator.model import API_GROUP, API_VERSION, PLURAL, GrainClusterSpec, parse_spec
 from grain_operator.settings import OperatorConfig
 
 
@@ -58,7 +58,11 @@ async def reconcile(
     spec, problems = parse_spec(body.get("spec"))
 
     if spec is None or problems:
-        obs = status.Observation()
+        # the children are left as they are (running on the last good spec) and reported as such
+        try:
+            obs = await status.observe(api, owner, spec or GrainClusterSpec(), config.status_url, config.status_timeout)
+        except ApiError as exc:
+            obs = status.Observation(blocker=f"cannot read the children: {exc}")
         new = status.compute_status(owner, spec, obs, generation=generation, problems=problems, previous=previous)
         write_status(patch, new, previous)
         text = "; ".join(map(str, problems))

@@ -141,7 +141,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
         except ApiClosed:
             logger.debug("resync interrupted: the operator is exiting")
         except Exception:
-            if stopped:  # the operator is exiting and closed its client under this run
+            if stopped or memo.kube.closed:  # the operator is exiting and closed its client under this run
                 logger.debug("resync interrupted by the operator's exit")
                 return
             raise

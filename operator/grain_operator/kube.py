@@ -125,6 +125,11 @@ class KubeApi:
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``close`` was called."""
+        return self._closed
+
     async def close(self) -> None:
         """Close the HTTP session for good (idempotent); later requests raise ApiClosed."""
         self._closed = True

@@ -30,7 +30,7 @@ from operator_harness import (
 
 from grain_operator import render
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(120)
 
 
 def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
@@ -233,7 +233,7 @@ def test_delete_removes_children_and_releases_the_finalizer(api: Any, run_operat
         wait_for(lambda: api.get(DAEMONSETS, NS, "b-worker"), 15, "b's children")
         wait_for(lambda: "grain.dev/finalizer" in grc(api, "b")["metadata"].get("finalizers", []), 10, "finalizer")
         api.delete(GRC, NS, "b")
-        wait_for(lambda: api.get(GRC, NS, "b") is None, 15, "b to be gone")
+        wait_for(lambda: api.get(GRC, NS, "b") is None, 30, "b to be gone")
         for res, name in [(DEPLOYMENTS, "b-executor"), (SERVICES, "b-executor"), (DAEMONSETS, "b-worker")]:
             assert api.get(res, NS, name) is None, name
         assert api.get(SECRETS, NS, "mine") is not None  # the user's own Secret stays

@@ -24,7 +24,7 @@ from operator_harness import (
 
 from grain_operator import rbac, render
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = pytest.mark.timeout(150)
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "grain"
@@ -104,7 +104,7 @@ def _scenario(api: Any) -> None:
     wait_for(lambda: api.get(DEPLOYMENTS, NS, "r-executor")["spec"]["template"]["spec"]["containers"][0]["image"]
              == "grain:2", 15, "the update")
     api.delete(GRC, NS, "r")
-    wait_for(lambda: api.get(GRC, NS, "r") is None, 15, "r to be deleted")
+    wait_for(lambda: api.get(GRC, NS, "r") is None, 30, "r to be deleted")
     assert api.get(SERVICES, NS, "r-executor") is None
 
 

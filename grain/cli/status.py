@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import urllib.request
 from typing import Any
 
@@ -23,6 +24,20 @@ async def fetch_over_grain(address: str, token: str, tls_ca: str | None = None,
     """Ask an executor for its status as an authenticated observer."""
     ep = parse_endpoint(address)
     ctx = transport.client_ssl_context(tls_ca) if tls_ca else None
+    try:
+        return await _fetch(ep, ctx, token, timeout)
+    except trio.TooSlowError:
+        raise TimeoutError(f"no status from {ep} within {timeout:g}s (is the executor "
+                           f"stopped or overloaded?)") from None
+    except OSError as e:
+        if isinstance(e, ssl.SSLError):
+            raise
+        raise ConnectionError(f"{e} (is `grain executor` running and listening at {ep}?)"
+                              ) from None
+
+
+async def _fetch(ep: Any, ctx: ssl.SSLContext | None, token: str,
+                 timeout: float) -> dict[str, Any]:
     with trio.fail_after(timeout):
         stream = await transport.connect(ep, ctx)
         _, dec = await handshake.dial(stream, token, "observer", {"name": "grain status"},

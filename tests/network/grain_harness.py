@@ -299,14 +299,26 @@ class Harness:
             executor.wait_workers([name])
         return p
 
-    def cli(self, *argv: str, timeout: float = 30.0,
-            netns: str | None = None) -> subprocess.CompletedProcess[str]:
+    def passive_worker(self, name: str, listen: str, *, cores: str = "0",
+                       memory: str = "1GB", extra: Sequence[str] = (),
+                       netns: str | None = None) -> GrainProc:
+        """``grain worker --listen``: the original's form, dialled by the executor."""
+        argv = ["worker", "--listen", listen, "--token-file", str(self.token_file),
+                "--name", name, "--cores", cores, "--memory", memory, "--gpus", "none",
+                *extra]
+        p = GrainProc(f"worker-{name}", argv, self._log(f"worker-{name}"), self.tmp, netns)
+        self.procs.append(p)
+        return p
+
+    def cli(self, *argv: str, timeout: float = 30.0, netns: str | None = None,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run a short-lived ``grain`` command and return its completed process."""
         full = [sys.executable, "-m", "grain.cli", *argv]
         if netns:
             full = ["ip", "netns", "exec", netns, *full]
         return subprocess.run(full, capture_output=True, text=True, timeout=timeout,
-                              env={**process_env(), "COLUMNS": "200"}, cwd=self.tmp)
+                              env={**process_env(), "COLUMNS": "200", **(env or {})},
+                              cwd=self.tmp)
 
     def python(self, script: Path | str, *args: str, log: str = "client") -> subprocess.Popen:
         """Start a Python program (a Grain client) as its own process."""

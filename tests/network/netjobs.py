@@ -52,3 +52,9 @@ def markers(marker_dir: str, tag: str | None = None) -> list[tuple[str, str, int
         inst, pid = p.read_text().split()
         out.append((t, inst, int(pid)))
     return out
+
+
+def where_net(i: int) -> tuple[int, str, list[int], str]:
+    """(i, worker name, CPUs the job is pinned to, the job's network namespace)."""
+    return (i, grain.GVAR.instance, sorted(os.sched_getaffinity(0)),
+            os.readlink("/proc/self/ns/net"))

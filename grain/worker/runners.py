@@ -30,8 +30,9 @@ class RunnerDied(Exception):
 class RunnerProcess:
     """One warm runner process and its socket."""
 
-    def __init__(self, proc: trio.Process, sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen, sock: socket.socket) -> None:
         self.proc = proc
+        self._pidfd = os.pidfd_open(proc.pid)
         self.sock = sock  # non-blocking once trio wraps it
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
         self.decoder = FrameDecoder()
@@ -84,11 +85,17 @@ class RunnerProcess:
                 data = b""
             if not data:
                 with trio.move_on_after(2):  # the exit status says how it died
-                    await self.proc.wait()
+                    await self.wait()
                 raise RunnerDied(self._exit_text())
             for batch in self.decoder.feed(data):
                 self._ready.extend(batch)
         return self._ready.popleft()
+
+    async def wait(self) -> int:
+        """Wait for the process to exit (its pidfd turns readable), then reap it."""
+        if self.proc.poll() is None and self._pidfd >= 0:
+            await trio.lowlevel.wait_readable(self._pidfd)
+        return self.proc.wait()
 
     def _exit_text(self) -> str:
         code = self.proc.poll()
@@ -113,8 +120,11 @@ class RunnerProcess:
     async def aclose(self) -> None:
         self.kill()
         with trio.CancelScope(shield=True):
-            await self.proc.wait()
+            await self.wait()
             await self.stream.aclose()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
 
 
 class RunnerPool:
@@ -133,7 +143,10 @@ class RunnerPool:
     async def spawn(self) -> RunnerProcess:
         parent, child = socket.socketpair()
         try:
-            proc = await trio.lowlevel.open_process(
+            # Spawned from this (the trio) thread, not a helper thread: the runner's
+            # PR_SET_PDEATHSIG fires when the thread that forked it exits, and trio's
+            # helper threads come and go.
+            proc = subprocess.Popen(
                 [sys.executable, "-m", "grain.runner", str(child.fileno())],
                 pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
                 cwd=self.cwd, stdin=subprocess.DEVNULL)

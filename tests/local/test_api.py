@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import grain
-from grain.resource import ZERO, Cores, Memory
+from grain.resource import ZERO, Cores, Memory, Node
 
 
 def square(x):
@@ -111,3 +111,19 @@ def test_wait_group_cannot_be_reentered():
                 pass
         return wg.results
     assert grain.run_combine(main) == [1]
+
+
+def test_idle_runners_survive_the_thread_that_started_them():
+    # Regression: runners die with their parent *thread* (PR_SET_PDEATHSIG); they were
+    # started from trio's helper threads, which exit after ~10 s idle, killing the runners.
+    async def main():
+        first = await grain.exec1(Cores(1), os.getpid)
+        async with grain.open_waitgroup() as wg:
+            for _ in range(4):
+                wg.submit(Cores(1), os.getpid)
+        await trio.to_thread.run_sync(lambda: None)   # make trio start a helper thread
+        await trio.sleep(12)
+        again = await grain.exec1(Cores(1), os.getpid)
+        return first, wg.results, again
+    first, warm, again = grain.run_combine(main, rpw=Node(1, 1))
+    assert first == again and set(warm) == {first}, "the same warm runner serves them all"

@@ -62,6 +62,13 @@ def flaky(path):
     return n
 
 
+async def until_exists(path, timeout=60):
+    """Wait (bounded) until a job has written its pid file."""
+    with trio.fail_after(timeout):
+        while not path.exists() or not path.read_text():
+            await trio.sleep(0.02)
+
+
 def test_job_exception_reaches_the_client_with_remote_traceback():
     async def main():
         async with grain.open_waitgroup() as wg:
@@ -157,11 +164,13 @@ def test_cancelling_a_wait_group_kills_running_and_drops_queued(tmp_path):
     pidfile = tmp_path / "pid"
 
     async def main():
-        with trio.move_on_after(1.5) as scope:
+        with trio.CancelScope() as scope:
             async with grain.open_waitgroup() as wg:
                 wg.submit(Cores(1), pid_then_sleep, str(pidfile), 60)
                 for _ in range(5):
                     wg.submit(Cores(1), sleep_and_return, 60)  # queued behind it
+                await until_exists(pidfile)
+                scope.cancel()
         assert scope.cancelled_caught
         victim = int(pidfile.read_text())
         t0 = time.monotonic()
@@ -176,8 +185,10 @@ def test_cancelling_exec1_kills_the_job(tmp_path):
     pidfile = tmp_path / "pid"
 
     async def main():
-        with trio.move_on_after(1.0):
-            await grain.exec1(Cores(1), pid_then_sleep, str(pidfile), 60)
+        async with trio.open_nursery() as n:
+            n.start_soon(grain.exec1, Cores(1), pid_then_sleep, str(pidfile), 60)
+            await until_exists(pidfile)
+            n.cancel_scope.cancel()
         return int(pidfile.read_text()), await grain.exec1(Cores(1), sleep_and_return, 0, 5)
     victim, value = grain.run_combine(main, rpw=Node(1, 1))
     assert value == 5

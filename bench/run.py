@@ -21,6 +21,8 @@ import json
 import os
 import platform
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -88,12 +90,14 @@ def run_child(system: str, workload: str, params: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = _pythonpath()
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    fd, out = tempfile.mkstemp(prefix="grain-bench-", suffix=".json")
-    os.close(fd)
+    # a scratch working directory: nothing shadows PYTHONPATH, and files the systems
+    # write there (Dask's worker space, logs) go away with it
+    cwd = tempfile.mkdtemp(prefix="grain-bench-")
+    out = os.path.join(cwd, "result.json")
     cpu0, ru0 = _busy(), _children_cpu()
     t = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "bench.child", system, workload,
-                          json.dumps(params), out], cwd=ROOT, env=env,
+                          json.dumps(params), out], cwd=cwd, env=env,
                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT)
     try:
@@ -107,8 +111,12 @@ def run_child(system: str, workload: str, params: dict, timeout: float) -> dict:
     except (OSError, ValueError) as e:
         res = {"ok": False, "error": f"the measuring process exited {p.returncode} without "
                                      f"a result ({e})"}
+    except BaseException:  # Ctrl-C or SIGTERM: stop the measurement too
+        procs.kill_tree(p.pid)
+        p.wait()
+        raise
     finally:
-        os.unlink(out)
+        shutil.rmtree(cwd, ignore_errors=True)
     wall = time.perf_counter() - t
     # CPU used on this machine during the measurement by processes other than ours
     # (other users' jobs): the figures of a measurement that shared the cores are suspect
@@ -144,7 +152,7 @@ def grain_source() -> dict[str, Any]:
         path = subprocess.run([sys.executable, "-c", "import grain, os; "
                                "print(os.path.dirname(os.path.dirname(grain.__file__)))"],
                               capture_output=True, text=True, env=env, timeout=60,
-                              check=True).stdout.strip()
+                              cwd=tempfile.gettempdir(), check=True).stdout.strip()
         out["path"] = path
         head = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=30)
@@ -387,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per measurement before its process tree is killed "
                          "(default 300; --quick 120)")
     a = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
     a.quick = a.quick or a.smoke
     rounds = a.rounds or (1 if a.quick else 3)
     timeout = a.timeout or (120.0 if a.quick else 300.0)
@@ -418,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                                    ("system", "workload", "round", "error", "traceback",
                                     "log_tail")})
     summary = summarize(runs)
+    foreign = [r["foreign_cores"] for r in runs if "foreign_cores" in r]
     doc = {
         "meta": {
             "started": started.isoformat(timespec="seconds"),
@@ -428,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                      "platform": platform.platform(), "machine": platform.machine()},
             "versions": _versions(),
             "grain_source": grain_source(),
+            "load_average_end": os.getloadavg(),
+            "foreign_cores_median": statistics.median(foreign) if foreign else None,
             "workloads": {w: WORKLOADS[w][2] for w in workloads},
         },
         "systems": {s: {"unavailable": avail.get(s)} for s in systems},
@@ -441,6 +453,10 @@ def main(argv: list[str] | None = None) -> int:
     print_report(doc)
     print(f"wrote {paths[0]} and {paths[1]} in {doc['meta']['duration_s']:.0f}s")
     return 0
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _versions() -> dict[str, str | None]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import os
 import time
 
+import netjobs
 import pytest
 import trio
-
-from grain.resource import Cores
-
-import netjobs
 from conftest import Topology
 from grain_harness import TIMEOUT, Harness, each_once, run_client, wait_until
+
+from grain.resource import Cores
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 

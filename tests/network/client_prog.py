@@ -7,10 +7,10 @@ group and prints ``done`` when they all end.
 
 import sys
 
+import netjobs
+
 import grain
 from grain.resource import Cores
-
-import netjobs
 
 
 async def main() -> None:

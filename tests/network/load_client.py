@@ -8,10 +8,10 @@ prints ``ok CLIENT_NO N SECONDS``; exits non-zero on any wrong or missing result
 import sys
 import time
 
+import netjobs
+
 import grain
 from grain.resource import Cores
-
-import netjobs
 
 
 async def main(client: int, n: int) -> None:

@@ -7,8 +7,10 @@ import re
 import ssl
 import time
 
+import netjobs
 import pytest
 import trio
+from grain_harness import TOKEN, ExecutorProc, Harness, run_client, wait_until
 
 import grain
 from grain.errors import AuthenticationError, ConfigurationError, ProtocolError
@@ -18,9 +20,6 @@ from grain.protocol import handshake
 from grain.protocol.frames import FrameDecoder, encode
 from grain.protocol.messages import PROTOCOL_VERSION, Msg
 from grain.resource import Cores, to_wire
-
-import netjobs
-from grain_harness import TOKEN, ExecutorProc, Harness, run_client, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -10,16 +10,14 @@ import signal
 import time
 from pathlib import Path
 
+import netjobs
 import psutil
 import pytest
 import trio
+from grain_harness import NET_DIR, TIMEOUT, GrainProc, Harness, each_once, run_client, wait_until
 
 from grain.errors import ExecutorLost, WorkerLost
 from grain.resource import Cores
-
-import netjobs
-from grain_harness import NET_DIR, TIMEOUT, GrainProc, Harness, each_once, run_client, \
-    wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -190,7 +188,7 @@ def test_executor_restart_fails_inflight_jobs_and_workers_reconnect(
     """SIGKILL the executor while a client has jobs running and queued: every one ends with
     ExecutorLost at once (nothing hangs), and when an executor comes back on the same
     address the workers re-register by themselves. (That they also kill the orphaned jobs
-    and then run new ones is test_worker_kills_orphaned_jobs_when_the_executor_is_lost.)"""
+    and then run new ones: test_worker_kills_orphaned_jobs_when_the_executor_is_lost.)"""
     ex = grain_procs.executor()
     grain_procs.worker("wa", ex, cores="0")
     grain_procs.worker("wb", ex, cores="1")
@@ -222,16 +220,18 @@ def test_executor_restart_fails_inflight_jobs_and_workers_reconnect(
                          "both workers to re-register with the new executor")
     assert {w["name"] for w in st["workers"]} == {"wa", "wb"}
     assert time.monotonic() - t0 < 15
+
+    async def again() -> dict:
+        return await each_once({i: (Cores(1), netjobs.where, (i,)) for i in range(4)})
+    out = run_client(ex2, again, limit=15)
+    assert all(k == "ok" for k, _ in out.values()), out
     ex2.wait_idle()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "grain/worker/agent.py WorkerAgent.serve/_run: on losing the executor link the "
-    "cancelled _run releases its runner to the idle pool as healthy (kill_reason None) "
-    "and pops the job, so serve()'s finally kills nothing: the orphaned job keeps running "
-    "and the next job given to that runner waits behind it"))
 def test_worker_kills_orphaned_jobs_when_the_executor_is_lost(grain_procs: Harness,
                                                                tmp_path: Path) -> None:
+    """A worker that loses its executor kills the jobs it was running (their results
+    would be dropped anyway) and takes new jobs from the next executor straight away."""
     ex = grain_procs.executor()
     grain_procs.worker("wa", ex, cores="0")
     marks = str(tmp_path / "marks")
@@ -290,6 +290,10 @@ def test_stopped_executor_is_detected_by_the_client(grain_procs: Harness,
                         "the executor to serve again, with its worker back")
     assert st["cores"]["free"] == 1
 
+    async def again() -> dict:
+        return await each_once({0: (Cores(1), netjobs.noop, (7,))})
+    assert run_client(ex, again, limit=15) == {0: ("ok", 7)}
+
 
 def test_peers_with_default_heartbeats_survive_an_executor_with_a_short_timeout(
         grain_procs: Harness) -> None:
@@ -307,11 +311,9 @@ def test_peers_with_default_heartbeats_survive_an_executor_with_a_short_timeout(
     assert "lost" not in ex.text(), ex.tail()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner killed by PR_SET_PDEATHSIG when the trio worker thread that spawned it exits "
-    "(~10 s idle): grain/runner/main.py _die_with_parent + grain/worker/runners.py spawn "
-    "via trio.lowlevel.open_process (Popen in a to_thread thread)"))
 def test_a_job_longer_than_ten_seconds_survives(grain_procs: Harness) -> None:
+    """Regression: runners died ~10 s after they were started (PR_SET_PDEATHSIG fired
+    when trio's helper thread that spawned them retired)."""
     ex = grain_procs.executor()
     grain_procs.worker("wa", ex, cores="0")
 

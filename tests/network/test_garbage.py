@@ -7,16 +7,15 @@ from __future__ import annotations
 import os
 import re
 
+import netjobs
 import pytest
 import trio
+from grain_harness import TOKEN, ExecutorProc, Harness, each_once, run_client, wait_until
 
 from grain.protocol import handshake
 from grain.protocol.frames import PREFIX, encode, encode_batch
 from grain.protocol.messages import PROTOCOL_VERSION, Msg
 from grain.resource import Cores, to_wire
-
-import netjobs
-from grain_harness import TOKEN, ExecutorProc, Harness, each_once, run_client, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

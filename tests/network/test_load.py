@@ -14,7 +14,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from grain_harness import NET_DIR, Harness
 
 

@@ -10,15 +10,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import netjobs
 import pytest
 import trio
+from grain_harness import TOKEN, Harness, each_once, free_port, run_client, wait_until
 
 import grain
 from grain.cli.status import fetch_over_grain
 from grain.resource import Cores
-
-import netjobs
-from grain_harness import TOKEN, Harness, each_once, free_port, run_client, wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

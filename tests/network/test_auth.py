@@ -329,3 +329,12 @@ def test_tls_with_an_untrusted_certificate(grain_procs: Harness,
     assert ex.status()["workers"] == []
     wait_until(lambda: "TLS handshake failed" in ex.text(), 5,
                "the executor to log why it refused the connection")
+
+
+def test_executor_and_worker_refuse_to_start_without_a_token(grain_procs: Harness) -> None:
+    for argv in (["executor", "--listen", "grain://127.0.0.1:0"],
+                 ["worker", "--executor", "grain://127.0.0.1:9", "--cores", "0"]):
+        r = grain_procs.cli(*argv, timeout=20)
+        assert r.returncode == 2, (argv, r.stdout, r.stderr)
+        assert "no token: pass --token-file FILE or set GRAIN_TOKEN" in r.stderr
+        assert "Traceback" not in r.stderr

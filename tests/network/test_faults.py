@@ -149,11 +149,13 @@ def test_half_open_worker_is_detected_within_the_timeout(grain_procs: Harness,
     assert st["jobs"]["retried"] == 1
 
 
-def test_killed_client_frees_its_queue_and_cores(grain_procs: Harness,
-                                                 tmp_path: Path) -> None:
-    """SIGKILL a client process while 2 of its jobs run and 4 wait: the queued ones are
-    dropped, the running ones killed on their workers, the cores freed, and another
-    client's jobs get them at once."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "stopped"])
+def test_lost_client_frees_its_queue_and_cores(grain_procs: Harness, tmp_path: Path,
+                                               sig: signal.Signals) -> None:
+    """SIGKILL (or SIGSTOP: a half-open client) a client process while 2 of its jobs run
+    and 4 wait: the queued ones are dropped, the running ones killed on their workers, the
+    cores freed, and another client's jobs get them at once. A stopped client, resumed,
+    finds its connection gone and ends with ExecutorLost instead of waiting forever."""
     ex = grain_procs.executor()
     grain_procs.worker("wa", ex, cores="0")
     grain_procs.worker("wb", ex, cores="1")
@@ -163,11 +165,19 @@ def test_killed_client_frees_its_queue_and_cores(grain_procs: Harness,
     ex.wait_status(lambda st: st["running_jobs"] == 2 and st["queue_length"] == 4, 20,
                    "the first client's jobs to run and queue")
     running = trio.run(wait_markers, marks, 2)
-    client.send_signal(signal.SIGKILL)
-    client.wait(5)
+    client.send_signal(sig)
+    t0 = time.monotonic()
     st = ex.wait_status(lambda st: st["clients"] == 0 and st["running_jobs"] == 0
                         and st["queue_length"] == 0 and st["cores"]["free"] == 2, 10,
-                        "the killed client's jobs to be dropped and its cores freed")
+                        "the lost client's jobs to be dropped and its cores freed")
+    if sig == signal.SIGSTOP:
+        assert time.monotonic() - t0 < TIMEOUT + 2.0
+        client.send_signal(signal.SIGCONT)
+    code = client.wait(10)
+    if sig == signal.SIGSTOP:
+        assert code != 0
+        log = next(grain_procs.tmp.glob("*client.log")).read_text()
+        assert "ExecutorLost" in log, log[-2000:]
     assert st["jobs"]["cancelled"] == 6
     for _, _, pid in running:
         wait_until(lambda pid=pid: pid_gone(pid), 5, f"the killed client's job {pid} to die")
@@ -322,3 +332,31 @@ def test_a_job_longer_than_ten_seconds_survives(grain_procs: Harness) -> None:
                                     (str(grain_procs.tmp / "m"), "long", 13.0))})
     out = run_client(ex, main, limit=30)
     assert out == {0: ("ok", ("long", "wa"))}, out
+
+
+def test_per_job_retries_from_the_client(grain_procs: Harness, tmp_path: Path) -> None:
+    """run_combine(retries=0) overrides the executor's --retries: losing the worker fails
+    the job at once with WorkerLost naming it, though another worker is free."""
+    ex = grain_procs.executor(retries=3)
+    procs = {"wa": grain_procs.worker("wa", ex, cores="0"),
+             "wb": grain_procs.worker("wb", ex, cores="1")}
+    marks = str(tmp_path / "marks")
+
+    async def main() -> dict:
+        box: dict = {}
+
+        async def jobs() -> None:
+            box["out"] = await each_once({0: (Cores(1), netjobs.mark_and_sleep,
+                                              (marks, "r", 60))})
+        async with trio.open_nursery() as n:
+            n.start_soon(jobs)
+            (_, victim, _), = await wait_markers(marks, 1)
+            box["victim"] = victim
+            procs[victim].kill(signal.SIGKILL)
+        return box
+
+    box = run_client(ex, main, limit=20, retries=0)
+    kind, err = box["out"][0]
+    assert kind == "err" and isinstance(err, WorkerLost), box
+    assert f"worker {box['victim']} was lost" in str(err)
+    assert len(netjobs.markers(marks)) == 1

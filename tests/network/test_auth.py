@@ -338,3 +338,27 @@ def test_executor_and_worker_refuse_to_start_without_a_token(grain_procs: Harnes
         assert r.returncode == 2, (argv, r.stdout, r.stderr)
         assert "no token: pass --token-file FILE or set GRAIN_TOKEN" in r.stderr
         assert "Traceback" not in r.stderr
+
+
+def test_passive_worker_refuses_an_executor_with_the_wrong_token(grain_procs: Harness) -> None:
+    """The other direction: a passive worker (`grain worker --listen`) refuses an
+    executor that dials it without the token; the program's job fails instead of hanging."""
+    from grain_harness import free_port
+
+    from grain.errors import Unschedulable
+
+    port = free_port()
+    w = grain_procs.passive_worker("passive", f"grain://127.0.0.1:{port}", cores="0")
+    w.wait_for("waiting for an executor", 15)
+
+    async def main() -> None:
+        await trio.sleep(1.0)
+        with trio.fail_after(20):
+            await grain.exec1(Cores(1), netjobs.noop, 1)
+
+    with pytest.raises(Unschedulable, match="no worker is registered"):
+        grain.run_combine(main, [f"grain://127.0.0.1:{port}"], token="wrong-token",
+                          nolocal=True)
+    wait_until(lambda: "authentication failed: wrong or missing token" in w.text(), 5,
+               "the passive worker to log the refusal")
+    assert w.alive()

@@ -9,8 +9,8 @@ import time
 import netjobs
 import pytest
 import trio
-from conftest import Topology
 from grain_harness import TIMEOUT, Harness, each_once, run_client, wait_until
+from netns_topology import Topology
 
 from grain.resource import Cores
 

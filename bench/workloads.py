@@ -30,7 +30,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
                 "pin_jobs": 40, "queue_jobs": 2000}
     return {
         "rt_jobs": 100 if quick else 300,
-        "noop_jobs": 5000,
+        "noop_jobs": 2000 if quick else 5000,
         "sleep_jobs": 2000 if quick else 5000,
         "big_bytes": 10 * MiB,
         "big_reps": 5 if quick else 10,
@@ -265,9 +265,9 @@ WORKLOADS: dict[str, tuple[Any, tuple[str, ...], str]] = {
     "roundtrip": (roundtrip, ("grain", "grain-tcp", "dask", "ray", "processpool"),
                   "one job at a time: latency"),
     "noop": (noops, ("grain", "grain-tcp", "dask", "ray", "processpool"),
-             "5,000 no-op jobs at once: throughput"),
+             "no-op jobs (5,000; 2,000 quick) at once: throughput"),
     "sleep1ms": (sleeps, ("grain", "grain-tcp", "dask", "ray", "processpool"),
-                 "5,000 jobs sleeping 1 ms: throughput"),
+                 "jobs sleeping 1 ms (5,000; 2,000 quick) at once: throughput"),
     "big10mib": (big, ("grain", "grain-tcp", "dask", "ray", "processpool"),
                  "one job taking and returning 10 MiB: round trip"),
     "echo10mib": (tcp_echo, ("bare-tcp",), "bare TCP echo of 10 MiB over loopback"),

@@ -200,16 +200,21 @@ class Placement:
         reserved: int | None = None
         self.reserved_for = None
         workers = list(self.workers.values())
+        cursor: dict[Any, int] = {}
         while heads:
             _, key = heapq.heappop(heads)
             dq = self._shapes[key]
             req = dq[0].request
             blocked = False
             while dq:
-                w = self._first_fit(workers, req, reserved)
-                if w is None:
+                # free resources only shrink during a pass: workers that failed this
+                # shape earlier in the pass need no second look
+                i = self._first_fit(workers, req, reserved, cursor.get(key, 0))
+                cursor[key] = i
+                if i == len(workers):
                     blocked = True
                     break
+                w = workers[i]
                 p = dq.popleft()
                 del self._queued[p.gid]
                 w.running.add(p.gid)
@@ -231,12 +236,15 @@ class Placement:
         return out
 
     @staticmethod
-    def _first_fit(workers: list[WorkerState], req: Resource,
-                   reserved: int | None) -> WorkerState | None:
-        for w in workers:
+    def _first_fit(workers: list[WorkerState], req: Resource, reserved: int | None,
+                   start: int = 0) -> int:
+        """Index of the first worker from ``start`` where ``req`` fits now, or
+        ``len(workers)``."""
+        for i in range(start, len(workers)):
+            w = workers[i]
             if w.wid != reserved and w.free.request(req):
-                return w
-        return None
+                return i
+        return len(workers)
 
     @staticmethod
     def _reserve(workers: list[WorkerState], req: Resource) -> int | None:

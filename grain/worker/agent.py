@@ -61,6 +61,7 @@ class RunningJob:
     messages: list[Any]            # what goes to the runner (RUN, maybe FUNCTION first)
     time_limit: float | None
     memory_limit: int | None
+    cpus: list[int] | None = None
     runner: RunnerProcess | None = None
     started: float | None = None   # when it became its runner's current job
     cancelled: bool = False
@@ -146,7 +147,7 @@ class WorkerAgent:
             self._reply(gid, End.CRASHED, f"bad allocation on worker {self.name}: {e!r}")
             return
         job = RunningJob(gid, gfn, [([Msg.RUN, gid, alloc_wire, gfn, cpus, env, self.name],
-                                     payload)], limits[0], limits[1])
+                                     payload)], limits[0], limits[1], cpus)
         self.running[gid] = job
         pred = self.running.get(after) if after is not None else None
         q = self.queues.get(pred.runner) if pred is not None and pred.runner else None
@@ -186,7 +187,7 @@ class WorkerAgent:
                                f"function {job.gfn} was never sent to worker {self.name}"])
             return
         try:
-            runner = await self.pool.acquire()
+            runner = await self.pool.acquire(job.cpus)
         except OSError as e:
             self._finish(job, [Msg.DONE, job.gid, int(End.CRASHED),
                                f"could not start a runner on worker {self.name}: {e}"])

@@ -39,6 +39,7 @@ class RunnerProcess:
         self.fns: set[int] = set()
         self.kill_reason: Any = None
         self._ready: deque[Message] = deque()
+        self.cpus: Any = None          # the CPUs of the job it last ran
         self._backlog: list[Any] | None = None
 
     @property
@@ -160,15 +161,21 @@ class RunnerPool:
         for _ in range(n - len(self.idle)):
             self.idle.append(await self.spawn())
 
-    async def acquire(self) -> RunnerProcess:
+    async def acquire(self, cpus: Any = None) -> RunnerProcess:
+        """An idle runner, preferring one last used on the same CPUs (no re-pinning,
+        warm caches), else the most recently used, else a new one."""
         while self.idle:
-            r = self.idle.pop()
+            i = next((k for k in range(len(self.idle) - 1, -1, -1)
+                      if self.idle[k].cpus == cpus), len(self.idle) - 1)
+            r = self.idle.pop(i)
             if r.proc.poll() is None:
                 self.busy.add(r)
+                r.cpus = cpus
                 return r
             await r.aclose()
         r = await self.spawn()
         self.busy.add(r)
+        r.cpus = cpus
         return r
 
     async def release(self, r: RunnerProcess, healthy: bool) -> None:

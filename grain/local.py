@@ -87,6 +87,19 @@ class LocalCluster:
         for addr in self.waddrs:
             n.start_soon(dial_worker, self.executor, parse_endpoint(addr), self.token)
         n.start_soon(self.executor.sweeper)
+        await self._wait_for_named_workers()
+
+    async def _wait_for_named_workers(self, timeout: float = 30.0) -> None:
+        """The original form names its workers: jobs wait until they have registered
+        (or ``timeout`` passed; then whatever cannot run anywhere fails as usual)."""
+        want = len(self.waddrs) + (0 if self.nolocal else 1)
+        with trio.move_on_after(timeout):
+            while len(self.executor.workers) < want:
+                await self.executor.worker_changed.wait()
+        if len(self.executor.workers) < want:
+            log.warning("only %d of the %d named workers registered within %.0fs; "
+                        "continuing without the others", len(self.executor.workers) -
+                        (0 if self.nolocal else 1), len(self.waddrs), timeout)
 
     def client_link(self, name: str = "embedded-client") -> Link:
         """A new in-memory client connection to the embedded executor."""

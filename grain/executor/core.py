@@ -124,7 +124,7 @@ class Executor:
             if gid is not None:
                 self._cancel(gid)
         elif t == Msg.STATUS_REQ:
-            s.link.send([Msg.STATUS, self.status()])
+            _try_send(s.link, [Msg.STATUS, self.status()])
         elif t == Msg.BYE:
             s.link.close("client said goodbye")
         else:
@@ -173,7 +173,7 @@ class Executor:
         else:
             w = self.workers.get(rec.worker)
             if w is not None:
-                w.link.send([Msg.KILL, gid])
+                _try_send(w.link, [Msg.KILL, gid])
 
     def _drop_client(self, s: ClientSession) -> None:
         self.clients.pop(s.sid, None)
@@ -225,7 +225,7 @@ class Executor:
                 return  # a late report about a job that already ended: dropped
             self._end(rec, end, h[3] if len(h) > 3 else "", payload)
         elif t == Msg.STATUS_REQ:
-            w.link.send([Msg.STATUS, self.status()])
+            _try_send(w.link, [Msg.STATUS, self.status()])
         elif t == Msg.BYE:
             w.link.close("worker said goodbye")
         else:
@@ -275,8 +275,9 @@ class Executor:
         self.placement_count += 1
         if rec.gfn not in w.fns:
             w.fns.add(rec.gfn)
-            w.link.send([Msg.FUNCTION, rec.gfn], self.fn_bytes[rec.gfn])
-        w.link.send([Msg.RUN, gid, alloc_wire, rec.gfn, limits_for(rec.request),
+            _try_send(w.link, [Msg.FUNCTION, rec.gfn], self.fn_bytes[rec.gfn])
+        # a worker whose link just closed is dropped by its own task, which re-queues this
+        _try_send(w.link, [Msg.RUN, gid, alloc_wire, rec.gfn, limits_for(rec.request),
                      self.clients[rec.client].name if rec.client in self.clients else "",
                      after], rec.payload)
 

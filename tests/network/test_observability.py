@@ -167,11 +167,6 @@ def test_passive_worker_dialled_by_the_embedded_executor(grain_procs: Harness) -
     assert {(r[1], tuple(r[2])) for r in results} == {("passive", (1,))}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "grain/local.py LocalCluster._start starts dial_worker for each waddr in the "
-    "background and yields at once; the embedded Executor has wait_for_workers=0, so jobs "
-    "submitted before the first dial completes fail with Unschedulable ('no worker is "
-    "registered') instead of waiting for the named workers"))
 def test_passive_worker_jobs_submitted_at_once_wait_for_it(grain_procs: Harness) -> None:
     results = _passive_run(grain_procs, settle=0.0)
     assert {r[1] for r in results} == {"passive"}

@@ -83,6 +83,8 @@ class Executor:
         self.chain_short = chain_short
         self._fn_runtime: dict[int, list[float]] = {}   # gfn -> [jobs, total seconds]
         self.chained = 0
+        self._requests: dict[str, tuple[Resource, Any]] = {}
+        self._fits: dict[Any, bool] = {}     # shape -> could some worker ever run it
 
     def _new_id(self) -> int:
         self._ids += 1
@@ -137,20 +139,42 @@ class Executor:
             self._reply(s, cid, End.SERIALIZATION, f"unknown function id {fn_id}")
             return
         try:
-            request = from_wire(req_wire)
+            request, shape = self._request_for(req_wire)
         except UnknownResourceKind as e:
             self._reply(s, cid, End.UNSCHEDULABLE, str(e))
             return
         except Exception as e:  # noqa: BLE001 - a bad request is the client's problem
             self._reply(s, cid, End.UNSCHEDULABLE, f"malformed resource request: {e!r}")
             return
-        rec = self.ledger.submit(s.sid, cid, request, req_wire, gfn, payload,
+        rec = self.ledger.submit(s.sid, cid, request, gfn, payload,
                                  self.retries if retries is None else int(retries))
         s.jobs[cid] = rec.gid
-        if not self.placement.could_ever_fit(request) and not self._may_wait():
+        if not self._could_ever_fit(request, shape) and not self._may_wait():
             self._end(rec, End.UNSCHEDULABLE, self._unfit_message(request))
             return
-        self.placement.enqueue(rec.gid, request)
+        self.placement.enqueue(rec.gid, request, shape)
+
+    def _request_for(self, req_wire: Any) -> tuple[Resource, Any]:
+        """The request object and its shape, shared by all jobs asking the same (requests
+        are only read): saves the decoding per job and most of a queued job's memory."""
+        key = repr(req_wire)
+        hit = self._requests.get(key)
+        if hit is None:
+            request = from_wire(req_wire)
+            hit = (request, shape_of(request))
+            if len(self._requests) < 10_000:
+                self._requests[key] = hit
+        return hit
+
+    def _could_ever_fit(self, request: Resource, shape: Any) -> bool:
+        """Cached per shape until the workers change (not for WTime requests: workers'
+        remaining lifetimes shrink)."""
+        fits = self._fits.get(shape)
+        if fits is None:
+            fits = self.placement.could_ever_fit(request)
+            if "WTime" not in request.kinds():
+                self._fits[shape] = fits
+        return fits
 
     def _may_wait(self) -> bool:
         return self.wait_for_workers > 0
@@ -250,6 +274,7 @@ class Executor:
         self._pump()
 
     def _worker_changed(self) -> None:
+        self._fits.clear()
         self.worker_changed.set()
         self.worker_changed = trio.Event()
 

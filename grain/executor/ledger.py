@@ -34,7 +34,6 @@ class JobRecord:
     client: int
     cid: int
     request: Resource
-    request_wire: Any
     gfn: int
     payload: bytes
     retries: int
@@ -61,11 +60,11 @@ class Ledger:
         self.cancelled = 0
         self.retried = 0
 
-    def submit(self, client: int, cid: int, request: Resource, request_wire: Any, gfn: int,
+    def submit(self, client: int, cid: int, request: Resource, gfn: int,
                payload: bytes, retries: int) -> JobRecord:
         gid = self._next
         self._next += 1
-        rec = JobRecord(gid, client, cid, request, request_wire, gfn, payload, retries,
+        rec = JobRecord(gid, client, cid, request, gfn, payload, retries,
                         submitted_at=time.monotonic())
         self.jobs[gid] = rec
         self.submitted += 1

@@ -7,7 +7,7 @@ from grain.resource import Cores
 
 
 def submit(led, retries=2):
-    return led.submit(1, 1, Cores(1), [], 1, b"x", retries)
+    return led.submit(1, 1, Cores(1), 1, b"x", retries)
 
 
 def test_a_job_ends_exactly_once():

@@ -52,6 +52,15 @@ def job_env(cpus: list[int] | None, gpus: list[int] | None) -> dict[str, str]:
     return env
 
 
+@dataclass(eq=False)
+class Lane:
+    """Jobs sharing one allocation, run in order on one runner: the first runs, the others
+    (chained by the executor) wait in the runner's socket and start the moment it ends."""
+
+    jobs: deque[RunningJob]
+    runner: RunnerProcess | None = None
+
+
 @dataclass(slots=True)
 class RunningJob:
     """A job this worker was given, from RUN to DONE."""
@@ -63,6 +72,7 @@ class RunningJob:
     memory_limit: int | None
     cpus: list[int] | None = None
     runner: RunnerProcess | None = None
+    lane: Lane | None = None
     started: float | None = None   # when it became its runner's current job
     cancelled: bool = False
     peak_rss: int = 0
@@ -83,7 +93,7 @@ class WorkerAgent:
         self.pool = pool
         self.memory_poll = memory_poll
         self.running: dict[int, RunningJob] = {}
-        self.queues: dict[RunnerProcess, deque[RunningJob]] = {}
+        self.lanes: set[Lane] = set()
         self.fn_bytes: dict[int, bytes] = {}
         self._env_cache: dict[Any, tuple[list[int] | None, dict[str, str]]] = {}
         self._deadlines_changed = trio.Event()
@@ -117,7 +127,7 @@ class WorkerAgent:
                 if job.runner is not None:
                     job.runner.kill(End.CANCELLED)
             self.running.clear()
-            self.queues.clear()
+            self.lanes.clear()
 
     # -- messages from the executor ------------------------------------------------
     def _on_message(self, h: Any, payload: bytes) -> None:
@@ -150,13 +160,23 @@ class WorkerAgent:
                                      payload)], limits[0], limits[1], cpus)
         self.running[gid] = job
         pred = self.running.get(after) if after is not None else None
-        q = self.queues.get(pred.runner) if pred is not None and pred.runner else None
-        if q and q[-1] is pred:
-            # it goes straight on after its predecessor; sent with the rest of this batch
-            self._chained.setdefault(pred.runner, []).extend(self._messages_for(pred.runner, job))
-            q.append(job)
-        else:
-            self._nursery.start_soon(self._start, job)
+        lane = pred.lane if pred is not None else None
+        if lane is not None and lane.jobs and lane.jobs[-1] is pred:
+            # chained: it goes straight on after its predecessor, on the same runner
+            lane.jobs.append(job)
+            job.lane = lane
+            if lane.runner is not None:   # sent with the rest of this batch
+                self._chained.setdefault(lane.runner, []).extend(
+                    self._messages_for(lane.runner, job))
+            return
+        self._open_lane(deque((job,)))
+
+    def _open_lane(self, jobs: deque[RunningJob]) -> None:
+        lane = Lane(jobs)
+        for job in jobs:
+            job.lane = lane
+        self.lanes.add(lane)
+        self._nursery.start_soon(self._run_lane, lane)
 
     # -- runners -------------------------------------------------------------------
     def _messages_for(self, runner: RunnerProcess, job: RunningJob) -> list[Any]:
@@ -168,9 +188,6 @@ class WorkerAgent:
                 return [([Msg.FUNCTION, job.gfn], fn), *job.messages]
         return job.messages
 
-    def _send(self, runner: RunnerProcess, job: RunningJob) -> None:
-        runner.send_soon(self._messages_for(runner, job), self._nursery)
-
     def _flush_chained(self) -> None:
         """One write per runner for all the jobs chained onto it by one batch."""
         if self._chained:
@@ -178,27 +195,35 @@ class WorkerAgent:
             for runner, msgs in chained.items():
                 runner.send_soon(msgs, self._nursery)
 
-    async def _start(self, job: RunningJob) -> None:
-        if job.cancelled:
-            self._finish(job, [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"])
-            return
-        if job.gfn not in self.fn_bytes:
-            self._finish(job, [Msg.DONE, job.gid, int(End.SERIALIZATION),
-                               f"function {job.gfn} was never sent to worker {self.name}"])
-            return
+    async def _run_lane(self, lane: Lane) -> None:
+        """Run a lane's jobs, in order, on one runner pinned to their cores."""
+        jobs = lane.jobs
         try:
-            runner = await self.pool.acquire(job.cpus)
-        except OSError as e:
-            self._finish(job, [Msg.DONE, job.gid, int(End.CRASHED),
-                               f"could not start a runner on worker {self.name}: {e}"])
-            return
-        if job.gid not in self.running:   # ended meanwhile (link lost)
-            await self.pool.release(runner, True)
-            return
-        self.queues[runner] = deque([job])
-        self._begin(job)
-        self._send(runner, job)
-        await self._drive(runner)
+            while jobs and (jobs[0].cancelled or jobs[0].gfn not in self.fn_bytes):
+                job = jobs.popleft()
+                self._finish(job, [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"]
+                             if job.cancelled else
+                             [Msg.DONE, job.gid, int(End.SERIALIZATION),
+                              f"function {job.gfn} was never sent to worker {self.name}"])
+            if not jobs:
+                return
+            try:
+                runner = await self.pool.acquire(jobs[0].cpus)
+            except OSError as e:
+                for job in list(jobs):
+                    self._finish(job, [Msg.DONE, job.gid, int(End.CRASHED),
+                                       f"could not start a runner on worker {self.name}: {e}"])
+                return
+            if not any(j.gid in self.running for j in jobs):   # link lost meanwhile
+                await self.pool.release(runner, True)
+                return
+            lane.runner = runner
+            runner.send_soon([m for job in jobs for m in self._messages_for(runner, job)],
+                             self._nursery)
+            self._begin(jobs[0])
+            await self._drive(lane, runner)
+        finally:
+            self.lanes.discard(lane)
 
     def _begin(self, job: RunningJob) -> None:
         job.started = time.monotonic()
@@ -207,30 +232,30 @@ class WorkerAgent:
         if job.cancelled and job.runner is not None:
             job.runner.kill(End.CANCELLED)
 
-    async def _drive(self, runner: RunnerProcess) -> None:
-        """Read the runner's replies until its queue is empty; handle its death."""
-        q = self.queues[runner]
+    async def _drive(self, lane: Lane, runner: RunnerProcess) -> None:
+        """Read the runner's replies until the lane is empty; handle the runner's death."""
+        jobs = lane.jobs
         healthy = False
         try:
-            while q:
+            while jobs:
                 h, payload = await runner.receive()
-                job = q.popleft()
+                job = jobs.popleft()
                 self._finish(job, h, payload)
-                if q:
-                    q[0].started = None
-                    self._begin(q[0])
+                if jobs:
+                    self._begin(jobs[0])
             healthy = True
         except RunnerDied as e:
-            if q:
-                job = q.popleft()
+            if jobs:
+                job = jobs.popleft()
                 self._finish(job, *self._death_reply(job, str(e)))
-            for waiting in q:  # chained behind the dead job: run them on a fresh runner
-                waiting.runner = None
-                waiting.started = None
-                self._nursery.start_soon(self._start, waiting)
-            q.clear()
+            if jobs:   # chained behind the dead job: on to a fresh runner, same order
+                for waiting in jobs:
+                    waiting.runner = None
+                    waiting.started = None
+                self._open_lane(deque(jobs))
+                jobs.clear()
         finally:
-            self.queues.pop(runner, None)
+            lane.runner = None
             await self.pool.release(runner, healthy and runner.kill_reason is None)
 
     def _finish(self, job: RunningJob, header: Any, payload: bytes = b"") -> None:
@@ -280,7 +305,8 @@ class WorkerAgent:
 
     # -- limits --------------------------------------------------------------------
     def _current_jobs(self) -> list[RunningJob]:
-        return [q[0] for q in self.queues.values() if q and q[0].started is not None]
+        return [lane.jobs[0] for lane in self.lanes
+                if lane.runner is not None and lane.jobs and lane.jobs[0].started is not None]
 
     async def _watch_time(self) -> None:
         """Kill jobs past their WTime; sleeps until the next deadline (no polling)."""

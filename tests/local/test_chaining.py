@@ -86,3 +86,32 @@ def test_cancelling_a_flood_with_chains_frees_the_cores():
     assert cores["free"] == cores["total"] and running == 0 and queued == 0
 
 
+
+
+def timed_report():
+    import time
+
+    import grain
+    t0 = time.monotonic()
+    time.sleep(0.0005)
+    return sorted(grain.GVAR.res.c), t0, time.monotonic()
+
+
+def test_no_two_jobs_ever_share_a_core_at_once():
+    # monotonic clocks are system-wide on Linux: spans from different runners compare
+    async def body(lc, session):
+        async with open_waitgroup() as wg:
+            for i in range(1500):
+                wg.submit(Cores(2) if i % 50 == 0 else Cores(1), timed_report)
+        return lc.executor.chained, lc.pool.spawned, wg.results
+    chained, spawned, results = trio.run(with_cluster, body)
+    assert chained > 0
+    by_core = {}
+    for cores, start, end in results:
+        for c in cores:
+            by_core.setdefault(c, []).append((start, end))
+    for c, spans in by_core.items():
+        spans.sort()
+        for (s1, e1), (s2, e2) in zip(spans, spans[1:], strict=False):
+            assert s2 >= e1, f"two jobs overlapped on core {c}: {(s1, e1)} and {(s2, e2)}"
+    assert spawned <= len(os.sched_getaffinity(0)) + 2, f"{spawned} runners for a 2-core worker"

@@ -194,51 +194,71 @@ def _compact_ranges(ids: set[int]) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-class Cores(Resource):
+class _IdPool(Resource):
+    """A kind made of numbered devices (cores, GPUs): a count to ask, ids to hold.
+
+    Subclasses name their attributes: ``_ids`` (the set of ids) and ``_count``.
+    """
+
+    _ids = "ids"
+    _count = "n"
+    _label = "Ids"
+    _unit = "id(s)"
+
+    def __init__(self, n: int | Any) -> None:
+        super().__init__()
+        if isinstance(n, int):
+            if n < 0:
+                raise ValueError(f"{type(self).__name__}({n}): the count must be >= 0")
+            ids, count = set(range(n)), n
+        else:
+            ids = {int(x) for x in n}
+            count = len(ids)
+        setattr(self, self._ids, ids)
+        setattr(self, self._count, count)
+
+    def _held(self) -> set[int]:
+        return self.__dict__[self._ids]
+
+    def _repr(self) -> str:
+        return f"{self._label}([{_compact_ranges(self._held())}])"
+
+    def _request(self, res: Resource) -> bool:
+        return len(self._held()) >= getattr(res, self._count)
+
+    def _alloc(self, res: Resource) -> Resource:
+        want = getattr(res, self._count)
+        if not self._request(res):
+            raise ValueError(f"{self} cannot allocate {want} {self._unit}")
+        held = self._held()
+        taken = sorted(held)[:want]
+        held.difference_update(taken)
+        return type(self)(taken)
+
+    def _dealloc(self, res: Resource) -> None:
+        self._held().update(res.__dict__[self._ids])
+
+    def _stat(self) -> tuple[float, float]:
+        return len(self._held()), getattr(self, self._count)
+
+    def _to_wire(self) -> dict[str, Any]:
+        return {self._ids: sorted(self._held()), self._count: getattr(self, self._count)}
+
+    @classmethod
+    def _from_wire(cls, state: dict[str, Any]) -> Resource:
+        obj = cls(state[cls._ids])
+        setattr(obj, cls._count, state[cls._count])
+        return obj
+
+
+class Cores(_IdPool):
     """CPU cores: ``Cores(3)`` asks for three, ``Cores([6, 7, 9])`` names them.
 
     ``.c`` is the set of core ids, ``.N`` the count. Allocation hands out the lowest free
     ids first, so jobs pack onto neighbouring cores.
     """
 
-    def __init__(self, N: int | Any) -> None:
-        super().__init__()
-        if isinstance(N, int):
-            if N < 0:
-                raise ValueError(f"Cores({N}): the count must be >= 0")
-            self.c = set(range(N))
-            self.N = N
-        else:
-            self.c = {int(x) for x in N}
-            self.N = len(self.c)
-
-    def _repr(self) -> str:
-        return f"CPU_Cores([{_compact_ranges(self.c)}])"
-
-    def _request(self, res: Resource) -> bool:
-        return len(self.c) >= res.N
-
-    def _alloc(self, res: Resource) -> Resource:
-        if not self._request(res):
-            raise ValueError(f"{self} cannot allocate {res.N} core(s)")
-        taken = sorted(self.c)[: res.N]
-        self.c.difference_update(taken)
-        return Cores(taken)
-
-    def _dealloc(self, res: Resource) -> None:
-        self.c |= res.c
-
-    def _stat(self) -> tuple[float, float]:
-        return len(self.c), self.N
-
-    def _to_wire(self) -> dict[str, Any]:
-        return {"c": sorted(self.c), "N": self.N}
-
-    @classmethod
-    def _from_wire(cls, state: dict[str, Any]) -> Resource:
-        obj = cls(state["c"])
-        obj.N = state["N"]
-        return obj
+    _ids, _count, _label, _unit = "c", "N", "CPU_Cores", "core(s)"
 
 
 class Memory(Resource):
@@ -331,51 +351,14 @@ class WTime(Resource):
         return obj
 
 
-class GPU(Resource):
+class GPU(_IdPool):
     """GPUs: ``GPU(2)`` asks for two devices, ``GPU([0, 1])`` names them.
 
     ``.g`` is the set of device ids, ``.G`` the count. A job given GPUs sees them in
     ``CUDA_VISIBLE_DEVICES``.
     """
 
-    def __init__(self, G: int | Any) -> None:
-        super().__init__()
-        if isinstance(G, int):
-            if G < 0:
-                raise ValueError(f"GPU({G}): the count must be >= 0")
-            self.g = set(range(G))
-            self.G = G
-        else:
-            self.g = {int(x) for x in G}
-            self.G = len(self.g)
-
-    def _repr(self) -> str:
-        return f"GPU([{_compact_ranges(self.g)}])"
-
-    def _request(self, res: Resource) -> bool:
-        return len(self.g) >= res.G
-
-    def _alloc(self, res: Resource) -> Resource:
-        if not self._request(res):
-            raise ValueError(f"{self} cannot allocate {res.G} GPU(s)")
-        taken = sorted(self.g)[: res.G]
-        self.g.difference_update(taken)
-        return GPU(taken)
-
-    def _dealloc(self, res: Resource) -> None:
-        self.g |= res.g
-
-    def _stat(self) -> tuple[float, float]:
-        return len(self.g), self.G
-
-    def _to_wire(self) -> dict[str, Any]:
-        return {"g": sorted(self.g), "G": self.G}
-
-    @classmethod
-    def _from_wire(cls, state: dict[str, Any]) -> Resource:
-        obj = cls(state["g"])
-        obj.G = state["G"]
-        return obj
+    _ids, _count, _label, _unit = "g", "G", "GPU", "GPU(s)"
 
 
 def to_wire(res: Resource) -> list[list[Any]]:

@@ -99,16 +99,8 @@ class Executor:
         log.info("client %s connected", s.name)
         task_status.started(s.sid)
         try:
-            while True:
-                batch = await link.receive()
-                for header, payload in batch:
-                    self._on_client_message(s, header, payload)
-                self._pump()
-        except LinkClosed as e:
-            log.info("client %s gone: %s", s.name, e)
-        except Exception as e:  # malformed message: drop this peer, not the executor
-            log.warning("dropping client %s after a bad message: %r", s.name, e)
-            link.close(f"bad message: {e!r}")
+            await self._serve_link(link, f"client {s.name}",
+                                   lambda h, p: self._on_client_message(s, h, p))
         finally:
             self._drop_client(s)
 
@@ -227,18 +219,26 @@ class Executor:
         self._pump()
         task_status.started(w.wid)
         try:
-            while True:
-                batch = await link.receive()
-                for header, payload in batch:
-                    self._on_worker_message(w, header, payload)
-                self._pump()
-        except LinkClosed as e:
-            log.warning("worker %s lost: %s", w.name, e)
-        except Exception as e:
-            log.warning("dropping worker %s after a bad message: %r", w.name, e)
-            link.close(f"bad message: {e!r}")
+            await self._serve_link(link, f"worker {w.name}",
+                                   lambda h, p: self._on_worker_message(w, h, p),
+                                   gone="lost", gone_level=logging.WARNING)
         finally:
             self._drop_worker(w)
+
+    async def _serve_link(self, link: Link, who: str, on_message: Any, gone: str = "gone",
+                          gone_level: int = logging.INFO) -> None:
+        """Feed a peer's batches to ``on_message``, then place what can start, until the
+        link closes. A malformed message drops this peer, never the executor."""
+        try:
+            while True:
+                for header, payload in await link.receive():
+                    on_message(header, payload)
+                self._pump()
+        except LinkClosed as e:
+            log.log(gone_level, "%s %s: %s", who, gone, e)
+        except Exception as e:
+            log.warning("dropping %s after a bad message: %r", who, e)
+            link.close(f"bad message: {e!r}")
 
     def _on_worker_message(self, w: WorkerSession, h: Any, payload: bytes) -> None:
         t = h[0]

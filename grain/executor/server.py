@@ -16,7 +16,13 @@ import trio
 from ..errors import ProtocolError
 from ..net import transport
 from ..net.endpoints import Endpoint
-from ..net.link import DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, LinkClosed, StreamLink
+from ..net.link import (
+    DEFAULT_HEARTBEAT,
+    DEFAULT_TIMEOUT,
+    LinkClosed,
+    StreamLink,
+    open_stream_link,
+)
 from ..protocol import handshake
 from ..protocol.messages import Msg
 from ..resource import from_wire
@@ -68,11 +74,9 @@ class ExecutorServer:
                 log.warning("refused worker at %s: %s", peer, e)
                 await trio.aclose_forcefully(stream)
                 return
-        link = StreamLink(stream, peer, heartbeat=self.heartbeat, timeout=self.timeout,
-                          decoder=dec)
         try:
-            async with trio.open_nursery() as n:
-                link.start(n)
+            async with open_stream_link(stream, peer, heartbeat=self.heartbeat,
+                                        timeout=self.timeout, decoder=dec) as link:
                 try:
                     if role == "client":
                         info.setdefault("name", peer)
@@ -132,15 +136,10 @@ async def dial_worker(executor: Executor, ep: Endpoint, token: str, *,
                 await trio.aclose_forcefully(stream)
             else:
                 delay = 0.2
-                link = StreamLink(stream, str(ep), heartbeat=heartbeat, timeout=timeout,
-                                  decoder=dec)
                 try:
-                    async with trio.open_nursery() as n:
-                        link.start(n)
-                        try:
-                            await executor.serve_worker(link, info)
-                        finally:
-                            link.close("worker served")
+                    async with open_stream_link(stream, str(ep), heartbeat=heartbeat,
+                                                timeout=timeout, decoder=dec) as link:
+                        await executor.serve_worker(link, info)
                 except* Exception as eg:  # redial rather than take the executor down
                     log.error("connection to worker %s ended by an internal error",
                               ep, exc_info=eg)

@@ -16,7 +16,8 @@ written). ``receive()`` returns the next batch. Two kinds:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
@@ -71,36 +72,20 @@ class _Box:
 
 
 class Link:
-    """Base of both link kinds."""
+    """A message link: an inbox and an outbox. Subclasses move the outbox's messages."""
 
     peer: str = "?"
+    _in: _Box
+    _out: _Box
 
     def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
-        raise NotImplementedError
-
-    async def receive(self) -> list[Message]:
-        raise NotImplementedError
-
-    def close(self, reason: str = "closed") -> None:
-        raise NotImplementedError
-
-    @property
-    def closed(self) -> str | None:
-        raise NotImplementedError
-
-
-class MemoryLink(Link):
-    """One end of an in-process link."""
-
-    def __init__(self, inbox: _Box, outbox: _Box, peer: str) -> None:
-        self._in, self._out, self.peer = inbox, outbox, peer
-
-    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
+        """Queue a message; never blocks. Raises ``LinkClosed`` once the link is closed."""
         if self._out.closed is not None:
             raise LinkClosed(self._out.closed)
         self._out.put((header, payload))
 
     async def receive(self) -> list[Message]:
+        """The next batch of messages. Raises ``LinkClosed`` (with why) at the end."""
         return await self._in.take()
 
     def close(self, reason: str = "closed") -> None:
@@ -109,7 +94,15 @@ class MemoryLink(Link):
 
     @property
     def closed(self) -> str | None:
+        """Why the link closed, or ``None`` while it is open."""
         return self._in.closed
+
+
+class MemoryLink(Link):
+    """One end of an in-process link."""
+
+    def __init__(self, inbox: _Box, outbox: _Box, peer: str) -> None:
+        self._in, self._out, self.peer = inbox, outbox, peer
 
 
 def memory_link_pair(name_a: str = "a", name_b: str = "b") -> tuple[MemoryLink, MemoryLink]:
@@ -140,22 +133,9 @@ class StreamLink(Link):
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._run)
 
-    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
-        if self._out.closed is not None:
-            raise LinkClosed(self._out.closed)
-        self._out.put((header, payload))
-
-    async def receive(self) -> list[Message]:
-        return await self._in.take()
-
     def close(self, reason: str = "closed") -> None:
-        self._in.close(reason)
-        self._out.close(reason)
+        super().close(reason)
         self._scope.cancel()
-
-    @property
-    def closed(self) -> str | None:
-        return self._in.closed
 
     async def _run(self) -> None:
         self._reason: str | None = None
@@ -242,3 +222,18 @@ class StreamLink(Link):
             self.bytes_out += len(frame)
             await self.stream.send_all(frame)
             self._last_send = trio.current_time()
+
+
+@asynccontextmanager
+async def open_stream_link(stream: trio.abc.Stream, peer: str, *,
+                           heartbeat: float = DEFAULT_HEARTBEAT,
+                           timeout: float = DEFAULT_TIMEOUT,
+                           decoder: FrameDecoder | None = None) -> AsyncIterator[StreamLink]:
+    """A running ``StreamLink`` for the duration of the block; closed on exit."""
+    link = StreamLink(stream, peer, heartbeat=heartbeat, timeout=timeout, decoder=decoder)
+    async with trio.open_nursery() as n:
+        link.start(n)
+        try:
+            yield link
+        finally:
+            link.close("done")

@@ -15,7 +15,7 @@ import trio
 from ..errors import AuthenticationError, ProtocolError
 from ..net import transport
 from ..net.endpoints import Endpoint
-from ..net.link import DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, StreamLink
+from ..net.link import DEFAULT_HEARTBEAT, DEFAULT_TIMEOUT, open_stream_link
 from ..protocol import handshake
 from .agent import WorkerAgent
 
@@ -48,14 +48,9 @@ async def serve_dialing(agent: WorkerAgent, ep: Endpoint, token: str, *,
                 log.info("worker %s registered with %s: %s", agent.name, ep,
                          agent.inventory.capacity)
                 delay = 0.1
-                link = StreamLink(stream, str(ep), heartbeat=heartbeat, timeout=timeout,
-                                  decoder=dec)
-                async with trio.open_nursery() as n:
-                    link.start(n)
-                    try:
-                        await agent.serve(link)
-                    finally:
-                        link.close("worker reconnecting")
+                async with open_stream_link(stream, str(ep), heartbeat=heartbeat,
+                                            timeout=timeout, decoder=dec) as link:
+                    await agent.serve(link)
         await trio.sleep(delay)
         delay = min(delay * 2, max_backoff)
 
@@ -84,14 +79,9 @@ async def serve_listening(agent: WorkerAgent, ep: Endpoint, token: str, *,
             log.warning("refused executor %s: already serving one", peer)
             await trio.aclose_forcefully(stream)
             return
-        async with busy:
-            link = StreamLink(stream, peer, heartbeat=heartbeat, timeout=timeout, decoder=dec)
-            async with trio.open_nursery() as n:
-                link.start(n)
-                try:
-                    await agent.serve(link)
-                finally:
-                    link.close("done")
+        async with busy, open_stream_link(stream, peer, heartbeat=heartbeat,
+                                          timeout=timeout, decoder=dec) as link:
+            await agent.serve(link)
 
     await transport.serve(listeners, handle)
 

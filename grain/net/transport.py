@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import trio
 
@@ -63,7 +65,6 @@ async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
     """Listeners for ``ep`` and the endpoint really bound (port 0 -> the chosen port)."""
     if ep.is_unix:
         import os
-        import socket
         if os.path.exists(ep.path):
             os.unlink(ep.path)
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -87,6 +88,24 @@ async def serve(listeners: list[trio.abc.Listener],
                 handler: Callable[[trio.abc.Stream], Awaitable[None]]) -> None:
     """Serve connections forever, each in its own task."""
     await trio.serve_listeners(handler, listeners)
+
+
+def send_nowait(sock: socket.socket, parts: list[Any]) -> list[memoryview]:
+    """Send buffers on a non-blocking socket with one gathering ``sendmsg`` (no joining
+    copy); returns what did not fit, for the caller to finish asynchronously."""
+    try:
+        sent = sock.sendmsg(parts)
+    except BlockingIOError:
+        sent = 0
+    rest: list[memoryview] = []
+    for part in parts:
+        n = len(part)
+        if sent >= n:
+            sent -= n
+            continue
+        rest.append(memoryview(part)[sent:])
+        sent = 0
+    return rest
 
 
 def peer_name(stream: trio.abc.Stream) -> str:

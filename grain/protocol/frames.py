@@ -23,6 +23,7 @@ from ..errors import ProtocolError
 PREFIX = struct.Struct(">II")
 DEFAULT_MAX_HEADER = 16 * 1024 * 1024
 DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+BIG_FRAME = 1024 * 1024   # frames this big are gathered in pieces, joined once
 
 Message = tuple[Sequence[Any], bytes]
 """One message: (header fields, payload bytes)."""
@@ -30,12 +31,19 @@ Message = tuple[Sequence[Any], bytes]
 _packb = msgpack.Packer(use_bin_type=True).pack
 
 
-def encode_batch(messages: Sequence[Message]) -> bytes:
-    """One frame carrying every message of ``messages``."""
+def encode_parts(messages: Sequence[Message]) -> list[Any]:
+    """One frame carrying every message, as buffers to send in order (prefix and header
+    first, then the payloads as they are: no copy of a big payload)."""
     headers = [m[0] for m in messages]
     payloads = [m[1] for m in messages]
     header = _packb([headers, [len(p) for p in payloads]])
-    return b"".join((PREFIX.pack(len(header), sum(map(len, payloads))), header, *payloads))
+    return [PREFIX.pack(len(header), sum(map(len, payloads))) + header,
+            *(p for p in payloads if len(p))]
+
+
+def encode_batch(messages: Sequence[Message]) -> bytes:
+    """One frame carrying every message of ``messages``, as one bytes object."""
+    return b"".join(encode_parts(messages))
 
 
 def encode(header: Sequence[Any], payload: bytes = b"") -> bytes:
@@ -51,19 +59,24 @@ class FrameDecoder:
     """
 
     def __init__(self, max_header: int = DEFAULT_MAX_HEADER,
-                 max_payload: int = DEFAULT_MAX_PAYLOAD) -> None:
+                 max_payload: int = DEFAULT_MAX_PAYLOAD, big: int = BIG_FRAME) -> None:
         self.max_header = max_header
         self.max_payload = max_payload
+        self.big = big
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None
+        self._chunks: list[bytes] | None = None   # the pieces of a big frame
+        self._chunked = 0
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf)
+        return len(self._buf) + self._chunked
 
     def feed(self, data: bytes, max_frames: int | None = None) -> list[list[Message]]:
         """Add ``data``; return the complete batches (at most ``max_frames`` of them)."""
+        if self._chunks is not None:
+            return self._feed_big(data, max_frames)
         self._buf += data
         out: list[list[Message]] = []
         buf = self._buf
@@ -83,6 +96,12 @@ class FrameDecoder:
                 pos += PREFIX.size
             hlen, plen = self._need
             if len(buf) - pos < hlen + plen:
+                if hlen + plen >= self.big:
+                    # A big frame: keep its pieces and join them once, rather than grow
+                    # a buffer and copy the payload out of it.
+                    self._chunks = [bytes(buf[pos:])]
+                    self._chunked = len(buf) - pos
+                    pos = len(buf)
                 break
             header = bytes(buf[pos:pos + hlen])
             payload = memoryview(buf)[pos + hlen:pos + hlen + plen].tobytes() if plen else b""
@@ -91,6 +110,23 @@ class FrameDecoder:
             out.append(_split(header, payload))
         if pos:
             del buf[:pos]
+        return out
+
+    def _feed_big(self, data: bytes, max_frames: int | None) -> list[list[Message]]:
+        assert self._chunks is not None and self._need is not None
+        self._chunks.append(data)
+        self._chunked += len(data)
+        hlen, plen = self._need
+        need = hlen + plen
+        if self._chunked < need or max_frames == 0:
+            return []
+        blob = b"".join(self._chunks)   # the one copy of a big frame
+        self._chunks, self._chunked, self._need = None, 0, None
+        view = memoryview(blob)
+        out = [_split(bytes(view[:hlen]), view[hlen:need])]
+        rest = blob[need:]
+        if rest:
+            out += self.feed(rest, None if max_frames is None else max_frames - 1)
         return out
 
 

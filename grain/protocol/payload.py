@@ -1,8 +1,11 @@
 """Pickling of job payloads: stdlib pickle where it works, dill where it must.
 
-The first byte says which: ``P`` (stdlib pickle, C speed on both ends) or ``D`` (dill: by
-value, for functions and classes of the user's ``__main__`` and for closures and lambdas).
-A stdlib pickle that names ``__main__`` would not load in a runner, so it is redone with dill.
+stdlib pickle is C-fast on both ends; dill pickles by value what stdlib pickle cannot
+(functions and classes of the user's ``__main__``, closures, lambdas). A stdlib pickle that
+names ``__main__`` would not load in a runner, so it is redone with dill. Both are loaded
+by ``pickle.loads`` (dill's pickles only name importable reconstructors in ``dill._dill``),
+so a payload carries no tag and is never copied to add one; dill's own loader is the
+fallback.
 """
 
 from __future__ import annotations
@@ -53,11 +56,11 @@ def dumps(obj: Any, what: str = "object") -> bytes:
     try:
         data = pickle.dumps(obj, protocol=5)
         if _MAIN not in data:
-            return b"P" + data
+            return data
     except Exception:  # noqa: BLE001 - fall through to dill, which pickles more
         pass
     try:
-        return b"D" + _dill_dumps(obj)
+        return _dill_dumps(obj)
     except Exception as e:
         raise SerializationError(f"cannot pickle {what} {_short_repr(obj)}: "
                                  f"{type(e).__name__}: {e}") from e
@@ -65,12 +68,13 @@ def dumps(obj: Any, what: str = "object") -> bytes:
 
 def loads(data: bytes) -> Any:
     """Inverse of ``dumps``."""
-    tag = data[:1]
-    if tag == b"P":
-        return pickle.loads(memoryview(data)[1:])
-    if tag == b"D":
-        return dill.loads(data[1:])
-    raise SerializationError(f"unknown payload tag {tag!r}")
+    try:
+        return pickle.loads(data)
+    except Exception as first:  # noqa: BLE001 - dill's loader knows a few more tricks
+        try:
+            return dill.loads(data)
+        except Exception:  # noqa: BLE001
+            raise first from None
 
 
 def _short_repr(obj: Any) -> str:

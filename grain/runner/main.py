@@ -25,8 +25,9 @@ import trio
 
 from ..client.gvar import _VARS
 from ..errors import RemoteError, SerializationError
+from ..net.transport import send_nowait
 from ..protocol import payload as pl
-from ..protocol.frames import FrameDecoder, Message, encode_batch
+from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import End, Msg
 from ..resource import from_wire
 
@@ -111,14 +112,10 @@ def _error_reply(jid: int, e: BaseException) -> Message:
 
 
 async def _flush(sock: socket.socket, stream: trio.SocketStream, replies: list[Message]) -> None:
-    frame = encode_batch(replies)
+    parts = encode_parts(replies)
     replies.clear()
-    try:
-        sent = sock.send(frame)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(frame):
-        await stream.send_all(memoryview(frame)[sent:])
+    for rest in send_nowait(sock, parts):
+        await stream.send_all(rest)
 
 
 async def serve(sock: socket.socket) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 
 import trio
 
-from ..protocol.frames import FrameDecoder, Message, encode_batch
+from ..net.transport import send_nowait
+from ..protocol.frames import FrameDecoder, Message, encode_parts
 
 log = logging.getLogger("grain.worker")
 
@@ -52,18 +53,16 @@ class RunnerProcess:
         The hot path writes straight to the non-blocking socket (a small frame always fits
         its buffer, and skipping the stream layer saves scheduler round trips per job);
         what does not fit is finished by a task, and later frames wait behind it."""
-        frame = encode_batch(messages)
+        parts = encode_parts(messages)
         if self._backlog is not None:
-            self._backlog.append(frame)
+            self._backlog.extend(parts)
             return
         try:
-            sent = self.sock.send(frame)
-        except BlockingIOError:
-            sent = 0
+            rest = send_nowait(self.sock, parts)
         except OSError:
             return  # the runner is gone; its reader reports how
-        if sent < len(frame):
-            self._backlog = [memoryview(frame)[sent:]]
+        if rest:
+            self._backlog = rest
             nursery.start_soon(self._drain)
 
     async def _drain(self) -> None:

@@ -47,3 +47,24 @@ def test_max_frames_leaves_the_rest_buffered():
     dec = FrameDecoder()
     assert len(dec.feed(encode([1]) + encode([2]), max_frames=1)) == 1
     assert dec.feed(b"")[0][0][0] == [2]
+
+
+def test_big_frames_decode_the_same_in_any_chunking():
+    import random
+    rng = random.Random(3)
+    frames = [encode([2, i], bytes([i % 251]) * rng.randint(0, 200)) for i in range(60)]
+    stream = b"".join(frames)
+    expected = FrameDecoder(big=1 << 30).feed(stream)
+    for _ in range(30):
+        dec = FrameDecoder(big=64)   # most of these frames take the big-frame path
+        got, pos = [], 0
+        while pos < len(stream):
+            n = rng.randint(1, 300)
+            got += dec.feed(stream[pos:pos + n], max_frames=rng.choice([None, None, 1]))
+            pos += n
+        got += dec.feed(b"")
+        while dec.buffered and (more := dec.feed(b"")):
+            got += more
+        assert [[(list(h), bytes(p)) for h, p in b] for b in got] == \
+            [[(list(h), bytes(p)) for h, p in b] for b in expected]
+        assert dec.buffered == 0

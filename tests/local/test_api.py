@@ -127,3 +127,24 @@ def test_idle_runners_survive_the_thread_that_started_them():
         return first, wg.results, again
     first, warm, again = grain.run_combine(main, rpw=Node(1, 1))
     assert first == again and set(warm) == {first}, "the same warm runner serves them all"
+
+
+def cached_square(x, scale=1):
+    return x * x * scale
+
+
+async def _cache_hit(x):
+    return (x == 3), f"cached {x}"
+
+cached_square.cache_fn = _cache_hit
+cached_square.cache_res = ZERO
+
+
+def test_asubmit_and_the_original_cache_helpers():
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            await wg.asubmit(Cores(1), square, 4)
+            wg.load_cache_or_submit(Cores(1), cached_square, 3)   # cache hit: no job
+            wg.load_cache_or_submit(Cores(1), cached_square, 5, scale=2)
+        return wg.results, await grain.load_cache_or_exec1(Cores(1), cached_square, 3)
+    assert grain.run_combine(main) == ([16, "cached 3", 50], "cached 3")

@@ -33,3 +33,17 @@ def test_modules_travel_by_reference():
     data = pl.dumps(uses_json)
     assert len(data) < 2000, "the json module itself must not be pickled by value"
     assert pl.loads(data)() == "[1]"
+
+
+def test_main_references_are_found_exactly_not_by_scanning_bytes():
+    data = pl.dumps({"note": "__main__ is just text here", "blob": b"__main__" * 1000})
+    assert b"dill" not in bytes(data), "a string that says __main__ needs no dill"
+
+    class Local:
+        def __init__(self):
+            self.x = 1
+    Local.__module__ = "__main__"      # as if defined in the user's script
+    Local.__qualname__ = "Local"
+    data = pl.dumps([1, Local()])
+    assert b"dill._dill" in bytes(data), "an instance of a __main__ class goes by value"
+    assert pl.loads(data)[1].x == 1

@@ -1,4 +1,4 @@
-"""``python -m grain.runner FD``: run jobs sent over the socket ``FD`` by a worker."""
+"""``python -m grain.runner FD [WORKER_PID]``: run jobs sent over the socket ``FD`` by a worker."""
 
 from .main import main
 

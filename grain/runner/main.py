@@ -1,6 +1,6 @@
 """The runner process: pinned to a job's cores, runs it, sends back its value or error.
 
-A worker starts runners (``python -m grain.runner FD``) and keeps them warm; each one runs
+A worker starts runners (``python -m grain.runner FD WORKER_PID``) and keeps them warm; each one runs
 a persistent trio loop (starting one per job would cost more than a no-op job) and takes
 ``FUNCTION`` (a pickled function, cached by id) and ``RUN`` messages over a socket pair.
 Before a job runs, the runner pins itself (``sched_setaffinity``) to the job's real CPU
@@ -156,6 +156,8 @@ async def serve(sock: socket.socket) -> None:
 
 def main() -> None:
     _die_with_parent()
+    if len(sys.argv) > 2 and os.getppid() != int(sys.argv[2]):
+        return  # the worker died before the death signal was armed: nobody to serve
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     try:

@@ -147,7 +147,7 @@ class RunnerPool:
             # PR_SET_PDEATHSIG fires when the thread that forked it exits, and trio's
             # helper threads come and go.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "grain.runner", str(child.fileno())],
+                [sys.executable, "-m", "grain.runner", str(child.fileno()), str(os.getpid())],
                 pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
                 cwd=self.cwd, stdin=subprocess.DEVNULL)
         finally:

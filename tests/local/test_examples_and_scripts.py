@@ -72,32 +72,39 @@ def test_main_module_functions_use_module_globals(tmp_path):
     assert "[(3, 'Point'), (13, 'Point'), (23, 'Point')]" in out.stdout
 
 
-def test_ctrl_c_stops_everything(tmp_path):
-    script = tmp_path / "long.py"
-    script.write_text(textwrap.dedent("""
+def start_sleepy_program(tmp_path, jobs):
+    """A user program whose ``jobs`` one-core jobs sleep; returns it once their runners
+    are up, with those runners."""
+    script = tmp_path / "sleepy.py"
+    script.write_text(textwrap.dedent(f"""
         import time, grain
         from grain.resource import Cores
         def sleepy():
             time.sleep(600)
         async def main():
             async with grain.open_waitgroup() as wg:
-                for _ in range(4):
+                for _ in range({jobs}):
                     wg.submit(Cores(1), sleepy)
                 print("submitted", flush=True)
         grain.run_combine(main)
     """))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "submitted"
+    want = min(jobs, len(os.sched_getaffinity(0)))
+    deadline = time.monotonic() + 20
+    runners = []
+    while time.monotonic() < deadline and len(runners) < want:
+        runners = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "grain.runner" in " ".join(p.cmdline())]
+        time.sleep(0.05)
+    assert runners, "the jobs' runners should be up"
+    return proc, runners
+
+
+def test_ctrl_c_stops_everything(tmp_path):
+    proc, runners = start_sleepy_program(tmp_path, 4)
     try:
-        assert proc.stdout.readline().strip() == "submitted"
-        deadline = time.monotonic() + 20
-        runners = []
-        while time.monotonic() < deadline and len(runners) < 2:
-            runners = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                       if "grain.runner" in " ".join(p.cmdline())]
-            time.sleep(0.1)
-        assert runners, "the jobs' runners should be up"
-        time.sleep(0.5)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=20)
         assert proc.returncode != 0
@@ -110,26 +117,8 @@ def test_ctrl_c_stops_everything(tmp_path):
 
 
 def test_killed_client_takes_its_runners_along(tmp_path):
-    script = tmp_path / "victim.py"
-    script.write_text(textwrap.dedent("""
-        import time, grain
-        from grain.resource import Cores
-        def sleepy():
-            time.sleep(600)
-        async def main():
-            async with grain.open_waitgroup() as wg:
-                wg.submit(Cores(1), sleepy)
-                print("submitted", flush=True)
-        grain.run_combine(main)
-    """))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            text=True, cwd=tmp_path)
+    proc, runners = start_sleepy_program(tmp_path, 1)
     try:
-        assert proc.stdout.readline().strip() == "submitted"
-        time.sleep(1.0)
-        runners = [p for p in psutil.Process(proc.pid).children(recursive=True)
-                   if "grain.runner" in " ".join(p.cmdline())]
-        assert runners
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         gone, alive = psutil.wait_procs(runners, timeout=10)

@@ -58,6 +58,7 @@ to be short). An allocation is charged to its user once, however many jobs share
 from __future__ import annotations
 
 import heapq
+import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
@@ -113,19 +114,23 @@ class Placement:
         self.reservations: list[Reservation] = []
         #: the last ``schedule`` call stopped at ``max_placements``: call again
         self.more = False
-        self._where: dict[int, JobQueue] = {}     # queued id -> its queue
+        # ints to ints only, so that the garbage collector never looks at them (a dict of
+        # a million ids to objects adds ~20 ms to every full collection)
+        self._where: dict[int, int] = {}          # queued id -> its queue's number
+        self._run: dict[int, int] = {}            # placed id -> the queue it came from
+        self._queues: list[JobQueue] = []         # by number; never dropped (small)
+        # shapes and (user, shape) queues are kept once seen: there are as many as
+        # distinct requests (the executor caps those), and jobs in flight refer to them
         self._shapes: dict[Hashable, Shape] = {}
         self._users: dict[str, User] = {}
-        self._run: dict[int, JobQueue] = {}       # placed id -> the queue it came from
         self._chain_of: dict[int, _Chain] = {}
         self._open: dict[tuple[str, Hashable], dict[_Chain, None]] = {}
         self._pass = 0
-        self._shapes_high = 64
         self._total_cores = 0
         self._total_mem = 0.0
         self._inv_cores = 0.0
         self._inv_mem = 0.0
-        self._seq = count()
+        self._seq = count()   # tie-breakers in heaps, so users are never compared
 
     # -- workers -------------------------------------------------------------------
     def add_worker(self, wid: int, name: str, total: Resource, free: Resource) -> None:
@@ -146,9 +151,10 @@ class Placement:
         self._account_capacity(w.total, -1)
         charged: set[int] = set()
         for gid in w.running:
-            q = self._run.pop(gid, None)
-            if q is None:
+            qn = self._run.pop(gid, None)
+            if qn is None:
                 continue
+            q = self._queues[qn]
             q.user.running -= 1
             ch = self._chain_of.pop(gid, None)
             if ch is None:
@@ -239,10 +245,11 @@ class Placement:
         u = self._user(user)
         q = u.queues.get(key)
         if q is None:
-            q = u.queues[key] = JobQueue(u, s, self._where)
+            q = u.queues[key] = JobQueue(len(self._queues), u, s, self._where)
+            self._queues.append(q)
             s.queues[q] = None
         q.push(gid)
-        self._where[gid] = q
+        self._where[gid] = q.qid
         u.queued += 1
         if q.seq < 0 or gid < q.key:
             u.file(q, gid)
@@ -250,13 +257,12 @@ class Placement:
     def dequeue(self, gid: int) -> bool:
         """Remove a queued job (cancelled). False when it is not queued. O(1) amortised
         (see ``placement_queue``)."""
-        q = self._where.pop(gid, None)
-        if q is None:
+        qn = self._where.pop(gid, None)
+        if qn is None:
             return False
+        q = self._queues[qn]
         q.user.queued -= 1
         q.forget(gid)
-        if not q.live:
-            q.user.drop(q)   # frees its tombstones; its heap entry goes stale
         return True
 
     def is_queued(self, gid: int) -> bool:
@@ -266,11 +272,12 @@ class Placement:
         """(request, queued ids oldest first) per shape, all users together, for sweeps
         over what is waiting. O(queued): see ``requests`` for the cheap part."""
         return [(s.request, sorted(g for q in s.queues for g in q.ids()))
-                for s in self._shapes.values() if s.queues]
+                for s in self._shapes.values() if any(q.live for q in s.queues)]
 
     def requests(self) -> list[tuple[Hashable, Resource]]:
         """(shape, request) per shape with queued jobs: O(shapes)."""
-        return [(s.key, s.request) for s in self._shapes.values() if s.queues]
+        return [(s.key, s.request) for s in self._shapes.values()
+                if any(q.live for q in s.queues)]
 
     def queued_of(self, shape: Hashable) -> list[int]:
         """The queued ids of one shape, all users, oldest first."""
@@ -292,7 +299,8 @@ class Placement:
         if w is None or gid not in w.running:
             return None
         w.running.discard(gid)
-        q = self._run.pop(gid, None)
+        qn = self._run.pop(gid, None)
+        q = self._queues[qn] if qn is not None else None
         if q is not None:
             q.user.running -= 1
         if ch is None:
@@ -348,7 +356,7 @@ class Placement:
             del self._where[head]
             u.queued -= 1
             u.running += 1
-            self._run[head] = q
+            self._run[head] = q.qid
             self._chain_of[head] = found
             self.workers[found.wid].running.add(head)
             out.append((head, found.wid, found.alloc, tail))
@@ -380,9 +388,6 @@ class Placement:
         if not self._where or not self.workers:
             return out
         self._pass += 1
-        if len(self._shapes) > self._shapes_high:   # forget shapes nobody queues any more
-            self._shapes = {k: s for k, s in self._shapes.items() if s.queues}
-            self._shapes_high = 2 * len(self._shapes) + 64
         budget = max_placements if max_placements is not None else len(self._where)
         if budget <= 0:
             self.more = True
@@ -412,6 +417,7 @@ class Placement:
         chaining = self.chain_depth > 0
         reserved: dict[int, int] = {}       # worker id -> head id, this pass
         ic, im = self._inv_cores, self._inv_mem
+        seq = self._seq
         while uheap:
             u = uheap[0][3]
             q = u.front()
@@ -429,20 +435,35 @@ class Placement:
                 else:                     # the head waits for the user's own jobs to end
                     heapq.heappop(uheap)
                 continue
-            w = None if s.blocked == pno else index.find(s, reserved)
+            if s.blocked == pno:
+                w = None
+            else:
+                # where this shape went last in this pass is still the best fit if it
+                # still fits (it only lost room): saves a search per switch of user
+                w = s.hint
+                if (w is None or s.hint_pass != pno or w.wid in reserved
+                        or not index.fits(w, s)):
+                    w = index.find(s, reserved)
             if w is None:
                 s.blocked = pno
                 self._blocked(u, q, reserved, uheap, len(out))
                 continue
             # place jobs of this queue while they stay first in line (the user's oldest
             # job, the user still the most deserving, room on a worker)
-            sc, sm = s.cores, s.mem
+            sc, sm, qn, weight = s.cores, s.mem, q.qid, u.weight
+            rival = u.next_key()
+            if len(uheap) > 1:
+                nu = uheap[1] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2]
+                nkey, nhead = nu[0], nu[1]
+            else:
+                nkey, nhead = math.inf, 0
+            simple = not s.extras and not w.generic
             while True:
-                q.pop(gid)
+                nxt = q.advance(gid)
                 del where[gid]
                 alloc = index.take(w, s)
                 w.running.add(gid)
-                run[gid] = q
+                run[gid] = qn
                 u.queued -= 1
                 u.running += 1
                 u.cores += sc
@@ -453,30 +474,30 @@ class Placement:
                 out.append((gid, w.wid, alloc))
                 if len(out) >= budget:
                     self.more = True
+                    s.hint, s.hint_pass = w, pno
                     return
-                nxt = q.peek()
-                if nxt is None:
-                    break
-                other = u.next_key()
-                if other is not None and nxt > other:
+                if nxt is None or (rival is not None and nxt > rival):
                     break
                 if limit is not None and u.cores + sc > limit:
                     break
-                if len(uheap) > 1:
-                    c = uheap[1] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2]
-                    if (u.key(ic, im), nxt) > c[:2]:
-                        break
+                c, m = u.cores * ic, u.mem * im
+                key = (c if c > m else m) / weight
+                if key > nkey or (key == nkey and nxt > nhead):
+                    break       # another user is now the most deserving
                 gid = nxt
-                if not index.fits(w, s):
+                if not (w.cores >= sc and w.mem >= sm if simple else index.fits(w, s)):
                     w = index.find(s, reserved)
                     if w is None:
                         s.blocked = pno
                         break
-            head = q.peek()
-            if head is None:
-                f = u.front()
-                head = f.key if f is not None else 0
-            heapq.heapreplace(uheap, (u.key(ic, im), head, next(self._seq), u))
+                    simple = not s.extras and not w.generic
+            if w is not None:
+                s.hint, s.hint_pass = w, pno
+            if nxt is not None:     # re-file the queue under its new head
+                u.refile_front(q, nxt)
+            c, m = u.cores * ic, u.mem * im
+            head = u.heap[0][0] if u.heap else 0
+            heapq.heapreplace(uheap, ((c if c > m else m) / weight, head, next(seq), u))
 
     def _blocked(self, u: User, q: JobQueue, reserved: dict[int, int],
                  uheap: list[tuple[float, int, int, User]], at: int) -> None:
@@ -503,5 +524,5 @@ class Placement:
         """(job id, user) of the jobs placed on ``wid``."""
         w = self.workers.get(wid)
         for gid in (w.running if w is not None else ()):
-            q = self._run.get(gid)
-            yield gid, q.user.name if q is not None else ""
+            qn = self._run.get(gid)
+            yield gid, self._queues[qn].user.name if qn is not None else ""

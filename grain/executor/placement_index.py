@@ -19,11 +19,11 @@ candidate that fails an extra is remembered per shape together with the worker's
 the extras) per search: exact, but linear in the number of such workers (e.g. GPU workers
 whose cores are free but whose GPUs are all taken).
 
-Allocation itself bypasses ``Resource.alloc``'s generic composition for the built-in kinds
-(``Cores``, ``GPU``, ``Memory``): the result is the same object graph (a composite
-``Resource`` of ``Cores``/``GPU``/``Memory`` parts, lowest ids first), built without the
-intermediate composites, because at 200,000 placements a second the generic path alone
-would take the whole budget. Other kinds go through their own ``_alloc``/``_dealloc``.
+Allocation itself bypasses ``Resource.alloc``'s generic composition for ``Cores`` and
+``Memory``: the result is the same object graph (a composite ``Resource`` of ``Cores`` and
+``Memory`` parts, lowest core ids first), built without the intermediate composites,
+because at 200,000 placements a second the generic path alone (~10 us) would take twice
+the whole budget. Other kinds go through their own ``_alloc``/``_dealloc``.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from typing import Any
 
 from ..resource import GPU, Cores, Memory, Resource
 
-# how a part of a request is allocated
-_IDS, _MEM, _GENERIC = 0, 1, 2
+GENERIC = "\0generic"   # marks the group of workers whose kinds are searched generically
+_C, _N = "c", "N"   # a Cores part's ids and count
 _ID_KINDS: dict[type[Resource], tuple[str, str]] = {Cores: ("c", "N"), GPU: ("g", "G")}
 
 
@@ -45,7 +45,7 @@ class WorkerState:
     """
 
     __slots__ = ("wid", "name", "total", "free", "running", "order", "cores", "mem",
-                 "version", "group", "parts", "cpool", "mpool")
+                 "version", "group", "parts", "cpool", "mpool", "generic")
 
     def __init__(self, wid: int, name: str, total: Resource, free: Resource,
                  order: int) -> None:
@@ -64,6 +64,7 @@ class WorkerState:
         self.mem = 0.0
         self.version = 0            # bumped whenever capacity comes back
         self.group: _Group | None = None
+        self.generic = False        # searched and allocated through ``free`` alone
 
     def measure(self) -> tuple[int, float]:
         """Free (cores, memory) as the index counts them."""
@@ -75,8 +76,9 @@ class Shape:
     """What placement knows about one request shape: the shared request object and its
     figures for the index. Jobs with equal shapes are interchangeable."""
 
-    __slots__ = ("key", "request", "cores", "mem", "kinds", "plan", "extras", "nofit",
-                 "groups", "groups_at", "holdable", "holdable_at", "blocked", "queues")
+    __slots__ = ("key", "request", "cores", "mem", "kinds", "n_cores", "n_mem", "others",
+                 "extras", "nofit", "groups", "groups_at", "holdable", "holdable_at",
+                 "blocked", "queues", "hint", "hint_pass")
 
     def __init__(self, key: Hashable, request: Resource) -> None:
         self.key = key
@@ -85,21 +87,18 @@ class Shape:
         self.mem = 0.0
         kinds = request.kinds()
         self.kinds = frozenset(kinds)
-        self.plan: list[tuple[str, Resource, int]] = []
-        self.extras: list[tuple[str, Resource]] = []
+        self.n_cores: int | None = None     # built-in Cores and Memory, allocated inline
+        self.n_mem: float | None = None
+        self.others: list[tuple[str, Resource]] = []   # allocated by the kind itself
+        self.extras: list[tuple[str, Resource]] = []   # checked on each candidate
         for name, part in kinds.items():
             t = type(part)
             if t is Cores and name == "Cores":
-                self.cores = part.N
-                self.plan.append((name, part, _IDS))
+                self.cores = self.n_cores = part.N
             elif t is Memory and name == "Memory":
-                self.mem = part.m
-                self.plan.append((name, part, _MEM))
-            elif t is GPU and name == "GPU":
-                self.plan.append((name, part, _IDS))
-                self.extras.append((name, part))
+                self.mem = self.n_mem = part.m
             else:
-                self.plan.append((name, part, _GENERIC))
+                self.others.append((name, part))
                 self.extras.append((name, part))
         self.nofit: dict[int, int] = {}     # worker order -> its version when an extra failed
         self.groups: list[_Group] = []      # groups offering every kind asked (cached)
@@ -108,32 +107,37 @@ class Shape:
         self.holdable_at = -1
         self.blocked = -1                   # the pass in which it was found to fit nowhere
         self.queues: dict[Any, None] = {}   # the per-user queues of this shape (placement's)
+        self.hint: WorkerState | None = None  # where it went last, in pass ``hint_pass``
+        self.hint_pass = -1
 
 
 class _Group:
     """Workers offering the same kinds, in buckets by free cores."""
 
-    __slots__ = ("kinds", "mask", "buckets", "top", "size")
+    __slots__ = ("kinds", "mask", "buckets", "top", "size", "generic")
 
     def __init__(self, kinds: frozenset[str]) -> None:
         self.kinds = kinds
+        self.generic = GENERIC in kinds                 # members checked with free.request
         self.mask = 0                                   # bit c set: bucket c is not empty
-        self.buckets: list[list[tuple[float, int]]] = []  # (free memory, order), sorted
+        # per count of free cores: (free memory, order, worker), sorted (the order is
+        # unique, so workers are never compared)
+        self.buckets: list[list[tuple[float, int, WorkerState]]] = []
         self.top = 0                                    # the most cores of any member
         self.size = 0
 
-    def put(self, cores: int, mem: float, order: int) -> None:
+    def put(self, w: WorkerState) -> None:
         b = self.buckets
-        while len(b) <= cores:
+        while len(b) <= w.cores:
             b.append([])
-        insort(b[cores], (mem, order))
-        self.mask |= 1 << cores
+        insort(b[w.cores], (w.mem, w.order, w))
+        self.mask |= 1 << w.cores
 
-    def take(self, cores: int, mem: float, order: int) -> None:
-        lst = self.buckets[cores]
-        del lst[bisect_left(lst, (mem, order))]
+    def take(self, w: WorkerState) -> None:
+        lst = self.buckets[w.cores]
+        del lst[bisect_left(lst, (w.mem, w.order))]
         if not lst:
-            self.mask &= ~(1 << cores)
+            self.mask &= ~(1 << w.cores)
 
 
 class CapacityIndex:
@@ -153,17 +157,21 @@ class CapacityIndex:
         # (every member checked with ``free.request``): a group of its own
         exotic = ("Cores" in w.parts and w.cpool is None) or (
             "Memory" in w.parts and w.mpool is None)
-        key = frozenset(w.parts) | ({"\0generic"} if exotic else set())
+        tc = total.kinds().get("Cores")
+        top = max(int(getattr(tc, "N", 0) or 0), w.measure()[0])
+        key = frozenset(w.parts) | ({GENERIC} if exotic else set())
         g = self.groups.get(key)
         if g is None:
             g = self.groups[key] = _Group(key)
             self.version += 1   # shapes recompute which groups serve them
         w.group = g
+        w.generic = exotic
         w.cores, w.mem = w.measure()
-        tc = total.kinds().get("Cores")
-        g.top = max(g.top, int(getattr(tc, "N", 0) or 0), w.cores)
+        g.top = max(g.top, top)
+        while len(g.buckets) <= g.top:   # free cores never exceed the total
+            g.buckets.append([])
         g.size += 1
-        g.put(w.cores, w.mem, w.order)
+        g.put(w)
         self.by_order[w.order] = w
         self.version += 1
         return w
@@ -172,7 +180,7 @@ class CapacityIndex:
         g = w.group
         if g is None or self.by_order.pop(w.order, None) is None:
             return
-        g.take(w.cores, w.mem, w.order)
+        g.take(w)
         g.size -= 1
         w.group = None
         self.version += 1
@@ -195,11 +203,11 @@ class CapacityIndex:
             s.holdable_at = self.version
         return s.holdable
 
-    def _members(self, g: _Group) -> Iterable[WorkerState]:
-        by = self.by_order
+    @staticmethod
+    def _members(g: _Group) -> Iterable[WorkerState]:
         for lst in g.buckets:
-            for _, o in lst:
-                yield by[o]
+            for _, _, w in lst:
+                yield w
 
     # -- search ----------------------------------------------------------------------
     def fits(self, w: WorkerState, s: Shape) -> bool:
@@ -207,7 +215,7 @@ class CapacityIndex:
         g = w.group
         if g is None:
             return False
-        if "\0generic" in g.kinds:
+        if g.generic:
             return w.free.request(s.request)
         if w.cores < s.cores or w.mem < s.mem:
             return False
@@ -228,7 +236,7 @@ class CapacityIndex:
     def find(self, s: Shape, exclude: dict[int, Any]) -> WorkerState | None:
         """The best-fitting worker for ``s`` now, not in ``exclude`` (worker ids), or None:
         fewest free cores first, then least free memory, then the oldest worker."""
-        groups = self._groups_for(s)
+        groups = s.groups if s.groups_at == self.version else self._groups_for(s)
         if len(groups) == 1:
             hit = self._find_in(groups[0], s, exclude)
             return None if hit is None else hit[2]
@@ -241,11 +249,9 @@ class CapacityIndex:
 
     def _find_in(self, g: _Group, s: Shape, exclude: dict[int, Any]
                  ) -> tuple[int, float, WorkerState] | None:
-        by = self.by_order
-        if "\0generic" in g.kinds:
+        if g.generic:
             for lst in g.buckets:
-                for mem, o in lst:
-                    w = by[o]
+                for mem, _, w in lst:
                     if w.wid not in exclude and w.free.request(s.request):
                         return w.cores, mem, w
             return None
@@ -256,13 +262,18 @@ class CapacityIndex:
             low = m & -m
             c = n + low.bit_length() - 1
             lst = buckets[c]
-            if lst[-1][0] >= need:      # the bucket's most free memory is enough
-                for i in range(bisect_left(lst, (need,)), len(lst)):
-                    mem, o = lst[i]
-                    w = by[o]
-                    if w.wid in exclude or (extras and not self._extras_fit(w, s)):
-                        continue
-                    return c, mem, w
+            if need <= 0:
+                i = 0
+            elif lst[-1][0] >= need:    # the bucket's most free memory is enough
+                i = bisect_left(lst, (need,))
+            else:
+                m ^= low
+                continue
+            for j in range(i, len(lst)):
+                mem, _, w = lst[j]
+                if w.wid in exclude or (extras and not self._extras_fit(w, s)):
+                    continue
+                return c, mem, w
             m ^= low
         return None
 
@@ -278,8 +289,7 @@ class CapacityIndex:
                 c = m.bit_length() - 1
                 if best is not None and c < best[0]:
                     break
-                for mem, o in reversed(g.buckets[c]):
-                    w = self.by_order[o]
+                for mem, _, w in reversed(g.buckets[c]):
                     if w.wid not in exclude and w.total.request(s.request):
                         found = (c, mem, w)
                         break
@@ -289,54 +299,70 @@ class CapacityIndex:
         return None if best is None else best[2]
 
     # -- allocation ------------------------------------------------------------------
+    # The hot path: one ``take`` per placement, one ``give`` per release. The built-in
+    # kinds are handled inline (same result as ``Resource.alloc``/``dealloc``), the rest
+    # through the kind's own methods.
     def take(self, w: WorkerState, s: Shape) -> Resource:
         """Allocate ``s.request`` on ``w`` (which must fit it); re-index ``w``."""
-        parts = w.parts
+        if w.generic:
+            alloc = w.free.alloc(s.request)
+            self._reindex(w)
+            return alloc
         got: dict[str, Resource] = {}
-        try:
-            for name, want, how in s.plan:
-                pool = parts[name]
-                if how == _IDS and type(pool) is type(want):
-                    ids_attr, n_attr = _ID_KINDS[type(want)]
-                    held: set[int] = pool.__dict__[ids_attr]
-                    n: int = want.__dict__[n_attr]
-                    if len(held) < n:
-                        raise ValueError(f"{pool} cannot allocate {want}")
-                    if n == 1:
-                        x = min(held)
-                        held.discard(x)
-                        taken = {x}
-                    else:
-                        ordered = sorted(held)[:n]   # lowest ids first, as Resource.alloc
-                        held.difference_update(ordered)
-                        taken = set(ordered)
-                    a = type(want).__new__(type(want))
-                    a._parts = {name: a}
-                    a.__dict__[ids_attr] = taken
-                    a.__dict__[n_attr] = n
-                    got[name] = a
-                elif how == _MEM and type(pool) is Memory:
-                    amount = want.m
-                    if pool.m < amount:
-                        raise ValueError(f"{pool} cannot allocate {want}")
-                    pool.m -= amount
-                    mem = Memory.__new__(Memory)
-                    mem._parts = {name: mem}
-                    mem.m = mem.M = amount
-                    got[name] = mem
-                else:
-                    got.update(pool._alloc(want).kinds())
-        except BaseException:
-            self._give_parts(parts, got)
-            raise
-        alloc = Resource(init=False)
+        n = s.n_cores
+        cp = w.cpool
+        if n is not None and cp is not None:
+            held = cp.c
+            ordered = sorted(held)[:n]          # lowest ids first, as Resource.alloc
+            if len(ordered) < n:
+                raise ValueError(f"{cp} cannot allocate {n} core(s)")
+            held.difference_update(ordered)
+            a = Cores.__new__(Cores)
+            a._parts = {"Cores": a}
+            setattr(a, _C, set(ordered))   # (Cores declares these dynamically)
+            setattr(a, _N, n)
+            got["Cores"] = a
+        amount = s.n_mem
+        mp = w.mpool
+        if amount is not None and mp is not None:
+            if mp.m < amount:
+                self._give_parts(w.parts, got)
+                raise ValueError(f"{mp} cannot allocate Memory({amount})")
+            mp.m -= amount
+            b = Memory.__new__(Memory)
+            b._parts = {"Memory": b}
+            b.m = b.M = amount
+            got["Memory"] = b
+        if s.others:
+            parts = w.parts
+            try:
+                for name, want in s.others:
+                    got.update(parts[name]._alloc(want).kinds())
+            except BaseException:
+                self._give_parts(parts, got)
+                raise
+        alloc = Resource.__new__(Resource)
         alloc._parts = got
-        self._reindex(w)
+        g = w.group
+        if g is not None:   # re-index: the worker moves to its new bucket
+            c0, m0, o = w.cores, w.mem, w.order
+            c1 = len(cp.c) if cp is not None else 0
+            m1 = mp.m if mp is not None else 0.0
+            lst = g.buckets[c0]
+            del lst[bisect_left(lst, (m0, o))]
+            if not lst:
+                g.mask &= ~(1 << c0)
+            insort(g.buckets[c1], (m1, o, w))
+            g.mask |= 1 << c1
+            w.cores, w.mem = c1, m1
         return alloc
 
     def give(self, w: WorkerState, alloc: Resource) -> None:
         """Return an allocation made by ``take`` to ``w``; re-index ``w``."""
-        self._give_parts(w.parts, alloc.kinds())
+        if w.generic:
+            w.free.dealloc(alloc)
+        else:
+            self._give_parts(w.parts, alloc.kinds())
         w.version += 1
         self._reindex(w)
 
@@ -349,7 +375,7 @@ class CapacityIndex:
             t = type(a)
             if t in _ID_KINDS and type(pool) is t:
                 ids_attr = _ID_KINDS[t][0]
-                pool.__dict__[ids_attr].update(a.__dict__[ids_attr])
+                getattr(pool, ids_attr).update(getattr(a, ids_attr))
             elif t is Memory and type(pool) is Memory:
                 pool.m += a.m
             else:
@@ -361,6 +387,6 @@ class CapacityIndex:
         if g is None or (cores == w.cores and mem == w.mem):
             w.cores, w.mem = cores, mem
             return
-        g.take(w.cores, w.mem, w.order)
+        g.take(w)
         w.cores, w.mem = cores, mem
-        g.put(cores, mem, w.order)
+        g.put(w)

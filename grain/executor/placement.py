@@ -459,8 +459,8 @@ class Placement:
                 nkey, nhead = math.inf, 0
             simple = not s.extras and not w.generic
             while True:
+                del where[gid]          # first: ``advance`` looks for the next live id
                 nxt = q.advance(gid)
-                del where[gid]
                 alloc = index.take(w, s)
                 w.running.add(gid)
                 run[gid] = qn

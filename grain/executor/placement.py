@@ -126,6 +126,7 @@ class Placement:
         self._chain_of: dict[int, _Chain] = {}
         self._open: dict[tuple[str, Hashable], dict[_Chain, None]] = {}
         self._pass = 0
+        self._served = 0      # counts batches placed, to order users by last service
         self._total_cores = 0
         self._total_mem = 0.0
         self._inv_cores = 0.0
@@ -223,7 +224,7 @@ class Placement:
         u, s = q.user, q.shape
         u.cores += sign * s.cores
         u.mem += sign * s.mem
-        if u.cores == 0:
+        if not u.running:
             u.mem = 0.0   # no float residue once a user holds nothing
 
     # -- queue -----------------------------------------------------------------------
@@ -363,7 +364,7 @@ class Placement:
         return out
 
     def _most_deserving(self) -> User | None:
-        best: tuple[float, int] | None = None
+        best: tuple[float, int, int] | None = None
         who = None
         for u in self._users.values():
             if not u.queued:
@@ -371,7 +372,7 @@ class Placement:
             q = u.front()
             if q is None:
                 continue
-            k = (u.key(self._inv_cores, self._inv_mem), q.key)
+            k = (u.key(self._inv_cores, self._inv_mem), u.last, q.key)
             if best is None or k < best:
                 best, who = k, u
         return who
@@ -393,13 +394,16 @@ class Placement:
             self.more = True
             return out
         users: list[User] = []
-        uheap: list[tuple[float, int, int, User]] = []
+        # (weighted share, last served, oldest job, tie-breaker, user): among users of
+        # equal share the one served least recently goes first (then the oldest job), so
+        # that equals take turns even when there are more users than cores
+        uheap: list[tuple[float, int, int, int, User]] = []
         for u in self._users.values():
             if u.queued:
                 users.append(u)
                 q = u.front()
                 if q is not None:
-                    uheap.append((u.key(self._inv_cores, self._inv_mem), q.key,
+                    uheap.append((u.key(self._inv_cores, self._inv_mem), u.last, q.key,
                                   next(self._seq), u))
         heapq.heapify(uheap)
         try:
@@ -410,7 +414,7 @@ class Placement:
         self.reserved_for = (self.reservations[0][:2] if self.reservations else None)
         return out
 
-    def _pass_over(self, uheap: list[tuple[float, int, int, User]], out: list[Placed],
+    def _pass_over(self, uheap: list[tuple[float, int, int, int, User]], out: list[Placed],
                    budget: int) -> None:
         index, where, run = self.index, self._where, self._run
         pno = self._pass
@@ -419,7 +423,7 @@ class Placement:
         ic, im = self._inv_cores, self._inv_mem
         seq = self._seq
         while uheap:
-            u = uheap[0][3]
+            u = uheap[0][4]
             q = u.front()
             if q is None:
                 heapq.heappop(uheap)
@@ -454,9 +458,9 @@ class Placement:
             rival = u.next_key()
             if len(uheap) > 1:
                 nu = uheap[1] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2]
-                nkey, nhead = nu[0], nu[1]
+                nkey = nu[0]
             else:
-                nkey, nhead = math.inf, 0
+                nkey = math.inf
             simple = not s.extras and not w.generic
             while True:
                 del where[gid]          # first: ``advance`` looks for the next live id
@@ -475,6 +479,8 @@ class Placement:
                 if len(out) >= budget:
                     self.more = True
                     s.hint, s.hint_pass = w, pno
+                    self._served += 1
+                    u.last = self._served
                     return
                 if nxt is None or (rival is not None and nxt > rival):
                     break
@@ -482,8 +488,9 @@ class Placement:
                     break
                 c, m = u.cores * ic, u.mem * im
                 key = (c if c > m else m) / weight
-                if key > nkey or (key == nkey and nxt > nhead):
-                    break       # another user is now the most deserving
+                if key >= nkey:
+                    break       # another user is now the most deserving (or as, and
+                    #             served less recently)
                 gid = nxt
                 if not (w.cores >= sc and w.mem >= sm if simple else index.fits(w, s)):
                     w = index.find(s, reserved)
@@ -497,10 +504,12 @@ class Placement:
                 u.refile_front(q, nxt)
             c, m = u.cores * ic, u.mem * im
             head = u.heap[0][0] if u.heap else 0
-            heapq.heapreplace(uheap, ((c if c > m else m) / weight, head, next(seq), u))
+            self._served += 1
+            u.last = self._served
+            heapq.heapreplace(uheap, ((c if c > m else m) / weight, u.last, head, next(seq), u))
 
     def _blocked(self, u: User, q: JobQueue, reserved: dict[int, int],
-                 uheap: list[tuple[float, int, int, User]], at: int) -> None:
+                 uheap: list[tuple[float, int, int, int, User]], at: int) -> None:
         """``q``'s oldest job (``q.key``) fits on no worker that is not reserved."""
         s = q.shape
         if u.blocked_head:                # a later job: skip its shape (backfill goes on)

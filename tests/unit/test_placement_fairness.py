@@ -223,6 +223,17 @@ def test_user_stats_report_running_queued_cores_memory_and_share():
     assert j.p.user_stats()["alice"].queued == 0
 
 
+def test_memory_in_use_is_accounted_for_memory_only_jobs():
+    j = Jobs(cluster(lambda: Cores(4) & Memory(8)))
+    j.submit("alice", Memory(3))
+    [cores_job] = j.submit("alice", Cores(1))
+    j.schedule()
+    j.release(cores_job)
+    st = j.p.user_stats()["alice"]
+    assert (st.cores, st.memory, st.running) == (0, 3.0, 1)
+    assert st.share == pytest.approx(3 / 8)
+
+
 def test_queue_full_reports_the_users_queued_limit():
     p = cluster(lambda: Cores(1))
     p.set_user("alice", max_queued=2)

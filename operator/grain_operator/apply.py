@@ -56,11 +56,18 @@ def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
     return live is None or not covers(desired, live)
 
 
-def ensure(kube: Kube, desired: dict[str, Any]) -> Outcome:
-    """Make the live object cover ``desired`` (one server-side apply when it does not)."""
+_READ = object()  # ``ensure``'s default: read the live object itself
+
+
+def ensure(kube: Kube, desired: dict[str, Any], live: Any = _READ) -> Outcome:
+    """Make the live object cover ``desired`` (one server-side apply when it does not).
+
+    ``live``: the object as just read (None: missing), when the caller has it already.
+    """
     meta = desired["metadata"]
     want = stamped(desired)
-    live = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    if live is _READ:
+        live = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
     if not needs_apply(want, live):
         assert live is not None
         return Outcome("unchanged", live)

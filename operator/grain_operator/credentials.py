@@ -9,9 +9,11 @@
 3. Each user's token: ``NAME-user-USER`` (``NAME-token`` for ``default``) created once, or
    the admin's labelled Secret; its ``ca.crt`` follows the CA (the one key ever rewritten).
    Generated Secrets from before labels existed get ``grain.dev/cluster``/``grain.dev/user``.
-4. ``NAME-client-tokens`` applied from the users that have a usable token.
-5. Generated Secrets of users removed from the spec are deleted (their names come from the
-   previous status: the operator may not list Secrets), and so is ``NAME-tls`` once TLS is off.
+4. ``NAME-client-tokens`` applied from the users that have a usable token (after step 5).
+5. Generated Secrets of users removed from the spec are deleted (their names are recorded on
+   ``NAME-client-tokens``, and in the previous status: the operator may not list Secrets);
+   ``NAME-tls``, once TLS is off, is left in ``after_apply`` for the caller to delete when the
+   pod templates no longer mount it.
 
 A Secret that cannot be used is a *problem* (shown in the status, retried); a problem with the
 workers' token or TLS *blocks* the workloads (their pods could not start), a problem with one
@@ -51,6 +53,8 @@ class Credentials:
     ca_pem: str | None = None
     problems: list[str] = field(default_factory=list)
     events: list[str] = field(default_factory=list)  # what was created or changed, for people
+    #: Secrets to delete once the workloads no longer mount them (after they are applied).
+    after_apply: list[apply.Ref] = field(default_factory=list)
 
     @property
     def blocked(self) -> bool:
@@ -171,22 +175,26 @@ def ensure_credentials(
     worker_secret, worker_digest = _ensure_worker_token(kube, owner, spec, creds)
     blocked = worker_secret is None or (spec.auth.tls.enabled and tls_name is None)
 
+    live_tokens = kube.get("v1", "Secret", owner.namespace, owner.client_tokens_name)
     entries = []
     for user in creds.users:
         token = _ensure_user(kube, owner, user, creds.ca_pem if spec.auth.tls.enabled else None, creds)
         if token is not None:
             entries.append((user.spec, token))
             creds.usable_users.append(user.name)
-    outcome = apply.ensure(kube, tokens.client_tokens_secret(owner, entries))
-    if outcome.action != "unchanged":
-        creds.events.append(f"{outcome.action} Secret/{owner.client_tokens_name} ({len(entries)} users)")
 
+    # Users who left: delete the Secrets generated for them before the record of them goes.
     current = {u.secret_name for u in creds.users}
-    stale = [("v1", "Secret", n) for n in previous_user_secrets or [] if n not in current]
-    if not spec.auth.tls.enabled:
-        stale.append(("v1", "Secret", owner.tls_name))
+    recorded = set(tokens.generated_user_secrets(live_tokens)) | set(previous_user_secrets or [])
+    stale = [("v1", "Secret", n) for n in sorted(recorded - current)]
+    if not spec.auth.tls.enabled:  # once no pod template mounts it any more
+        creds.after_apply.append(("v1", "Secret", owner.tls_name))
     for gone in apply.delete_owned(kube, owner, stale):
         creds.events.append(f"deleted {gone}")
+    generated = [u.secret_name for u in creds.users if u.generated]
+    outcome = apply.ensure(kube, tokens.client_tokens_secret(owner, entries, generated), live=live_tokens)
+    if outcome.action != "unchanged":
+        creds.events.append(f"{outcome.action} Secret/{owner.client_tokens_name} ({len(entries)} users)")
 
     if not blocked:
         assert worker_secret is not None

@@ -103,7 +103,8 @@ def reconcile(
                 outcome = apply.ensure(kube, child)
                 if outcome.action != "unchanged":
                     changed.append(f"{outcome.action} {child['kind']}/{child['metadata']['name']}")
-        changed += [f"deleted {gone}" for gone in apply.delete_owned(kube, owner, _absent_policies(owner, spec))]
+        leftovers = _absent_policies(owner, spec) + (creds.after_apply if creds.refs is not None else [])
+        changed += [f"deleted {gone}" for gone in apply.delete_owned(kube, owner, leftovers)]
     except ApiException as exc:
         blocker = f"cannot reconcile the children: {error_text(exc)}"
         if exc.status in (400, 403, 422):

@@ -27,6 +27,9 @@ from grain_operator.names import CLUSTER_LABEL, USER_LABEL, Owner, metadata, sec
 TOKEN_KEY = "token"
 CA_KEY = "ca.crt"
 TOKENS_FILE_KEY = "tokens"
+#: On NAME-client-tokens: the user Secrets the operator generated, comma-separated. The record
+#: of which Secrets to delete when a user leaves (the operator may not list Secrets).
+USER_SECRETS_ANNOTATION = "grain.dev/user-secrets"
 SECRET_TYPES_REFUSED = ("kubernetes.io/service-account-token", "kubernetes.io/dockerconfigjson",
                         "kubernetes.io/dockercfg", "bootstrap.kubernetes.io/token")
 
@@ -124,14 +127,26 @@ def tokens_file(entries: list[tuple[model.UserSpec, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def client_tokens_secret(owner: Owner, entries: list[tuple[model.UserSpec, str]]) -> Secret:
-    """``NAME-client-tokens``: the tokens file the executor mounts (applied on every change)."""
+def client_tokens_secret(owner: Owner, entries: list[tuple[model.UserSpec, str]],
+                         generated: list[str] | None = None) -> Secret:
+    """``NAME-client-tokens``: the tokens file the executor mounts (applied on every change).
+
+    ``generated``: the names of the user Secrets the operator made, kept in an annotation.
+    """
+    annotations = {USER_SECRETS_ANNOTATION: ",".join(sorted(generated or []))}
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-        "metadata": {**metadata(owner, owner.client_tokens_name, "client-tokens"),
+        "metadata": {**metadata(owner, owner.client_tokens_name, "client-tokens", annotations),
                      "labels": secret_labels(owner, "client-tokens")},
         "data": {TOKENS_FILE_KEY: _b64(tokens_file(entries))},
     }
+
+
+def generated_user_secrets(client_tokens: dict[str, object] | None) -> list[str]:
+    """The user Secrets a live ``NAME-client-tokens`` records as generated."""
+    meta = (client_tokens or {}).get("metadata") or {}
+    annotations = (meta.get("annotations") if isinstance(meta, dict) else None) or {}
+    return [n for n in str(annotations.get(USER_SECRETS_ANNOTATION, "")).split(",") if n]
 
 
 def named_secret_problem(

@@ -14,7 +14,7 @@ $(STAMP)-core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(STAMP)-test: pyproject.toml | $(BIN)/python
+$(STAMP)-test: pyproject.toml scripts/system-deps.sh | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test,operator]'
 	./scripts/system-deps.sh
 	touch $@
@@ -53,3 +53,22 @@ bench-quick: $(STAMP)-bench
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# -- The container image (docs/install.md, "Building the image") ------------------------------
+#   make image [IMAGE=grain:dev] [BASE_IMAGE=python:3.11-slim] [OFFLINE=1]
+#   make wheelhouse     every wheel the image installs, into build/wheelhouse (for OFFLINE=1)
+# With no Docker engine running: scripts/container-engine.sh start, then export the DOCKER_HOST
+# it prints. Without a registry: BASE_IMAGE=$$(scripts/base-image.sh) builds on Debian's Python.
+.PHONY: image wheelhouse
+IMAGE              ?= grain:dev
+BASE_IMAGE         ?= python:3.11-slim
+OFFLINE            ?= 0
+DOCKER             ?= docker
+DOCKER_BUILD_FLAGS ?= --network host
+
+image:
+	$(DOCKER) build $(DOCKER_BUILD_FLAGS) --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	  --build-arg OFFLINE=$(OFFLINE) -t $(IMAGE) .
+
+wheelhouse: | $(BIN)/python
+	PIP="$(BIN)/python -m pip" ./scripts/wheelhouse.sh build/wheelhouse

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from grain_operator import model
 
@@ -113,11 +114,12 @@ def _ordered(node: Any) -> Any:
     return {k: node[k] if k == "properties" else _ordered(node[k]) for k in keys}
 
 
-def structural_schema(cls: type[model.BaseModel]) -> dict[str, Any]:
+def structural_schema(cls: type[BaseModel]) -> dict[str, Any]:
     """The Kubernetes structural schema of a pydantic model class."""
     raw = cls.model_json_schema(by_alias=True, mode="serialization")
     defs = raw.pop("$defs", {})
-    return _ordered(_resolve(raw, defs))
+    schema: dict[str, Any] = _ordered(_resolve(raw, defs))
+    return schema
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -174,7 +176,7 @@ def crd() -> dict[str, Any]:
 
 def crd_yaml() -> str:
     """The CRD as the YAML text committed in the repository."""
-    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=1000, allow_unicode=True)
+    return HEADER + str(yaml.safe_dump(crd(), sort_keys=False, width=1000, allow_unicode=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,11 +149,12 @@ def _ensure_user(kube: Kube, owner: Owner, user: tokens.User, ca_pem: str | None
             return None
         _ensure_labels(kube, owner, secret, "client-token", user.name)
     else:
-        secret = kube.get("v1", "Secret", owner.namespace, user.secret_name)
-        problem = tokens.named_secret_problem(secret, user.secret_name, owner, field_name, user=user.name)
-        if problem is not None or secret is None:
+        named = kube.get("v1", "Secret", owner.namespace, user.secret_name)
+        problem = tokens.named_secret_problem(named, user.secret_name, owner, field_name, user=user.name)
+        if problem is not None or named is None:
             creds.problems.append(problem or f"{field_name}: unusable")
             return None
+        secret = named
     token = (tokens.decode(secret, tokens.TOKEN_KEY) or "").strip()
     if not token:
         creds.problems.append(f"Secret {user.secret_name!r} has no key 'token'")

@@ -172,10 +172,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.timer(*resource, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, stopped: kopf.DaemonStopped,
-               **_: Any) -> None:
-        if stopped:
-            return
+    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         with locks.of(body):
             try:
                 reconcile(body, patch, memo.kube, config, logger, in_handler=False)
@@ -185,7 +182,7 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     @kopf.on.delete(*resource, id="delete-children", registry=registry)
     def delete_children(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
         owner = owner_of(body, config)
-        spec, _ = parse_spec(body.get("spec"))
+        spec, _problems = parse_spec(body.get("spec"))
         user_secrets = previous_user_secrets(body.get("status"))
         if spec is not None:
             user_secrets += [u.secret_name for u in users_of(owner, spec) if u.generated]

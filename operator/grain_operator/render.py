@@ -133,8 +133,8 @@ def _secret_volume(name: str, secret: str, keys: list[str]) -> dict[str, Any]:
 
 def _volumes(role: str, refs: SecretRefs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The volumes and mounts of the executor or a worker: /tmp, and the Secrets it reads."""
-    volumes = [{"name": "tmp", "emptyDir": {}}]
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    volumes: list[dict[str, Any]] = [{"name": "tmp", "emptyDir": {}}]
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     if role == "executor":
         volumes.append(_secret_volume("client-tokens", refs.client_tokens, [TOKENS_FILE_KEY]))
         mounts.append({"name": "client-tokens", "mountPath": CLIENT_TOKENS_MOUNT, "readOnly": True})

@@ -70,7 +70,8 @@ def compact_cpuset(cpus: list[int] | None) -> str:
     ordered = sorted(set(int(c) for c in cpus))
     ranges: list[str] = []
     start = prev = ordered[0]
-    for cpu in ordered[1:] + [None]:  # type: ignore[list-item]
+    following: list[int | None] = [*ordered[1:], None]
+    for cpu in following:
         if cpu is not None and cpu == prev + 1:
             prev = cpu
             continue

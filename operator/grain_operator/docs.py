@@ -30,9 +30,10 @@ INTRO = f"""\
 
 `apiVersion: {model.API_GROUP}/{model.API_VERSION}`, `kind: {model.KIND}` (plural `{model.PLURAL}`,
 short name `{model.SHORT_NAMES[0]}`), namespaced. The operator turns each GrainCluster NAME into
-the executor Deployment and Service `NAME-executor`, the worker DaemonSet `NAME-worker` and,
-unless `spec.auth.tokenSecret` names one, the token Secret `NAME-token` (see
-[operator.md](operator.md)).
+the executor Deployment, Service and NetworkPolicy `NAME-executor`, the worker DaemonSet and
+NetworkPolicy `NAME-worker`, and the Secrets `NAME-worker-token`, `NAME-user-USER` per user
+(`NAME-token` for the single user `default` of a spec without users), `NAME-client-tokens` and
+`NAME-tls` (see [operator.md](operator.md)).
 
 ```yaml
 apiVersion: {model.API_GROUP}/{model.API_VERSION}
@@ -49,12 +50,23 @@ spec:
     memory: 8Gi
     reserveCores: 1
     exclusiveCpus: true
+    drainTimeoutSeconds: 120
+  users:
+    - name: alice
+      weight: 2
+    - name: bob
+      maxCores: 32
+      maxQueued: 10000
 ```
 
 Besides the schema, the operator refuses (status condition `SpecValid=False`, phase `Failed`,
 naming the field) a spec where `workers.reserveCores >= workers.cpus`, `workers.exclusiveCpus`
 without `workers.cpus` and `workers.memory`, `workers.memory` of 256Mi or less,
-`executor.httpPort == executor.port`, or `executor.nodePort` with serviceType ClusterIP.
+`executor.httpPort == executor.port`, `executor.nodePort` with serviceType ClusterIP, a user
+listed twice, `auth.tokenSecret` together with `users`, one Secret named for two tokens, or a
+`networkPolicy` CIDR or namespace that is not one. A Secret named in the spec must be labelled
+`grain.dev/cluster: NAME` (a user's also `grain.dev/user: USER`); otherwise the condition
+`CredentialsReady=False` says so and the Secret is not used.
 """
 
 

@@ -94,8 +94,12 @@ GOOD = {
                      "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "grain", "effect": "NoSchedule"}]},
         "workers": {"cpus": 4, "memory": "8Gi", "reserveCores": 1, "exclusiveCpus": True, "gpus": 1,
                     "nodeSelector": {"grain.dev/worker": "true"}, "env": [{"name": "OMP_PROC_BIND", "value": "true"}]},
-        "scheduler": {"retries": 3, "waitForWorkersSeconds": 30, "heartbeatSeconds": 2.5},
-        "auth": {"tokenSecret": "my-token", "tls": {"secretName": "grain-tls"}},
+        "scheduler": {"retries": 3, "waitForWorkersSeconds": 30, "clientGraceSeconds": 600, "heartbeatSeconds": 2.5},
+        "users": [{"name": "alice", "weight": 2, "maxCores": 64, "maxQueued": 10000},
+                  {"name": "bob", "secretName": "bobs-token"}],
+        "auth": {"workerTokenSecret": "workers", "tls": {"enabled": True, "secretName": "grain-tls"}},
+        "networkPolicy": {"enabled": True, "clientCidrs": ["10.0.0.0/8"], "clientNamespaces": ["ci"],
+                          "httpCidrs": ["192.0.2.0/24"], "httpNamespaces": ["monitoring"]},
     },
 }
 
@@ -104,7 +108,27 @@ def test_crd_accepts_a_full_spec_and_the_model_agrees() -> None:
     _validator().validate(GOOD)
     spec, problems = model.parse_spec(GOOD["spec"])
     assert problems == [] and spec is not None
-    assert spec.workers.cpus == 4 and spec.executor.node_port == 30042 and spec.auth.tls is not None
+    assert spec.workers.cpus == 4 and spec.executor.node_port == 30042 and spec.auth.tls.secret_name == "grain-tls"
+    assert [u.name for u in spec.users] == ["alice", "bob"] and spec.users[0].max_cores == 64
+
+
+def test_a_computed_status_matches_the_crd() -> None:
+    from kmock_harness import sample_status
+
+    from grain_operator import render, status
+
+    spec, _ = model.parse_spec(GOOD["spec"])
+    assert spec is not None
+    obs = status.Observation(
+        deployment={"status": {"availableReplicas": 1}}, daemonset={"status": {"desiredNumberScheduled": 1, "numberReady": 1}},
+        executor_status=sample_status(users=[{"name": "alice", "running_jobs": 2, "share": 0.5}],
+                                      recovering={"waiting_for_workers": ["node-0"]}),
+        users=[("alice", "demo-user-alice", 2.0), ("bob", "bobs-token", 1.0)],
+        credential_problems=["spec.users[bob].secretName: not labelled"],
+    )
+    st = status.compute_status(render.Owner("demo", "science"), spec, obs, generation=3)
+    _validator().validate({**GOOD, "status": st})
+    assert st["users"][0]["runningJobs"] == 2 and st["recovering"]
 
 
 @pytest.mark.parametrize("bad", [
@@ -115,6 +139,12 @@ def test_crd_accepts_a_full_spec_and_the_model_agrees() -> None:
     {"workers": {"reserveCores": -1}},
     {"imagePullPolicy": "Sometimes"},
     {"auth": {"tokenSecret": "Not_A_Name"}},
+    {"users": [{"name": "Alice"}]},
+    {"users": [{"name": "alice", "weight": 0}]},
+    {"users": [{"weight": 1}]},
+    {"workers": {"drainTimeoutSeconds": -1}},
+    {"scheduler": {"clientGraceSeconds": -5}},
+    {"auth": {"tls": {"secretName": "Not_A_Name"}}},
 ])
 def test_schema_and_model_both_refuse(bad: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
@@ -130,6 +160,9 @@ def test_schema_and_model_both_refuse(bad: dict[str, Any]) -> None:
     ({"workers": {"memory": "128Mi"}}, "spec.workers.memory"),
     ({"executor": {"port": 8080}}, "spec.executor.httpPort"),
     ({"executor": {"nodePort": 30001}}, "spec.executor.nodePort"),
+    ({"users": [{"name": "a"}, {"name": "a"}]}, "spec.users"),
+    ({"users": [{"name": "a"}], "auth": {"tokenSecret": "t"}}, "spec.auth.tokenSecret"),
+    ({"networkPolicy": {"clientCidrs": ["10.0.0.0/40"]}}, "spec.networkPolicy.clientCidrs"),
 ])
 def test_what_the_schema_cannot_say_is_named_by_field(spec: dict[str, Any], field: str) -> None:
     _validator().validate({**GOOD, "spec": spec})  # the schema lets it through...
@@ -144,6 +177,9 @@ def test_empty_spec_is_valid_with_defaults() -> None:
     assert problems == [] and spec is not None
     assert spec.executor.port == 4242 and spec.executor.http_port == 8080
     assert spec.executor.service_type == "ClusterIP" and spec.scheduler.retries == 2
+    assert spec.scheduler.wait_for_workers_seconds == 600 and spec.scheduler.client_grace_seconds == 300
+    assert spec.workers.drain_timeout_seconds == 60
+    assert spec.auth.tls.enabled and spec.network_policy.enabled and spec.users == []
 
 
 def test_parse_quantity() -> None:

@@ -66,8 +66,9 @@ from itertools import count, islice
 from typing import NamedTuple
 
 from ..resource import Resource, to_wire
+from . import placement_queue
 from .placement_index import CapacityIndex, Shape, WorkerState
-from .placement_queue import JobQueue, User, UserStats
+from .placement_queue import TRIM_MIN, JobQueue, User, UserStats
 
 __all__ = ["Placement", "Reservation", "UserStats", "WorkerState", "shape_of"]
 
@@ -422,102 +423,119 @@ class Placement:
         reserved: dict[int, int] = {}       # worker id -> head id, this pass
         ic, im = self._inv_cores, self._inv_mem
         seq = self._seq
+        queue_seq = placement_queue.SEQ
         while uheap:
+            # the most deserving user's turn: it places jobs until another user is more
+            # deserving (its entry at the root keeps its old key meanwhile: it is only
+            # compared with the root's children, which are exact)
             u = uheap[0][4]
-            q = u.front()
-            if q is None:
-                heapq.heappop(uheap)
-                continue
-            s = q.shape
-            gid = q.key
-            limit = u.max_cores
-            if limit is not None and u.cores + s.cores > limit:
-                if s.cores > limit:       # can never run for this user: skip it
-                    u.park(q)
-                elif u.blocked_head:      # a later job over the limit: skip its shape
-                    u.park(q)
-                else:                     # the head waits for the user's own jobs to end
-                    heapq.heappop(uheap)
-                continue
-            if s.blocked == pno:
-                w = None
-            else:
-                # where this shape went last in this pass is still the best fit if it
-                # still fits (it only lost room): saves a search per switch of user
-                w = s.hint
-                if (w is None or s.hint_pass != pno or w.wid in reserved
-                        or not index.fits(w, s)):
-                    w = index.find(s, reserved)
-            if w is None:
-                s.blocked = pno
-                self._blocked(u, q, reserved, uheap, len(out))
-                continue
-            # place jobs of this queue while they stay first in line (the user's oldest
-            # job, the user still the most deserving, room on a worker)
-            sc, sm, qn, weight = s.cores, s.mem, q.qid, u.weight
-            rival = u.next_key()
             if len(uheap) > 1:
-                nu = uheap[1] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2]
-                nkey = nu[0]
+                nkey = uheap[1][0] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2][0]
             else:
                 nkey = math.inf
-            simple = not s.extras and not w.generic
+            weight, limit = u.weight, u.max_cores
+            key = -1.0
             while True:
-                del where[gid]          # first: ``advance`` looks for the next live id
-                nxt = q.advance(gid)
-                alloc = index.take(w, s)
-                w.running.add(gid)
-                run[gid] = qn
-                u.queued -= 1
-                u.running += 1
-                u.cores += sc
-                u.mem += sm
-                if chaining:
-                    ch = self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
-                    self._open.setdefault((u.name, s.key), {})[ch] = None
-                out.append((gid, w.wid, alloc))
-                if len(out) >= budget:
-                    self.more = True
-                    s.hint, s.hint_pass = w, pno
-                    self._served += 1
-                    u.last = self._served
-                    return
-                if nxt is None or (rival is not None and nxt > rival):
+                q = u.front()
+                if q is None:
+                    heapq.heappop(uheap)    # nothing more of this user fits this pass
                     break
-                if limit is not None and u.cores + sc > limit:
+                s = q.shape
+                gid = q.key
+                if limit is not None and u.cores + s.cores > limit:
+                    if s.cores > limit or u.blocked_head:
+                        u.park(q)           # never fits this user / a later job: skip
+                        continue
+                    heapq.heappop(uheap)    # the head waits for the user's own jobs
                     break
-                c, m = u.cores * ic, u.mem * im
-                key = (c if c > m else m) / weight
-                if key >= nkey:
-                    break       # another user is now the most deserving (or as, and
-                    #             served less recently)
-                gid = nxt
-                if not (w.cores >= sc and w.mem >= sm if simple else index.fits(w, s)):
-                    w = index.find(s, reserved)
-                    if w is None:
-                        s.blocked = pno
+                if s.blocked == pno:
+                    w = None
+                else:
+                    # where this shape went last in this pass is still the best fit if it
+                    # still fits (it only lost room): saves a search per switch
+                    w = s.hint
+                    if (w is None or s.hint_pass != pno or w.wid in reserved
+                            or not index.fits(w, s)):
+                        w = index.find(s, reserved)
+                if w is None:
+                    s.blocked = pno
+                    if self._blocked(u, q, reserved, len(out)):
+                        continue
+                    heapq.heappop(uheap)    # unprotected head: the user waits this pass
+                    break
+                # place jobs of this queue while they stay first in line (the user's
+                # oldest job, the user the most deserving, room on a worker)
+                sc, sm, qn = s.cores, s.mem, q.qid
+                h = u.heap
+                rival = (h[1][0] if len(h) < 3 or h[1][0] < h[2][0] else h[2][0]
+                         ) if len(h) > 1 else None
+                simple = not s.extras and not w.generic
+                nxt: int | None
+                while True:
+                    del where[gid]          # first: ``advance`` looks for the next live id
+                    # the usual case inline: no re-queued ids, the next id in the array
+                    # alive, no trimming due (else ``advance`` does it all)
+                    main, i = q.main, q.head + 1
+                    if (not q.late and i < len(main) and where.get(main[i]) == qn
+                            and (i <= TRIM_MIN or 2 * i <= len(main))):
+                        q.head = i
+                        q.live -= 1
+                        nxt = main[i]
+                    else:
+                        nxt = q.advance(gid)
+                    alloc = index.take(w, s)
+                    w.running.add(gid)
+                    run[gid] = qn
+                    u.queued -= 1
+                    u.running += 1
+                    u.cores += sc
+                    u.mem += sm
+                    if chaining:
+                        ch = self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
+                        self._open.setdefault((u.name, s.key), {})[ch] = None
+                    out.append((gid, w.wid, alloc))
+                    c, m = u.cores * ic, u.mem * im
+                    key = (c if c > m else m) / weight
+                    if len(out) >= budget:
+                        self.more = True
+                        s.hint, s.hint_pass = w, pno
+                        self._served += 1
+                        u.last = self._served
+                        return
+                    if nxt is None or (rival is not None and nxt > rival):
                         break
-                    simple = not s.extras and not w.generic
-            if w is not None:
-                s.hint, s.hint_pass = w, pno
-            if nxt is not None:     # re-file the queue under its new head
-                u.refile_front(q, nxt)
-            c, m = u.cores * ic, u.mem * im
-            head = u.heap[0][0] if u.heap else 0
-            self._served += 1
-            u.last = self._served
-            heapq.heapreplace(uheap, ((c if c > m else m) / weight, u.last, head, next(seq), u))
+                    if key >= nkey or (limit is not None and u.cores + sc > limit):
+                        break
+                    gid = nxt
+                    if not (w.cores >= sc and w.mem >= sm if simple else index.fits(w, s)):
+                        w = index.find(s, reserved)
+                        if w is None:
+                            s.blocked = pno
+                            break
+                        simple = not s.extras and not w.generic
+                if w is not None:
+                    s.hint, s.hint_pass = w, pno
+                if nxt is not None:         # re-file the queue under its new head
+                    q.key = nxt
+                    q.seq = next(queue_seq)
+                    heapq.heapreplace(h, (nxt, q.seq, q))
+                if key >= nkey:             # another user is now the most deserving (or
+                    self._served += 1       # as deserving and served less recently)
+                    u.last = self._served
+                    head = h[0][0] if h else 0
+                    heapq.heapreplace(uheap, (key, u.last, head, next(seq), u))
+                    break
 
-    def _blocked(self, u: User, q: JobQueue, reserved: dict[int, int],
-                 uheap: list[tuple[float, int, int, int, User]], at: int) -> None:
-        """``q``'s oldest job (``q.key``) fits on no worker that is not reserved."""
+    def _blocked(self, u: User, q: JobQueue, reserved: dict[int, int], at: int) -> bool:
+        """``q``'s oldest job (``q.key``) fits on no worker that is not reserved. True:
+        the user goes on with its other queues; False: the user is done for this pass."""
         s = q.shape
         if u.blocked_head:                # a later job: skip its shape (backfill goes on)
             u.park(q)
-            return
+            return True
         if not self.index.holdable(s):    # no worker could ever run it: not a head
             u.park(q)
-            return
+            return True
         u.blocked_head = True
         if len(reserved) < self.max_reservations:
             w = self.index.pick_reservation(s, reserved)
@@ -525,8 +543,8 @@ class Placement:
                 reserved[w.wid] = q.key
                 self.reservations.append(Reservation(q.key, w.wid, u.name, at))
                 u.park(q)                 # its later jobs may backfill elsewhere
-                return
-        heapq.heappop(uheap)              # unprotected head: the user waits this pass
+                return True
+        return False                      # an unprotected head: the user waits
 
     # -- introspection, for tests and status pages ----------------------------------------
     def running_on(self, wid: int) -> Iterator[tuple[int, str]]:

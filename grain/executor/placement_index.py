@@ -238,7 +238,20 @@ class CapacityIndex:
         fewest free cores first, then least free memory, then the oldest worker."""
         groups = s.groups if s.groups_at == self.version else self._groups_for(s)
         if len(groups) == 1:
-            hit = self._find_in(groups[0], s, exclude)
+            g = groups[0]
+            if not g.generic and not s.extras and s.mem <= 0:
+                # the common case inline: the first worker of the first bucket that fits
+                n = s.cores
+                m = g.mask >> n
+                buckets = g.buckets
+                while m:
+                    low = m & -m
+                    for _, _, w in buckets[n + low.bit_length() - 1]:
+                        if w.wid not in exclude:
+                            return w
+                    m ^= low
+                return None
+            hit = self._find_in(g, s, exclude)
             return None if hit is None else hit[2]
         best: tuple[int, float, WorkerState] | None = None
         for g in groups:

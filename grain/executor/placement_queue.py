@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .placement_index import Shape
 
-#: tie-breaker for heap entries, so queue objects are never compared
-_seq = count()
+#: tie-breaker for heap entries, so queue objects are never compared (and a queue's
+#: valid entry is the one with its latest number)
+SEQ = count()
+_seq = SEQ
 
 #: below this many tombstones a queue is never compacted
 COMPACT_MIN = 256
@@ -235,6 +237,10 @@ class User:
         h = self.heap
         while h:
             k, seq, q = h[0]
+            if seq == q.seq and not q.late:     # the usual case: a live head in the array
+                main, i = q.main, q.head
+                if i < len(main) and main[i] == k and q.where.get(k) == q.qid:
+                    return q
             if seq != q.seq:
                 heapq.heappop(h)
                 continue

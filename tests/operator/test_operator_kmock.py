@@ -323,7 +323,8 @@ def test_status_shows_users_and_recovery(api: Any, run_operator: Any, status_ser
     with run_operator():
         api.create(GRC, NS, graincluster(spec={"image": "grain:1", "users": [{"name": "alice", "weight": 2},
                                                                               {"name": "bob"}]}))
-        wait_for(lambda: children_present(api, "demo") or api.get(SECRETS, NS, "demo-user-bob"), 15, "the Secrets")
+        wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker")
+                 and api.get(SECRETS, NS, "demo-user-bob"), 15, "the children")
         play_controllers(api)
         st = wait_for(lambda: (grc(api).get("status") or {}).get("recovering") and grc(api)["status"], 15,
                       "the recovery to be shown")

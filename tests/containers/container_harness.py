@@ -303,17 +303,17 @@ class Containers:
     def run(self, name: str, args: Sequence[str], *, image: str | None = None,
             entrypoint: Sequence[str] | None = None, env: dict[str, str] | None = None,
             cpuset: str | None = None, memory: str | None = None, user: str | None = None,
-            read_only: bool = True, tmpfs: Sequence[str] = ("/tmp",),
+            hardened: bool = True, tmpfs: Sequence[str] = ("/tmp",),
             mounts: Sequence[tuple[str, str]] = (), extra: Sequence[str] = ()) -> Container:
-        """Start a detached container, hardened as the operator renders pods unless told
-        otherwise. ``mounts``: (host path, container path) pairs, read-only. ``entrypoint``
-        replaces the image's, as a pod's ``command`` does."""
+        """Start a detached container on the host's network. ``hardened``: as the operator
+        renders pods (read-only root, no capabilities, no new privileges); False leaves that
+        to ``extra``. ``mounts``: (host path, container path) pairs, read-only.
+        ``entrypoint`` replaces the image's, as a pod's ``command`` does."""
         full = f"grain-test-{name}-{self.run_id}"
         argv = ["run", "-d", "--name", full, "--label", f"{LABEL}={self.run_id}",
-                "--network", "host", "--cap-drop", "ALL",
-                "--security-opt", "no-new-privileges"]
-        if read_only:
-            argv.append("--read-only")
+                "--network", "host"]
+        if hardened:
+            argv += ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
         for path in tmpfs:
             argv += ["--tmpfs", f"{path}:rw,nosuid,nodev,mode=1777"]
         if user is not None:

@@ -1,5 +1,8 @@
-"""A user's program, run as ``python probe_client.py ADDRESS TOKEN_FILE N [CA]``: it submits N
-one-core jobs that report where and as whom they ran, and prints the results as JSON.
+"""A user's program: it submits N one-core jobs that report where and as whom they ran, and
+prints the results as JSON. Run as
+
+    python probe_client.py N --address grain://HOST:PORT --token-file FILE [--tls-ca CA]
+    python probe_client.py N --cluster NAME --namespace NS --kubeconfig FILE [--token-file FILE]
 
 Its job function lives in ``__main__`` (as in users' scripts), so it reaches the workers in
 their containers by value: nothing of the tests is installed there.
@@ -9,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -54,15 +56,29 @@ async def main(n: int) -> list[Any]:
 
 
 if __name__ == "__main__":
-    address, token_path, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    ca = sys.argv[4] if len(sys.argv) > 4 else None
-    with open(token_path) as f:
-        token = f.read().strip()
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("count", type=int)
+    parser.add_argument("--address")
+    parser.add_argument("--cluster")
+    parser.add_argument("--namespace")
+    parser.add_argument("--kubeconfig")
+    parser.add_argument("--token-file")
+    parser.add_argument("--tls-ca")
+    opts = parser.parse_args()
+    kwargs: dict[str, Any] = {}
+    if opts.token_file:
+        with open(opts.token_file) as f:
+            kwargs["token"] = f.read().strip()
+    if opts.address:
+        kwargs["address"] = opts.address
+    if opts.cluster:
+        kwargs.update(cluster=opts.cluster, namespace=opts.namespace, kubeconfig=opts.kubeconfig)
+    if opts.tls_ca:
+        kwargs["tls_ca"] = opts.tls_ca
 
     async def run() -> list[Any]:
-        return await main(count)
+        return await main(opts.count)
 
-    kwargs: dict[str, Any] = {"address": address, "token": token}
-    if ca:
-        kwargs["tls_ca"] = ca
     print(json.dumps(grain.run_combine(run, **kwargs)))

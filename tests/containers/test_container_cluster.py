@@ -73,8 +73,8 @@ def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: st
             startup = workers[name].logs()
             assert f"Memory({memory_gb}GB)" in startup, startup
 
-        out = subprocess.run([sys.executable, str(HERE / "probe_client.py"),
-                              f"grain://127.0.0.1:{grain_port}", str(token), "8"],
+        out = subprocess.run([sys.executable, str(HERE / "probe_client.py"), "8", "--address",
+                              f"grain://127.0.0.1:{grain_port}", "--token-file", str(token)],
                              capture_output=True, text=True, timeout=180, cwd=tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         results = json.loads(out.stdout.splitlines()[-1])

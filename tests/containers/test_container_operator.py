@@ -10,10 +10,8 @@ released), and a prompt, clean exit on SIGTERM as the pod's PID 1.
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from container_harness import Containers, Engine, free_port, http_ok, wait_for
@@ -29,30 +27,9 @@ from kmock_harness import (
     graincluster,
     sample_status,
 )
+from kubelet import run_operator
 
 pytestmark = pytest.mark.timeout(900)  # the first test of the tier to run builds the image
-
-KUBECONFIG = "/etc/grain-operator/kubeconfig"
-
-
-def readable_by_image_user(path: Path) -> str:
-    """Let the image's user (10001) read ``path`` and nobody else, as a mounted Secret."""
-    path.chmod(0o400)
-    if os.geteuid() == 0:
-        os.chown(path, 10001, 10001)
-    return str(path)
-
-
-def run_operator(box: Containers, api: KMock, tmp_path: Path, status_url: str, liveness: int) -> Any:
-    """The operator container, as the chart's Deployment runs it (command and hardening)."""
-    kubeconfig = readable_by_image_user(Path(api.kubeconfig(tmp_path / "kubeconfig")))
-    return box.run(
-        "operator",
-        ["--namespace", NS, "--kubeconfig", KUBECONFIG,
-         "--liveness", f"http://127.0.0.1:{liveness}/healthz",
-         "--resync-seconds", "1", "--status-url", status_url],
-        entrypoint=["python", "-m", "grain_operator"], mounts=[(kubeconfig, KUBECONFIG)],
-        env={"GRAIN_OPERATOR_RETRY_DELAY": "1"}, memory="512m")
 
 
 def play_controllers(api: KMock, name: str = "demo") -> None:
@@ -69,7 +46,8 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
     liveness = free_port()
     with KMock(namespaces=(NS,)) as api, StatusServer(sample_status()) as status_server, \
             Containers(engine, image) as box:
-        operator = run_operator(box, api, tmp_path, status_server.url, liveness)
+        operator = run_operator(box, api, tmp_path, NS, liveness=liveness,
+                                args=["--status-url", status_server.url])
         wait_for(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
                  60, "the operator's liveness endpoint")
         assert operator.running(), operator.logs()

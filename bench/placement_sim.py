@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=4, help="users the jobs are spread over")
     ap.add_argument("--weighted", action="store_true", help="user i gets weight i + 1")
     ap.add_argument("--reservations", type=int, default=1, help="max_reservations")
-    ap.add_argument("--batch", type=int, default=256,
+    ap.add_argument("--batch", type=int, default=128,
                     help="max_placements per schedule() step")
     ap.add_argument("--completions", type=int, default=1000,
                     help="running jobs that end between two rounds of placement")

@@ -308,7 +308,11 @@ class Placement:
         if ch is None:
             self.index.give(w, alloc)
             if q is not None:
-                self._charge(q, -1)
+                u, sh = q.user, q.shape
+                u.cores -= sh.cores
+                u.mem -= sh.mem
+                if not u.running:
+                    u.mem = 0.0   # no float residue once a user holds nothing
             return None
         was_current = ch.jobs[0] == gid
         ch.jobs.remove(gid)   # at most chain_depth + 1 long

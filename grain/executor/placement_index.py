@@ -375,9 +375,24 @@ class CapacityIndex:
         if w.generic:
             w.free.dealloc(alloc)
         else:
-            self._give_parts(w.parts, alloc.kinds())
+            self._give_parts(w.parts, alloc._parts)
         w.version += 1
-        self._reindex(w)
+        g = w.group
+        if g is None:
+            return
+        cp, mp = w.cpool, w.mpool
+        c1 = len(cp.c) if cp is not None else 0
+        m1 = mp.m if mp is not None else 0.0
+        c0, m0, o = w.cores, w.mem, w.order
+        if c1 == c0 and m1 == m0:
+            return
+        lst = g.buckets[c0]
+        del lst[bisect_left(lst, (m0, o))]
+        if not lst:
+            g.mask &= ~(1 << c0)
+        insort(g.buckets[c1], (m1, o, w))
+        g.mask |= 1 << c1
+        w.cores, w.mem = c1, m1
 
     @staticmethod
     def _give_parts(parts: dict[str, Resource], got: dict[str, Resource]) -> None:
@@ -386,7 +401,9 @@ class CapacityIndex:
             if pool is None:
                 continue
             t = type(a)
-            if t in _ID_KINDS and type(pool) is t:
+            if t is Cores and type(pool) is Cores:
+                pool.c.update(a.c)
+            elif t in _ID_KINDS and type(pool) is t:
                 ids_attr = _ID_KINDS[t][0]
                 getattr(pool, ids_attr).update(getattr(a, ids_attr))
             elif t is Memory and type(pool) is Memory:

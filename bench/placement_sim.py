@@ -371,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{r['rss_end_mib']:.0f} MiB: {per_job:.0f} B per queued job (with its id int, "
           f"which the executor shares with its ledger), {r['structural_b']:.0f} B in "
           f"placement's structures")
-    shares = ", ".join(f"{u} {v:.1%}" for u, v in r["core_share"].items())
+    cs = r["core_share"]
+    shares = (", ".join(f"{u} {v:.1%}" for u, v in cs.items()) if len(cs) <= 8 else
+              f"{len(cs)} users, each between {min(cs.values()):.2%} and {max(cs.values()):.2%}")
     print(f"core shares:    {shares} (mean over the steady state)")
     if "cancel_n" in r:
         print(f"cancel:         {r['cancel_n']:,} back to front in {r['cancel_back_s'] * 1e3:.1f} ms "

@@ -27,8 +27,9 @@ memory-heavy jobs are charged for the memory they keep others from using.
 How EASY works across users (the reasoning is in docs/scaling.md, "Placement"):
 
 - The reservation goes to the blocked head of the *most deserving* user: in a pass users
-  are visited in DRF order, so the first head found blocked belongs to the user with the
-  lowest weighted share among those whose head cannot start. ``max_reservations`` (default
+  are visited in DRF order (among equal shares, the user served least recently first,
+  then the one with the older job), so the first head found blocked belongs to the user
+  with the lowest weighted share among those whose head cannot start. ``max_reservations`` (default
   1) heads get one, in that order; once made, a reservation holds for the rest of the pass
   against every user (a user visited later, even with a lower share by then, backfills
   elsewhere). Reservations are recomputed each pass, like the order.
@@ -42,17 +43,17 @@ How EASY works across users (the reasoning is in docs/scaling.md, "Placement"):
 
 Work per call is bounded: ``schedule(max_placements=N)`` stops after N placements and sets
 ``more``, so the caller can yield to its event loop between batches. A call costs
-O(users + placements · (log workers + log users)) plus, for a shape that is blocked, one
-look at the index per pass (see ``placement_index`` for the index and the fallback for
+O(users + placements · (log workers + log shapes + log users)) plus, for a shape that is
+blocked, one look at the index per pass (see ``placement_index`` for the index and the fallback for
 kinds it does not cover).
 
 Chaining (``chain``): when nothing more fits, the head of the most deserving user may be
 queued *behind* a running job of the same user and request, on that job's allocation, to
 start on the same cores the moment it ends, without a round trip through the executor.
-Only that head is ever chained (so order and fairness are kept), never on a worker reserved
-for another user's head, at most ``chain_depth`` jobs per allocation, and only where the caller's
-``depth_for`` agrees (the executor allows it for jobs of a function whose jobs are observed
-to be short). An allocation is charged to its user once, however many jobs share it.
+Only that head is ever chained (so order and fairness are kept), never on a worker
+reserved for another user's head, at most ``chain_depth`` jobs per allocation, and only
+where the caller's ``depth_for`` agrees (the executor allows it for jobs of a function
+whose jobs are observed to be short). An allocation is charged to its user once, however many jobs share it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class Placement:
         self._chain_of: dict[int, _Chain] = {}
         self._open: dict[tuple[str, Hashable], dict[_Chain, None]] = {}
         self._pass = 0
-        self._served = 0      # counts batches placed, to order users by last service
+        self._served = 0      # counts users' turns, to order equals by last service
         self._total_cores = 0
         self._total_mem = 0.0
         self._inv_cores = 0.0

@@ -80,6 +80,7 @@ class Placement:
         self.chain_depth = chain_depth
         self._chain_of: dict[int, _Chain] = {}
         self._open: dict[Any, dict[_Chain, None]] = {}
+        self._cordoned: set[int] = set()
 
     # -- workers -------------------------------------------------------------------
     def add_worker(self, wid: int, name: str, total: Resource, free: Resource) -> None:
@@ -89,6 +90,7 @@ class Placement:
     def remove_worker(self, wid: int) -> set[int]:
         """Forget a worker; returns the ids of the jobs that were running on it."""
         w = self.workers.pop(wid, None)
+        self._cordoned.discard(wid)
         if w is None:
             return set()
         for gid in w.running:
@@ -97,9 +99,27 @@ class Placement:
                 self._open.get(ch.shape, {}).pop(ch, None)
         return set(w.running)
 
+    def attach(self, wid: int, gid: int, alloc: Resource) -> bool:
+        """Record a job found running on ``wid`` with exactly ``alloc`` (a worker that
+        reconnects reports it); False when that is not free there."""
+        w = self.workers.get(wid)
+        if w is None:
+            return False
+        try:
+            w.free.take(alloc)
+        except ValueError:
+            return False
+        w.running.add(gid)
+        return True
+
+    def cordon(self, wid: int) -> None:
+        """Start nothing new on ``wid`` (it is draining); its running jobs stay."""
+        self._cordoned.add(wid)
+
     def could_ever_fit(self, request: Resource) -> bool:
         """True when some registered worker, empty, could run ``request``."""
-        return any(w.total.request(request) for w in self.workers.values())
+        return any(w.total.request(request) for w in self.workers.values()
+                   if w.wid not in self._cordoned)
 
     # -- queue -----------------------------------------------------------------------
     def __len__(self) -> int:
@@ -172,7 +192,7 @@ class Placement:
             opens = self._open.get(key)
             found = None
             for ch in list(opens or ())[:tries]:
-                if len(ch.jobs) <= min(depth_for(head.gid, ch.jobs[-1]), self.chain_depth):
+                if ch.wid not in self._cordoned and len(ch.jobs) <= min(depth_for(head.gid, ch.jobs[-1]), self.chain_depth):
                     found = ch
                     break
             if found is None:
@@ -199,7 +219,7 @@ class Placement:
         heapq.heapify(heads)
         reserved: int | None = None
         self.reserved_for = None
-        workers = list(self.workers.values())
+        workers = [w for w in self.workers.values() if w.wid not in self._cordoned]
         cursor: dict[Any, int] = {}
         while heads:
             _, key = heapq.heappop(heads)

@@ -59,7 +59,7 @@ MAX_BUNDLE_BYTES = 32 * 1024 ** 2
 CHAIN_SHORT_SECONDS = 0.01
 CHAIN_MIN_SAMPLES = 5
 CHAIN_DEPTH = 16
-SCHEDULE_BATCH = 2000
+SCHEDULE_BATCH = 256
 """Placements per step of the event loop (then other peers' messages are served)."""
 
 # -- the worker --------------------------------------------------------------------------

@@ -94,7 +94,7 @@ class LocalCluster:
             self.address = await n.start(server.serve, parse_endpoint(self.listen))
         for addr in self.waddrs:
             n.start_soon(dial_worker, self.executor, parse_endpoint(addr), self.token)
-        n.start_soon(self.executor.sweeper)
+        await n.start(self.executor.run)
         await self._wait_for_named_workers()
 
     async def _wait_for_named_workers(self, timeout: float = 30.0) -> None:

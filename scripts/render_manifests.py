@@ -31,7 +31,8 @@ SAMPLE_NAME = "demo"
 # What manifests/examples/graincluster-sample.yaml shows (docs/graincluster.md has every field).
 SAMPLE_SPEC = {
     "executor": {"serviceType": "ClusterIP"},
-    "workers": {"cpus": 2, "memory": "2Gi", "reserveCores": 0},
+    "workers": {"cpus": 2, "memory": "2Gi", "reserveCores": 0, "drainTimeoutSeconds": 60},
+    "users": [{"name": "alice"}, {"name": "bob", "weight": 2, "maxCores": 16}],
 }
 
 HEADER = (
@@ -40,7 +41,7 @@ HEADER = (
 )
 
 # Which chart template goes to which plain manifest file.
-OPERATOR_TEMPLATES = ("serviceaccount.yaml", "operator-deployment.yaml")
+OPERATOR_TEMPLATES = ("serviceaccount.yaml", "operator-deployment.yaml", "networkpolicy.yaml")
 RBAC_TEMPLATES = ("rbac.yaml",)
 SAMPLE_TEMPLATES = ("graincluster.yaml",)
 
@@ -111,7 +112,10 @@ def build_manifests(chart: Path = CHART) -> dict[str, str]:
     files["operator.yaml"] = _dump(operator, "default values: namespace, service account, operator")
     rbac = [_as_plain(o) for o in _pick(defaults, RBAC_TEMPLATES)]
     if rbac:
-        files["rbac.yaml"] = _dump(rbac, "default values: cluster-wide RBAC")
+        files["rbac.yaml"] = _dump(
+            rbac, f"default values: a Role in {NAMESPACE}, the namespace the operator watches; "
+            "edit GRAIN_WATCH_NAMESPACES and add a Role per namespace, or use the chart"
+        )
     sample_values = {"cluster": {"create": True, "name": SAMPLE_NAME, "spec": SAMPLE_SPEC}}
     sample = render_chart(sample_values, chart=chart)
     objects = [_as_plain(o, keep_namespace=False) for o in _pick(sample, SAMPLE_TEMPLATES)]

@@ -324,7 +324,8 @@ class Session:
             while True:
                 try:
                     link = await self.connect(self.id, True)
-                except (OSError, errors.GrainError, trio.TooSlowError) as e:
+                except (OSError, errors.GrainError, trio.TooSlowError,
+                        trio.BrokenResourceError, trio.ClosedResourceError) as e:
                     if isinstance(e, errors.AuthenticationError):
                         self.close(f"{reason}; reconnecting was refused: {e}")
                         return False

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,16 +28,15 @@ from ..net.link import Link, LinkClosed
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import (
-    InvalidResource,
     Resource,
-    UnknownResourceKind,
     request_from_wire,
     to_wire,
 )
+from .clients import ClientsMixin
 from .ledger import JobRecord, JobState, Ledger
 from .placement import Placement, shape_of
 from .recovery import RecoveryMixin
-from .sessions import ClientSession, FunctionEntry, HeldResult, UserAccount, WorkerSession
+from .sessions import ClientSession, HeldResult, WorkerSession
 
 log = logging.getLogger("grain.executor")
 
@@ -61,7 +59,7 @@ def _send(link: Link | None, msg: Any, payload: bytes = b"") -> None:
             pass   # the peer's own task notices and cleans up
 
 
-class Executor(RecoveryMixin):
+class Executor(ClientsMixin, RecoveryMixin):
     """Routes jobs from clients to workers. Transport-agnostic: give it ``Link`` s."""
 
     def __init__(self, *, retries: int = config.RETRIES,
@@ -85,7 +83,8 @@ class Executor(RecoveryMixin):
         self.placement = Placement(chain_depth=chain_depth if chain_short > 0 else 0)
         self.sessions: dict[int, ClientSession] = {}
         self.workers: dict[int, WorkerSession] = {}
-        self.users: defaultdict[str, UserAccount] = defaultdict(UserAccount)
+        self._known_users: set[str] = set()
+        self._pump_more = trio.Event()
         self.started_at = time.time()
         self.started_mono = clock()
         self.placement_seconds_sum = 0.0
@@ -105,177 +104,17 @@ class Executor(RecoveryMixin):
         self._ids += 1
         return self._ids
 
-    # -- clients ---------------------------------------------------------------------
-    async def serve_client(self, link: Link, user: str, info: dict[str, Any],
-                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve one client connection until it closes. The session outlives it for the
-        client's grace (unless the client said goodbye)."""
-        s = self._open_session(link, user, info)
-        log.info("client %s (user %s) connected%s", s.name, user,
-                 " and resumes its session" if info.get("resume") else "")
-        task_status.started(s.sess)
-        try:
-            await self._serve_link(link, f"client {s.name}",
-                                   lambda h, p: self._on_client_message(s, h, p))
-        finally:
-            self._client_link_gone(s, link)
-
-    def _open_session(self, link: Link, user: str, info: dict[str, Any]) -> ClientSession:
-        sess = info.get("session")
-        if type(sess) is not int or not 0 <= sess < 2 ** 63:
-            sess = self._fresh_session_id()
-        name = str(info.get("name") or link.peer)[:256]
-        now = self.clock()
-        s = self.sessions.get(sess)
-        if s is not None and (s.user != user or s.closing):
-            # another user's session id (or one being torn down): never theirs to resume
-            sess = self._fresh_session_id()
-            s = None
-        if s is None:
-            s = ClientSession(sess, user, name, link, connected_at=now, created_at=now)
-            self.sessions[sess] = s
-            return s
-        if s.link is not None and s.link is not link:
-            s.link.close("the client reconnected on a new connection")
-        s.link, s.name, s.disconnected_at, s.connected_at = link, name, None, now
-        if info.get("resume"):
-            s.resumed = False   # until its ResumeDone: reports from workers may be claimed
-            s.unclaimed = set(s.jobs)
-        return s
-
-    def _fresh_session_id(self) -> int:
-        import secrets
-        while True:
-            sess = secrets.randbits(63)
-            if sess not in self.sessions:
-                return sess
-
-    def _client_link_gone(self, s: ClientSession, link: Link) -> None:
-        if s.link is not link:
-            return    # replaced by a newer connection
-        s.link = None
-        if s.said_bye or self.client_grace <= 0:
-            self.end_session(s, "the client left")
-        else:
-            s.disconnected_at = self.clock()
-            log.info("client %s lost; its jobs are kept for %.0fs", s.name, self.client_grace)
-        self._pump()
-
-    def _on_client_message(self, s: ClientSession, msg: Any, payload: bytes) -> None:
-        t = type(msg)
-        if t is m.Submit:
-            self._submit(s, msg, payload)
-        elif t is m.DefineFunction:
-            self._define(s, msg.fid, payload)
-        elif t is m.Cancel:
-            rec = s.jobs.get(msg.cid)
-            if rec is not None:
-                self._cancel(rec)
-        elif t is m.Ack:
-            self._ack(s, msg.cids)
-        elif t is m.ForgetFunction:
-            fn = s.fns.get(msg.fid)
-            if fn is not None:
-                fn.forgotten = True
-                if not fn.refs:
-                    self._free_function(s, msg.fid)
-        elif t is m.ResumeDone:
-            self.resume_done(s)
-        elif t is m.ProjectBundle:
-            if len(payload) > config.MAX_BUNDLE_BYTES:
-                raise ValueError(f"project bundle of {len(payload)} bytes is over the limit "
-                                 f"of {config.MAX_BUNDLE_BYTES}")
-            s.bundle = (msg.digest, payload)
-        elif t is m.StatusRequest:
-            _send(s.link, m.Status(self.status()))
-        elif t is m.Bye:
-            s.said_bye = True
-            if s.link is not None:
-                s.link.close("client said goodbye")
-        else:
-            raise ValueError(f"unexpected {t.__name__} from a client")
-
-    def _define(self, s: ClientSession, fid: int, data: bytes) -> None:
-        old = s.fns.get(fid)
-        size = s.fn_bytes - (len(old.data) if old is not None else 0) + len(data)
-        if size > config.MAX_FUNCTION_BYTES_PER_SESSION:
-            raise ValueError(f"the session's functions would take {size} bytes, over the "
-                             f"limit of {config.MAX_FUNCTION_BYTES_PER_SESSION}")
-        s.fn_bytes = size
-        if old is not None:       # resent after a reconnect: same function, same id
-            old.data, old.forgotten = data, False
-        else:
-            s.fns[fid] = FunctionEntry(data)
-
-    def _free_function(self, s: ClientSession, fid: int) -> None:
-        fn = s.fns.pop(fid, None)
-        if fn is None:
-            return
-        s.fn_bytes -= len(fn.data)
-        key = (s.sess, fid)
-        self._fn_runtime.pop(key, None)
-        for w in self.workers.values():
-            if key in w.fns:
-                w.fns.discard(key)
-                _send(w.link, m.DropFunction(s.sess, fid))
-
-    def _submit(self, s: ClientSession, msg: m.Submit, payload: bytes) -> None:
-        rec = s.jobs.get(msg.cid)
-        if rec is not None:
-            self.claim(s, rec, msg, payload)   # resubmitted by a reconnecting client
-            return
-        if msg.cid in s.unacked:
-            return    # its result is on its way to the client already
-        held = s.held.pop(msg.cid, None)
-        if held is not None:                   # it ended while the client was away
-            self._deliver(s, msg.cid, held.end, held.worker, held.message, held.payload,
-                          held.wid)
-            return
-        fn = s.fns.get(msg.fid)
-        if fn is None:
-            self._reply(s, msg.cid, End.SERIALIZATION, f"unknown function id {msg.fid}")
-            return
-        try:
-            request, shape = self._request_for(msg.request)
-        except UnknownResourceKind as e:
-            self._reply(s, msg.cid, End.UNSCHEDULABLE, str(e))
-            return
-        except InvalidResource as e:
-            self._reply(s, msg.cid, End.INVALID, f"invalid resource request: {e}")
-            return
-        acct = self.users[s.user]
-        policy = self.policy(s.user)
-        if acct.queued >= policy.max_queued:
-            self._reply(s, msg.cid, End.REFUSED,
-                        f"user {s.user} already has {acct.queued} jobs queued, the limit "
-                        f"(max-queued={policy.max_queued})")
-            return
-        retries = self.retries if msg.retries is None else min(msg.retries, 10)
-        rec = self.ledger.submit(s.sess, msg.cid, s.user, request, shape, msg.fid, payload,
-                                 retries, msg.name, self.clock())
-        s.jobs[msg.cid] = rec
-        fn.refs += 1
-        if msg.started_on is not None:
-            self.park_resubmitted(rec, msg.started_on)
-            return
-        if not self._could_ever_fit(request, shape) and not self._may_wait(request):
-            self._end(rec, End.UNSCHEDULABLE, self._unfit_message(request))
-            return
-        self._enqueue(rec, resumed=not s.resumed)
-
     def _enqueue(self, rec: JobRecord, resumed: bool = False) -> None:
         """Queue a job (or, just after a restart, hold a resubmitted one back until its
         worker had a chance to report it running)."""
         if resumed and self.clock() < self.started_mono + self.settle:
             self.defer(rec)
             return
-        self.users[rec.user].queued += 1
-        self.placement.enqueue(rec.gid, rec.request, rec.shape)
+        self.placement.enqueue(rec.gid, rec.request, rec.shape, user=rec.user)
 
     def _unqueue(self, rec: JobRecord) -> None:
         """A queued job leaves the queue without starting."""
-        if self.placement.dequeue(rec.gid):
-            self.users[rec.user].queued -= 1
+        self.placement.dequeue(rec.gid)
 
     def _request_for(self, req_wire: Any) -> tuple[Resource, Any]:
         """The checked request and its shape, shared by every job asking the same (requests
@@ -315,64 +154,6 @@ class Executor(RecoveryMixin):
                     f"(grain worker --executor ...) or let the executor wait for them")
         caps = "; ".join(f"{w.name}: {w.capacity}" for w in list(self.workers.values())[:5])
         return f"no registered worker could ever satisfy {request} (workers: {caps})"
-
-    def _cancel(self, rec: JobRecord) -> None:
-        if rec.state is JobState.QUEUED:
-            self._unqueue(rec)
-            self.undefer(rec)
-            self._end(rec, End.CANCELLED, "cancelled")
-        elif rec.state is JobState.PARKED:
-            self.unpark(rec)
-            self._end(rec, End.CANCELLED, "cancelled")
-        else:
-            w = self.workers.get(rec.worker) if rec.worker is not None else None
-            if w is not None:
-                _send(w.link, m.Kill(rec.sess, rec.cid))
-
-    def _ack(self, s: ClientSession, cids: list[int]) -> None:
-        by_worker: dict[int, list[int]] = {}
-        for cid in cids:
-            wid = s.unacked.pop(cid, None)
-            if wid is not None:
-                by_worker.setdefault(wid, []).append(cid)
-        for wid, done in by_worker.items():
-            w = self.workers.get(wid)
-            if w is not None:
-                _send(w.link, m.Release(s.sess, done))
-
-    def end_session(self, s: ClientSession, why: str) -> None:
-        """A session is over for good: drop its queue, kill its jobs, free its code."""
-        s.closing = True
-        log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
-        notify = {w.wid for w in self.workers.values() if s.sess in w.sessions}
-        notify |= {r.worker for r in s.jobs.values() if r.worker is not None}
-        for rec in list(s.jobs.values()):
-            if rec.state is JobState.RUNNING:
-                continue   # killed by EndSession below; its Done ends it
-            if rec.state is JobState.QUEUED:
-                self._unqueue(rec)
-                self.undefer(rec)
-            elif rec.state is JobState.PARKED:
-                self.unpark(rec)
-            self._end(rec, End.CANCELLED, why)
-        for wid in notify:
-            w = self.workers.get(wid)
-            if w is not None:
-                w.sessions.discard(s.sess)
-                _send(w.link, m.EndSession(s.sess))
-        s.held.clear()
-        s.unacked.clear()
-        s.bundle = None
-        for fid in list(s.fns):
-            if not s.fns[fid].refs:
-                self._free_function(s, fid)
-        self._forget_if_done(s)
-
-    def _forget_if_done(self, s: ClientSession) -> None:
-        if s.closing and not s.jobs and s.link is None:
-            for fid in list(s.fns):
-                self._free_function(s, fid)
-            self.sessions.pop(s.sess, None)
 
     # -- workers ---------------------------------------------------------------------
     async def serve_worker(self, link: Link, info: dict[str, Any], capacity: Resource,
@@ -439,11 +220,17 @@ class Executor(RecoveryMixin):
 
     # -- placement and endings --------------------------------------------------------
     def _pump(self) -> None:
+        """Start what can start: at most ``SCHEDULE_BATCH`` placements now; the rest after
+        the event loop has served other peers (``run``), so no message waits behind a long
+        pass."""
         if not len(self.placement):
             return
         now = self.clock()
-        for gid, wid, alloc in self.placement.schedule():
+        for gid, wid, alloc in self.placement.schedule(config.SCHEDULE_BATCH):
             self._dispatch(gid, wid, alloc, None, now)
+        if self.placement.more:
+            self._pump_more.set()
+            return
         if self.placement.chain_depth and len(self.placement):
             for gid, wid, alloc, after in self.placement.chain(self._chain_depth_for):
                 self.chained += 1
@@ -454,8 +241,6 @@ class Executor(RecoveryMixin):
         rec = self.ledger.jobs[gid]
         w = self.workers[wid]
         s = self.sessions[rec.sess]
-        self.users[rec.user].queued -= 1
-        self.users[rec.user].running += 1
         self.ledger.start(gid, wid, alloc, now)
         self.placement_seconds_sum += now - rec.submitted_at
         self.placement_count += 1
@@ -492,10 +277,7 @@ class Executor(RecoveryMixin):
 
     def release_running(self, rec: JobRecord) -> None:
         """Give a running job's allocation back (or pass it down its chain)."""
-        if rec.state is not JobState.RUNNING or rec.worker is None:
-            return
-        self.users[rec.user].running -= 1
-        if rec.alloc is None:
+        if rec.state is not JobState.RUNNING or rec.worker is None or rec.alloc is None:
             return
         succ = self.placement.release(rec.worker, rec.gid, rec.alloc)
         if succ is not None:  # the job chained behind it starts now
@@ -578,11 +360,26 @@ class Executor(RecoveryMixin):
         self.sweep_unschedulable()
         self._pump()
 
-    async def sweeper(self, interval: float = 1.0) -> None:
-        """Run ``sweep`` every ``interval`` seconds."""
+    async def run(self, interval: float = 1.0,
+                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The executor's own tasks: ``sweep`` every ``interval`` seconds, and placement
+        passes continued between other peers' messages."""
+        async with trio.open_nursery() as n:
+            n.start_soon(self._sweeper, interval)
+            n.start_soon(self._pumper)
+            task_status.started()
+
+    async def _sweeper(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
             self.sweep()
+
+    async def _pumper(self) -> None:
+        while True:
+            await self._pump_more.wait()
+            self._pump_more = trio.Event()
+            await trio.lowlevel.checkpoint()
+            self._pump()
 
     # -- observation -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -1,50 +1,90 @@
-"""Placement: which queued job starts on which worker, now. Pure code, no I/O.
+"""Placement: which queued job starts on which worker, now. Pure code: no I/O, no clock.
 
-Policy (EASY backfilling without run-time estimates):
+Policy, within one user (as before users existed): EASY backfilling without run-time
+estimates.
 
-- Jobs are considered in submission order (their global id). The first job that fits
-  nowhere is the *head*; it gets a *reservation* on the worker where it will fit soonest
-  (the one with the most of its request already free among those big enough).
-- Later jobs may start before the head ("backfill") only on other workers: nothing new
-  starts on the reserved worker, which therefore only drains until the head fits. The head
-  is never starved.
-- Jobs with the same request are interchangeable, so the queue is kept per request shape:
-  a pass costs O(shapes + placements), not O(queue), even with a million queued jobs.
-- Among workers where a job fits, the first registered wins (first fit), which packs jobs
-  and leaves whole workers free for big requests.
+- A user's jobs are considered in submission order (their global id). The first one that
+  fits nowhere is the user's *head*; it may get a *reservation* on the worker where it will
+  fit soonest (among those big enough for it, the one with the most free cores, then
+  memory). Nothing else starts on a reserved worker, which therefore only drains until the
+  head fits: the head is never starved by later jobs.
+- Later jobs may start before the head ("backfill"), only on other workers.
+- Jobs with the same request are interchangeable, so a user's queue is kept per request
+  shape; a job id is all that is stored per queued job.
 
-Chaining (``chain``): when nothing more fits, the head of the queue may be queued *behind*
-a running job of the same request on that job's allocation, to start on the same cores the
-moment it ends, without a round trip through the executor. Only the head is ever chained
-(so order is kept and nobody is delayed but the chained job itself), at most one job per
-allocation, and only where the caller's ``can_chain`` agrees (the executor allows it for
-jobs of a function whose jobs are observed to be short).
+Between users: dominant-resource fairness (DRF) over cores and memory, weighted. A user's
+*dominant share* is the larger of (cores it holds / cluster cores) and (memory it holds /
+cluster memory); divided by the user's weight (default 1) it orders the users, lowest
+first: the next job placed is the next job of the user with the lowest weighted share, and
+shares are updated after every placement, so users interleave in proportion to their
+weights and a user alone takes the whole cluster. A user that asks little goes first:
+when Alice's thousands of jobs fill the cluster and Bob submits one, Bob's share is 0, so
+his job takes the very next capacity released that fits it. DRF (rather than weighted fair
+queueing by job count) is used because jobs differ in size: a user of whole-node jobs and
+a user of one-core jobs get equal parts of the cluster, not equal numbers of jobs, and
+memory-heavy jobs are charged for the memory they keep others from using.
+
+How EASY works across users (the reasoning is in docs/scaling.md, "Placement"):
+
+- The reservation goes to the blocked head of the *most deserving* user: in a pass users
+  are visited in DRF order, so the first head found blocked belongs to the user with the
+  lowest weighted share among those whose head cannot start. ``max_reservations`` (default
+  1) heads get one, in that order; once made, a reservation holds for the rest of the pass
+  against every user (a user visited later, even with a lower share by then, backfills
+  elsewhere). Reservations are recomputed each pass, like the order.
+- A user whose head is blocked and gets no reservation (all taken by more deserving users,
+  or its head is held back by its own ``max_cores``) places nothing more in that pass: its
+  later, smaller jobs would take exactly the room its head waits for, and raise its share
+  so that it would never become the most deserving. Its share then falls as its jobs end,
+  until its head is the most deserving one and gets the reservation: nobody starves.
+- A job that no registered worker could ever run (or that exceeds its user's ``max_cores``)
+  does not hold its user up; the executor's sweep fails it.
+
+Work per call is bounded: ``schedule(max_placements=N)`` stops after N placements and sets
+``more``, so the caller can yield to its event loop between batches. A call costs
+O(users + placements · (log workers + log users)) plus, for a shape that is blocked, one
+look at the index per pass (see ``placement_index`` for the index and the fallback for
+kinds it does not cover).
+
+Chaining (``chain``): when nothing more fits, the head of the most deserving user may be
+queued *behind* a running job of the same user and request, on that job's allocation, to
+start on the same cores the moment it ends, without a round trip through the executor.
+Only that head is ever chained (so order and fairness are kept), never on a worker reserved
+for another user's head, at most ``chain_depth`` jobs per allocation, and only where the caller's
+``depth_for`` agrees (the executor allows it for jobs of a function whose jobs are observed
+to be short). An allocation is charged to its user once, however many jobs share it.
 """
 
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
+import math
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass
+from itertools import count, islice
+from typing import NamedTuple
 
 from ..resource import Resource, to_wire
+from .placement_index import CapacityIndex, Shape, WorkerState
+from .placement_queue import JobQueue, User, UserStats
+
+__all__ = ["Placement", "Reservation", "UserStats", "WorkerState", "shape_of"]
 
 
-def shape_of(request: Resource) -> Any:
+def shape_of(request: Resource) -> str:
     """A hashable key: equal for requests that are interchangeable for placement."""
     return repr(to_wire(request))
 
 
-@dataclass(slots=True)
-class Pending:
-    """A queued job as placement sees it."""
+class Reservation(NamedTuple):
+    """A worker held for a blocked head during the last ``schedule`` call: nothing placed
+    after ``at`` (an index into that call's result) went to ``wid``."""
 
     gid: int
-    request: Resource
-    shape: Any
+    wid: int
+    user: str
+    at: int
 
 
 @dataclass(slots=True, eq=False)
@@ -53,229 +93,484 @@ class _Chain:
 
     wid: int
     alloc: Resource
-    shape: Any
+    queue: JobQueue          # whose (user) and what (shape) the allocation is
     jobs: deque[int]
 
 
-@dataclass(slots=True)
-class WorkerState:
-    """A registered worker's capacity: ``total`` is never mutated, ``free`` is."""
-
-    wid: int
-    name: str
-    total: Resource
-    free: Resource
-    running: set[int] = field(default_factory=set)
+Placed = tuple[int, int, Resource]
 
 
 class Placement:
-    """The executor's queue and the workers' free resources."""
+    """The executor's queue, its users and the workers' free resources."""
 
-    def __init__(self, chain_depth: int = 0) -> None:
+    def __init__(self, chain_depth: int = 0, max_reservations: int = 1) -> None:
+        self.index = CapacityIndex()
         self.workers: dict[int, WorkerState] = {}
-        self._shapes: dict[Any, deque[Pending]] = {}
-        self._queued: dict[int, Pending] = {}
-        self.reserved_for: tuple[int, int] | None = None  # (head gid, worker id) of last pass
-        # chaining: the jobs sharing each allocation, and the chains with room left
         self.chain_depth = chain_depth
+        self.max_reservations = max(1, max_reservations)
+        #: (head id, worker id) of the first reservation of the last ``schedule`` call
+        self.reserved_for: tuple[int, int] | None = None
+        #: every reservation of the last ``schedule`` call, most deserving first
+        self.reservations: list[Reservation] = []
+        #: the last ``schedule`` call stopped at ``max_placements``: call again
+        self.more = False
+        # ints to ints only, so that the garbage collector never looks at them (a dict of
+        # a million ids to objects adds ~20 ms to every full collection)
+        self._where: dict[int, int] = {}          # queued id -> its queue's number
+        self._run: dict[int, int] = {}            # placed id -> the queue it came from
+        self._queues: list[JobQueue] = []         # by number; never dropped (small)
+        # shapes and (user, shape) queues are kept once seen: there are as many as
+        # distinct requests (the executor caps those), and jobs in flight refer to them
+        self._shapes: dict[Hashable, Shape] = {}
+        self._users: dict[str, User] = {}
         self._chain_of: dict[int, _Chain] = {}
-        self._open: dict[Any, dict[_Chain, None]] = {}
-        self._cordoned: set[int] = set()
+        self._open: dict[tuple[str, Hashable], dict[_Chain, None]] = {}
+        self._pass = 0
+        self._served = 0      # counts batches placed, to order users by last service
+        self._total_cores = 0
+        self._total_mem = 0.0
+        self._inv_cores = 0.0
+        self._inv_mem = 0.0
+        self._seq = count()   # tie-breakers in heaps, so users are never compared
 
     # -- workers -------------------------------------------------------------------
     def add_worker(self, wid: int, name: str, total: Resource, free: Resource) -> None:
-        """Register a worker; ``total`` and ``free`` must be distinct objects."""
-        self.workers[wid] = WorkerState(wid, name, total, free)
+        """Register a worker; ``total`` and ``free`` must be distinct objects. Placement
+        then owns ``free`` (it allocates from it and gives allocations back)."""
+        if wid in self.workers:
+            self.remove_worker(wid)
+        self.workers[wid] = self.index.add(wid, name, total, free)
+        self._account_capacity(total, +1)
 
     def remove_worker(self, wid: int) -> set[int]:
-        """Forget a worker; returns the ids of the jobs that were running on it."""
+        """Forget a worker; returns the ids of the jobs that were running on it (chained
+        ones included). They are no longer charged to their users."""
         w = self.workers.pop(wid, None)
-        self._cordoned.discard(wid)
         if w is None:
             return set()
+        self.index.remove(w)
+        self._account_capacity(w.total, -1)
+        charged: set[int] = set()
         for gid in w.running:
+            qn = self._run.pop(gid, None)
+            if qn is None:
+                continue
+            q = self._queues[qn]
+            q.user.running -= 1
             ch = self._chain_of.pop(gid, None)
-            if ch is not None:
-                self._open.get(ch.shape, {}).pop(ch, None)
+            if ch is None:
+                self._charge(q, -1)
+            elif id(ch) not in charged:
+                charged.add(id(ch))
+                self._charge(ch.queue, -1)
+                self._open.get((ch.queue.user.name, ch.queue.shape.key), {}).pop(ch, None)
         return set(w.running)
 
-    def attach(self, wid: int, gid: int, alloc: Resource) -> bool:
-        """Record a job found running on ``wid`` with exactly ``alloc`` (a worker that
-        reconnects reports it); False when that is not free there."""
+    def cordon(self, wid: int) -> None:
+        """Start nothing new on ``wid`` (it is draining): it leaves the index, so no search
+        finds it and no job is chained onto it; its running jobs stay until released."""
         w = self.workers.get(wid)
-        if w is None:
+        if w is not None:
+            self.index.remove(w)
+
+    def attach(self, wid: int, gid: int, alloc: Resource, request: Resource,
+               shape: Hashable | None = None, *, user: str = "") -> bool:
+        """Record job ``gid`` of ``user`` found running on ``wid`` with exactly ``alloc`` (a
+        worker that reconnects reports it); its user is charged for it as for a placed job.
+        False (nothing changed) when that allocation is not free there."""
+        w = self.workers.get(wid)
+        if w is None or gid in w.running or gid in self._where:
             return False
         try:
             w.free.take(alloc)
         except ValueError:
             return False
+        w.version += 1
+        self.index._reindex(w)
+        key = shape_of(request) if shape is None else shape
+        sh = self._shapes.get(key)
+        if sh is None:
+            sh = self._shapes[key] = Shape(key, request)
+        u = self._user(user)
+        q = u.queues.get(key)
+        if q is None:
+            q = u.queues[key] = JobQueue(len(self._queues), u, sh, self._where)
+            self._queues.append(q)
+            sh.queues[q] = None
         w.running.add(gid)
+        self._run[gid] = q.qid
+        u.running += 1
+        self._charge(q, +1)
         return True
 
-    def cordon(self, wid: int) -> None:
-        """Start nothing new on ``wid`` (it is draining); its running jobs stay."""
-        self._cordoned.add(wid)
+    def _account_capacity(self, total: Resource, sign: int) -> None:
+        kinds = total.kinds()
+        self._total_cores += sign * int(getattr(kinds.get("Cores"), "N", 0) or 0)
+        self._total_mem += sign * float(getattr(kinds.get("Memory"), "M", 0.0) or 0.0)
+        self._inv_cores = 1.0 / self._total_cores if self._total_cores > 0 else 0.0
+        self._inv_mem = 1.0 / self._total_mem if self._total_mem > 1e-9 else 0.0
 
-    def could_ever_fit(self, request: Resource) -> bool:
-        """True when some registered worker, empty, could run ``request``."""
+    def could_ever_fit(self, request: Resource, user: str | None = None) -> bool:
+        """True when some registered worker, empty, could run ``request`` (and, with
+        ``user``, the request is within that user's ``max_cores``). O(workers): the
+        executor caches it per shape until the workers change."""
+        u = self._users.get(user) if user is not None else None
+        if u is not None and u.max_cores is not None:
+            if int(getattr(request.kinds().get("Cores"), "N", 0) or 0) > u.max_cores:
+                return False
         return any(w.total.request(request) for w in self.workers.values()
-                   if w.wid not in self._cordoned)
+                   if w.group is not None)   # not a cordoned (draining) worker
+
+    # -- users -----------------------------------------------------------------------
+    def set_user(self, user: str, *, weight: float = 1.0, max_cores: int | None = None,
+                 max_queued: int | None = None) -> None:
+        """Set a user's fair-share weight (> 0; a user of weight 2 gets twice the share of
+        a user of weight 1 when both have work queued) and limits: at most ``max_cores``
+        cores in use (a user at its limit is skipped, its jobs stay queued) and at most
+        ``max_queued`` queued jobs (see ``queue_full``; placement never refuses a job).
+        None: no limit. Every call sets all three."""
+        if not weight > 0:
+            raise ValueError(f"weight must be > 0, not {weight!r}")
+        u = self._user(user)
+        u.weight = float(weight)
+        u.max_cores = max_cores
+        u.max_queued = max_queued
+
+    def queue_full(self, user: str) -> bool:
+        """True when ``user`` has ``max_queued`` jobs queued or more: the executor refuses
+        new submissions then (re-queued retries are still accepted)."""
+        u = self._users.get(user)
+        return u is not None and u.max_queued is not None and u.queued >= u.max_queued
+
+    def user_stats(self) -> dict[str, UserStats]:
+        """Per user: running jobs, queued jobs, cores and memory in use, dominant share and
+        weighted share (see ``UserStats``), weight and limits. O(users)."""
+        return {name: self._stats(u) for name, u in self._users.items()}
+
+    def _stats(self, u: User) -> UserStats:
+        share = max(u.cores * self._inv_cores, u.mem * self._inv_mem)
+        return UserStats(u.running, u.queued, u.cores, max(0.0, u.mem), share,
+                         share / u.weight, u.weight, u.max_cores, u.max_queued)
+
+    def _user(self, name: str) -> User:
+        u = self._users.get(name)
+        if u is None:
+            u = self._users[name] = User(name)
+        return u
+
+    def _charge(self, q: JobQueue, sign: int) -> None:
+        u, s = q.user, q.shape
+        u.cores += sign * s.cores
+        u.mem += sign * s.mem
+        if not u.running:
+            u.mem = 0.0   # no float residue once a user holds nothing
 
     # -- queue -----------------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self._queued)
+        return len(self._where)
 
-    def enqueue(self, gid: int, request: Resource, shape: Any = None) -> None:
-        """Queue a job. A re-queued (retried) job keeps its place by its original id."""
-        p = Pending(gid, request, shape_of(request) if shape is None else shape)
-        dq = self._shapes.get(p.shape)
-        if dq is None:
-            self._shapes[p.shape] = deque((p,))
-        elif dq[-1].gid < gid:
-            dq.append(p)
-        else:
-            dq.insert(bisect_left([x.gid for x in dq], gid), p)
-        self._queued[gid] = p
+    def enqueue(self, gid: int, request: Resource, shape: Hashable | None = None, *,
+                user: str = "") -> None:
+        """Queue job ``gid`` of ``user`` asking ``request`` (``shape``: ``shape_of(request)``
+        if the caller has it; requests of one shape should be one shared object). A
+        re-queued (retried) job keeps its place by its original id. O(1), O(log retries)
+        for a retried one. A job already queued is left as it is."""
+        if gid in self._where:
+            return
+        key = shape_of(request) if shape is None else shape
+        s = self._shapes.get(key)
+        if s is None:
+            s = self._shapes[key] = Shape(key, request)
+        u = self._user(user)
+        q = u.queues.get(key)
+        if q is None:
+            q = u.queues[key] = JobQueue(len(self._queues), u, s, self._where)
+            self._queues.append(q)
+            s.queues[q] = None
+        q.push(gid)
+        self._where[gid] = q.qid
+        u.queued += 1
+        if q.seq < 0 or gid < q.key:
+            u.file(q, gid)
 
     def dequeue(self, gid: int) -> bool:
-        """Remove a queued job (cancelled). False when it is not queued."""
-        p = self._queued.pop(gid, None)
-        if p is None:
+        """Remove a queued job (cancelled). False when it is not queued. O(1) amortised
+        (see ``placement_queue``)."""
+        qn = self._where.pop(gid, None)
+        if qn is None:
             return False
-        dq = self._shapes[p.shape]
-        dq.remove(p)
-        if not dq:
-            del self._shapes[p.shape]
+        q = self._queues[qn]
+        q.user.queued -= 1
+        q.forget(gid)
         return True
 
     def is_queued(self, gid: int) -> bool:
-        return gid in self._queued
+        return gid in self._where
 
     def shapes(self) -> list[tuple[Resource, list[int]]]:
-        """(request, queued ids) per shape, for sweeps over what is waiting."""
-        return [(dq[0].request, [p.gid for p in dq]) for dq in self._shapes.values()]
+        """(request, queued ids oldest first) per shape, all users together, for sweeps
+        over what is waiting. O(queued): see ``requests`` for the cheap part."""
+        return [(s.request, sorted(g for q in s.queues for g in q.ids()))
+                for s in self._shapes.values() if any(q.live for q in s.queues)]
+
+    def requests(self) -> list[tuple[Hashable, Resource]]:
+        """(shape, request) per shape with queued jobs: O(shapes)."""
+        return [(s.key, s.request) for s in self._shapes.values()
+                if any(q.live for q in s.queues)]
+
+    def queued_of(self, shape: Hashable) -> list[int]:
+        """The queued ids of one shape, all users, oldest first."""
+        s = self._shapes.get(shape)
+        return [] if s is None else sorted(g for q in s.queues for g in q.ids())
+
+    def queues(self) -> list[tuple[str, Resource, list[int]]]:
+        """(user, request, queued ids oldest first) per user and shape."""
+        return [(u.name, q.shape.request, q.ids())
+                for u in self._users.values() for q in u.queues.values() if q.live]
 
     # -- running ---------------------------------------------------------------------
     def release(self, wid: int, gid: int, alloc: Resource) -> int | None:
         """A job ended. When jobs are chained behind it, the allocation passes on and the
         id of the job that now runs on it is returned; otherwise the allocation goes back
-        to its worker (if the worker is still there)."""
+        to its worker (if the worker is still there) and its user is charged no more."""
         w = self.workers.get(wid)
         ch = self._chain_of.pop(gid, None)
         if w is None or gid not in w.running:
             return None
         w.running.discard(gid)
+        qn = self._run.pop(gid, None)
+        q = self._queues[qn] if qn is not None else None
+        if q is not None:
+            q.user.running -= 1
         if ch is None:
-            w.free.dealloc(alloc)
+            self.index.give(w, alloc)
+            if q is not None:
+                self._charge(q, -1)
             return None
         was_current = ch.jobs[0] == gid
-        ch.jobs.remove(gid)
+        ch.jobs.remove(gid)   # at most chain_depth + 1 long
+        key = (ch.queue.user.name, ch.queue.shape.key)
         if ch.jobs:
             if len(ch.jobs) <= self.chain_depth:
-                self._open.setdefault(ch.shape, {})[ch] = None
+                self._open.setdefault(key, {})[ch] = None
             return ch.jobs[0] if was_current else None
-        self._open.get(ch.shape, {}).pop(ch, None)
-        w.free.dealloc(ch.alloc)
+        self._open.get(key, {}).pop(ch, None)
+        self.index.give(w, ch.alloc)
+        self._charge(ch.queue, -1)
         return None
 
     def chain(self, depth_for: Callable[[int, int], int], tries: int = 4
               ) -> list[tuple[int, int, Resource, int]]:
-        """Queue heads behind running jobs of the same shape: (job, worker, allocation,
-        the job it waits behind). ``depth_for(head, tail)`` says how many jobs may wait
-        on one allocation for this pair (0: none), capped by ``chain_depth``. Call after
-        ``schedule``."""
+        """Queue the most deserving user's head behind a running job of the same user and
+        shape: (job, worker, allocation, the job it waits behind). ``depth_for(head,
+        tail)`` says how many jobs may wait on one allocation for this pair (0: none),
+        capped by ``chain_depth``. Call after ``schedule``."""
         out: list[tuple[int, int, Resource, int]] = []
-        while self._shapes and self.chain_depth:
-            key = min(self._shapes, key=lambda k: self._shapes[k][0].gid)
-            dq = self._shapes[key]
-            head = dq[0]
-            opens = self._open.get(key)
+        if not self.chain_depth or not self._where:
+            return out
+        # a reserved worker takes chained jobs of its head's user only (the head being
+        # chained is what the reservation is for; anybody else would keep it from draining)
+        reserved = {r.wid: r.user for r in self.reservations}
+        u = self._most_deserving()
+        while u is not None:
+            q = u.front()
+            if q is None:
+                break
+            head = q.key
+            opens = self._open.get((u.name, q.shape.key))
             found = None
-            for ch in list(opens or ())[:tries]:
-                if ch.wid not in self._cordoned and len(ch.jobs) <= min(depth_for(head.gid, ch.jobs[-1]), self.chain_depth):
+            for ch in islice(opens or (), tries):
+                if reserved.get(ch.wid, u.name) != u.name \
+                        or self.workers[ch.wid].group is None:   # cordoned
+                    continue
+                if len(ch.jobs) <= min(depth_for(head, ch.jobs[-1]), self.chain_depth):
                     found = ch
                     break
-            if found is None:
+            if found is None or opens is None:
                 break
             tail = found.jobs[-1]
-            found.jobs.append(head.gid)
+            found.jobs.append(head)
             if len(found.jobs) > self.chain_depth:
                 del opens[found]
-            dq.popleft()
-            del self._queued[head.gid]
-            if not dq:
-                del self._shapes[key]
-            self._chain_of[head.gid] = found
-            self.workers[found.wid].running.add(head.gid)
-            out.append((head.gid, found.wid, found.alloc, tail))
+            q.pop(head)
+            del self._where[head]
+            u.queued -= 1
+            u.running += 1
+            self._run[head] = q.qid
+            self._chain_of[head] = found
+            self.workers[found.wid].running.add(head)
+            out.append((head, found.wid, found.alloc, tail))
         return out
 
-    def schedule(self) -> list[tuple[int, int, Resource]]:
-        """Start what can start now: a list of (job id, worker id, allocation)."""
-        out: list[tuple[int, int, Resource]] = []
-        if not self._shapes or not self.workers:
-            return out
-        heads = [(dq[0].gid, key) for key, dq in self._shapes.items()]
-        heapq.heapify(heads)
-        reserved: int | None = None
-        self.reserved_for = None
-        workers = [w for w in self.workers.values() if w.wid not in self._cordoned]
-        cursor: dict[Any, int] = {}
-        while heads:
-            _, key = heapq.heappop(heads)
-            dq = self._shapes[key]
-            req = dq[0].request
-            blocked = False
-            while dq:
-                # free resources only shrink during a pass: workers that failed this
-                # shape earlier in the pass need no second look
-                i = self._first_fit(workers, req, reserved, cursor.get(key, 0))
-                cursor[key] = i
-                if i == len(workers):
-                    blocked = True
-                    break
-                w = workers[i]
-                p = dq.popleft()
-                del self._queued[p.gid]
-                w.running.add(p.gid)
-                alloc = w.free.alloc(req)
-                if self.chain_depth:
-                    ch = self._chain_of[p.gid] = _Chain(w.wid, alloc, key, deque((p.gid,)))
-                    self._open.setdefault(key, {})[ch] = None
-                out.append((p.gid, w.wid, alloc))
-                if dq and heads and dq[0].gid > heads[0][0]:
-                    heapq.heappush(heads, (dq[0].gid, key))  # an older shape goes first
-                    break
-            if not dq:
-                del self._shapes[key]
-            elif blocked and reserved is None:
-                # dq[0] is the oldest job that fits nowhere: the head. Hold a worker for it.
-                reserved = self._reserve(workers, req)
-                if reserved is not None:
-                    self.reserved_for = (dq[0].gid, reserved)
-        return out
-
-    @staticmethod
-    def _first_fit(workers: list[WorkerState], req: Resource, reserved: int | None,
-                   start: int = 0) -> int:
-        """Index of the first worker from ``start`` where ``req`` fits now, or
-        ``len(workers)``."""
-        for i in range(start, len(workers)):
-            w = workers[i]
-            if w.wid != reserved and w.free.request(req):
-                return i
-        return len(workers)
-
-    @staticmethod
-    def _reserve(workers: list[WorkerState], req: Resource) -> int | None:
-        """The worker where ``req`` will fit soonest: big enough, most already free."""
-        best, best_score = None, None
-        for w in workers:
-            if not w.total.request(req):
+    def _most_deserving(self) -> User | None:
+        best: tuple[float, int, int] | None = None
+        who = None
+        for u in self._users.values():
+            if not u.queued:
                 continue
-            stat = w.free.stat()
-            score = sum(float(a) / float(t) if t else 1.0
-                        for kind, (a, t) in stat.items() if kind in req.kinds())
-            if best_score is None or score > best_score:
-                best, best_score = w.wid, score
-        return best
+            q = u.front()
+            if q is None:
+                continue
+            k = (u.key(self._inv_cores, self._inv_mem), u.last, q.key)
+            if best is None or k < best:
+                best, who = k, u
+        return who
+
+    # -- the pass ----------------------------------------------------------------------
+    def schedule(self, max_placements: int | None = None) -> list[Placed]:
+        """Start what can start now: a list of (job id, worker id, allocation), in the
+        order decided. At most ``max_placements`` (None: no bound); ``more`` then says
+        whether the call stopped at the bound (call again, after yielding, to go on)."""
+        self.more = False
+        self.reservations = []
+        self.reserved_for = None
+        out: list[Placed] = []
+        if not self._where or not self.workers:
+            return out
+        self._pass += 1
+        budget = max_placements if max_placements is not None else len(self._where)
+        if budget <= 0:
+            self.more = True
+            return out
+        users: list[User] = []
+        # (weighted share, last served, oldest job, tie-breaker, user): among users of
+        # equal share the one served least recently goes first (then the oldest job), so
+        # that equals take turns even when there are more users than cores
+        uheap: list[tuple[float, int, int, int, User]] = []
+        for u in self._users.values():
+            if u.queued:
+                users.append(u)
+                q = u.front()
+                if q is not None:
+                    uheap.append((u.key(self._inv_cores, self._inv_mem), u.last, q.key,
+                                  next(self._seq), u))
+        heapq.heapify(uheap)
+        try:
+            self._pass_over(uheap, out, budget)
+        finally:
+            for u in users:
+                u.unpark()
+        self.reserved_for = (self.reservations[0][:2] if self.reservations else None)
+        return out
+
+    def _pass_over(self, uheap: list[tuple[float, int, int, int, User]], out: list[Placed],
+                   budget: int) -> None:
+        index, where, run = self.index, self._where, self._run
+        pno = self._pass
+        chaining = self.chain_depth > 0
+        reserved: dict[int, int] = {}       # worker id -> head id, this pass
+        ic, im = self._inv_cores, self._inv_mem
+        seq = self._seq
+        while uheap:
+            u = uheap[0][4]
+            q = u.front()
+            if q is None:
+                heapq.heappop(uheap)
+                continue
+            s = q.shape
+            gid = q.key
+            limit = u.max_cores
+            if limit is not None and u.cores + s.cores > limit:
+                if s.cores > limit:       # can never run for this user: skip it
+                    u.park(q)
+                elif u.blocked_head:      # a later job over the limit: skip its shape
+                    u.park(q)
+                else:                     # the head waits for the user's own jobs to end
+                    heapq.heappop(uheap)
+                continue
+            if s.blocked == pno:
+                w = None
+            else:
+                # where this shape went last in this pass is still the best fit if it
+                # still fits (it only lost room): saves a search per switch of user
+                w = s.hint
+                if (w is None or s.hint_pass != pno or w.wid in reserved
+                        or not index.fits(w, s)):
+                    w = index.find(s, reserved)
+            if w is None:
+                s.blocked = pno
+                self._blocked(u, q, reserved, uheap, len(out))
+                continue
+            # place jobs of this queue while they stay first in line (the user's oldest
+            # job, the user still the most deserving, room on a worker)
+            sc, sm, qn, weight = s.cores, s.mem, q.qid, u.weight
+            rival = u.next_key()
+            if len(uheap) > 1:
+                nu = uheap[1] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2]
+                nkey = nu[0]
+            else:
+                nkey = math.inf
+            simple = not s.extras and not w.generic
+            while True:
+                del where[gid]          # first: ``advance`` looks for the next live id
+                nxt = q.advance(gid)
+                alloc = index.take(w, s)
+                w.running.add(gid)
+                run[gid] = qn
+                u.queued -= 1
+                u.running += 1
+                u.cores += sc
+                u.mem += sm
+                if chaining:
+                    ch = self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
+                    self._open.setdefault((u.name, s.key), {})[ch] = None
+                out.append((gid, w.wid, alloc))
+                if len(out) >= budget:
+                    self.more = True
+                    s.hint, s.hint_pass = w, pno
+                    self._served += 1
+                    u.last = self._served
+                    return
+                if nxt is None or (rival is not None and nxt > rival):
+                    break
+                if limit is not None and u.cores + sc > limit:
+                    break
+                c, m = u.cores * ic, u.mem * im
+                key = (c if c > m else m) / weight
+                if key >= nkey:
+                    break       # another user is now the most deserving (or as, and
+                    #             served less recently)
+                gid = nxt
+                if not (w.cores >= sc and w.mem >= sm if simple else index.fits(w, s)):
+                    w = index.find(s, reserved)
+                    if w is None:
+                        s.blocked = pno
+                        break
+                    simple = not s.extras and not w.generic
+            if w is not None:
+                s.hint, s.hint_pass = w, pno
+            if nxt is not None:     # re-file the queue under its new head
+                u.refile_front(q, nxt)
+            c, m = u.cores * ic, u.mem * im
+            head = u.heap[0][0] if u.heap else 0
+            self._served += 1
+            u.last = self._served
+            heapq.heapreplace(uheap, ((c if c > m else m) / weight, u.last, head, next(seq), u))
+
+    def _blocked(self, u: User, q: JobQueue, reserved: dict[int, int],
+                 uheap: list[tuple[float, int, int, int, User]], at: int) -> None:
+        """``q``'s oldest job (``q.key``) fits on no worker that is not reserved."""
+        s = q.shape
+        if u.blocked_head:                # a later job: skip its shape (backfill goes on)
+            u.park(q)
+            return
+        if not self.index.holdable(s):    # no worker could ever run it: not a head
+            u.park(q)
+            return
+        u.blocked_head = True
+        if len(reserved) < self.max_reservations:
+            w = self.index.pick_reservation(s, reserved)
+            if w is not None:
+                reserved[w.wid] = q.key
+                self.reservations.append(Reservation(q.key, w.wid, u.name, at))
+                u.park(q)                 # its later jobs may backfill elsewhere
+                return
+        heapq.heappop(uheap)              # unprotected head: the user waits this pass
+
+    # -- introspection, for tests and status pages ----------------------------------------
+    def running_on(self, wid: int) -> Iterator[tuple[int, str]]:
+        """(job id, user) of the jobs placed on ``wid``."""
+        w = self.workers.get(wid)
+        for gid in (w.running if w is not None else ()):
+            qn = self._run.get(gid)
+            yield gid, self._queues[qn].user.name if qn is not None else ""

@@ -109,12 +109,13 @@ class RecoveryMixin:
             now = self.clock()
             rec = self.ledger.adopt(job.sess, job.cid, job.user, job.fid, w.wid, alloc,
                                     request, shape, job.name, now - job.elapsed)
-            if not self.placement.attach(w.wid, rec.gid, alloc):
+            self._know_user(job.user)
+            if not self.placement.attach(w.wid, rec.gid, alloc, request, shape,
+                                         user=job.user):
                 self.ledger.end(rec.gid, ok=False)
                 _send(w.link, kill)
                 return
             s.jobs[job.cid] = rec
-            self.users[rec.user].running += 1
             return
         if rec.state is JobState.RUNNING:
             if rec.worker == w.wid:
@@ -130,13 +131,13 @@ class RecoveryMixin:
             self.undefer(rec)
         else:
             self.unpark(rec)
-        if not self.placement.attach(w.wid, rec.gid, alloc):
+        if not self.placement.attach(w.wid, rec.gid, alloc, rec.request, rec.shape,
+                                     user=rec.user):
             _send(w.link, kill)
             rec.state = JobState.QUEUED
             self._enqueue(rec)
             return
         self.ledger.attach(rec.gid, w.wid, alloc)
-        self.users[rec.user].running += 1
         _send(s.link if s is not None else None,
               m.Started(rec.cid, w.name, to_wire(alloc)))
 
@@ -158,7 +159,6 @@ class RecoveryMixin:
             rec = self.ledger.get(gid)
             if rec is None or rec.state is not JobState.RUNNING or rec.worker != w.wid:
                 continue
-            self.users[rec.user].running -= 1
             if grace > 0:
                 self.ledger.park(gid, w.name, now + grace)
                 self.parked.setdefault(w.name, set()).add(gid)

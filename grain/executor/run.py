@@ -59,12 +59,12 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         if http:
             hb = await n.start(HttpServer(ex).serve, http)
             print(f"grain executor HTTP on http://{hb.host}:{hb.port}", flush=True)
-        n.start_soon(ex.sweeper)
-        n.start_soon(_watch_tokens, credentials)
+        await n.start(ex.run)
+        n.start_soon(_watch_tokens, credentials, ex)
         task_status.started(bound)
 
 
-async def _watch_tokens(credentials: Credentials, poll: float = 5.0) -> None:
+async def _watch_tokens(credentials: Credentials, ex: Executor, poll: float = 5.0) -> None:
     """Re-read the client tokens file on SIGHUP, and when it changes (a Kubernetes Secret
     update reaches the mounted file without a signal)."""
     if not credentials.by_role:
@@ -79,5 +79,6 @@ async def _watch_tokens(credentials: Credentials, poll: float = 5.0) -> None:
             try:
                 if credentials.reload_if_changed(force=forced):
                     log.info("client tokens re-read: %d users", len(credentials.clients))
+                    ex.policies_changed()
             except ConfigurationError as e:
                 log.error("keeping the old client tokens: %s", e)

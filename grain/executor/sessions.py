@@ -8,7 +8,6 @@ again) finds its jobs where they were. Pure data and small bookkeeping; no I/O.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,15 +78,3 @@ class WorkerSession:
     draining: bool = False
     held: set[tuple[int, int]] = field(default_factory=set)   # results it will resend
     connected_at: float = 0.0
-
-
-@dataclass
-class UserAccount:
-    """What a user has queued and running, for limits and the status page."""
-
-    queued: int = 0
-    running: int = 0
-
-
-def accounts() -> defaultdict[str, UserAccount]:
-    return defaultdict(UserAccount)

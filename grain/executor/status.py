@@ -10,7 +10,6 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
-from .ledger import JobState
 
 if TYPE_CHECKING:
     from .core import Executor
@@ -21,12 +20,6 @@ def build_status(ex: Executor) -> dict[str, Any]:
     workers = []
     tc = fc = 0
     tm = fm = 0.0
-    cores_by_user: dict[str, float] = {}
-    for rec in ex.ledger.jobs.values():
-        if rec.state is JobState.RUNNING and rec.alloc is not None:
-            cores = rec.alloc.kinds().get("Cores")
-            cores_by_user[rec.user] = cores_by_user.get(rec.user, 0) + \
-                (cores.N if cores is not None else 0)  # type: ignore[attr-defined]
     for w in ex.workers.values():
         st = ex.placement.workers.get(w.wid)
         if st is None:
@@ -47,16 +40,15 @@ def build_status(ex: Executor) -> dict[str, Any]:
             "draining": w.draining,
         })
     users = []
-    for name, acct in sorted(ex.users.items()):
-        if not (acct.queued or acct.running or any(s.user == name
-                                                   for s in ex.sessions.values())):
+    connected = {s.user for s in ex.sessions.values()}
+    for name, st in sorted(ex.placement.user_stats().items()):
+        if not (st.queued or st.running or name in connected):
             continue
-        policy = ex.policy(name)
-        in_use = cores_by_user.get(name, 0)
-        users.append({"name": name, "weight": policy.weight,
-                      "running_jobs": acct.running, "queued_jobs": acct.queued,
-                      "cores_in_use": in_use,
-                      "share": round(in_use / tc, 4) if tc else 0.0})
+        users.append({"name": name, "weight": st.weight,
+                      "running_jobs": st.running, "queued_jobs": st.queued,
+                      "cores_in_use": st.cores, "memory_in_use_gb": round(st.memory, 3),
+                      "share": round(st.share, 4),
+                      "max_cores": st.max_cores, "max_queued": st.max_queued})
     led = ex.ledger
     return {
         "version": __version__,

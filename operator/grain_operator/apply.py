@@ -1,32 +1,37 @@
-"""Idempotent create-or-patch of the rendered children (level-triggered reconciliation).
+"""Make the live children match the rendered ones: server-side apply, only when they differ.
 
-``ensure`` compares one desired object with the live one and does the least needed: create it
-when missing (a 409 from a concurrent create is not an error: it re-reads and compares),
-nothing when the desired fields are already there, else one JSON merge patch. What the
-operator applied last is kept in the annotation ``grain.dev/last-applied`` so that a field
-dropped from the desired state is removed (set to null) rather than left behind; fields that
-the API server or others add (defaults, status, nodePort...) are left alone. The diff itself is
-pure (``diff.merge_patch``), tested without a server. Called by ``handlers``.
+``ensure`` reads the live object and applies the desired one (server-side apply, field
+manager ``grain-operator``, forced) when it is missing or does not cover the desired fields.
+The API server does the merging: fields the operator applied before and no longer renders are
+removed, fields others own (defaults, an assigned nodePort, status) are kept, a field changed
+by hand is taken back. The read-and-compare first is not needed for correctness; it keeps a
+steady cluster free of writes (the timer reconciles every 15 s, for every GrainCluster): each
+desired object carries ``grain.dev/applied-hash``, a digest of itself, so a change of the
+operator's intent is seen even where the live object still covers the old one.
+
+``ensure_created`` is for Secrets holding generated tokens: created once, never rewritten.
+``delete_children`` and ``delete_absent`` remove what the GrainCluster controls (checked by
+its ownerReference) and no longer wants. Called by ``handlers`` and ``credentials``.
 """
 
 from __future__ import annotations
 
-import base64
 import copy
-import json
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from grain_operator import render
-from grain_operator.diff import merge_patch
-from grain_operator.kube import ApiError, KubeApi
+from grain_operator.diff import covers
+from grain_operator.kube import ApiException, Kube
+from grain_operator.names import Owner, controlled_by, digest
 
-LAST_APPLIED = "grain.dev/last-applied"
+APPLIED_HASH = "grain.dev/applied-hash"
 
 logger = logging.getLogger(__name__)
 
-Action = Literal["created", "patched", "unchanged"]
+Action = Literal["created", "applied", "unchanged"]
+#: (apiVersion, kind, name) of a child.
+Ref = tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -37,119 +42,93 @@ class Outcome:
     obj: dict[str, Any]
 
 
-def _last_applied(obj: dict[str, Any]) -> dict[str, Any]:
-    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED)
-    if not raw:
-        return {}
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _with_last_applied(desired: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+def stamped(desired: dict[str, Any]) -> dict[str, Any]:
+    """``desired`` with ``grain.dev/applied-hash``: a digest of everything else in it."""
     out = copy.deepcopy(desired)
     annotations = out["metadata"].setdefault("annotations", {})
-    annotations[LAST_APPLIED] = json.dumps(recorded, sort_keys=True, separators=(",", ":"))
+    annotations.pop(APPLIED_HASH, None)
+    annotations[APPLIED_HASH] = digest(out)
     return out
 
 
-def _recordable(desired: dict[str, Any]) -> dict[str, Any]:
-    """What is remembered as last applied: never a Secret's data."""
-    return {k: v for k, v in desired.items() if k not in ("data", "stringData")}
+def needs_apply(desired: dict[str, Any], live: dict[str, Any] | None) -> bool:
+    """Whether ``live`` (None: missing) lacks something of the stamped ``desired``."""
+    return live is None or not covers(desired, live)
 
 
-async def ensure(api: KubeApi, desired: dict[str, Any], *, create_only: tuple[str, ...] = ()) -> Outcome:
-    """Make the live object cover ``desired``; fields in ``create_only`` are set at creation only."""
+_READ = object()  # ``ensure``'s default: read the live object itself
+
+
+def ensure(kube: Kube, desired: dict[str, Any], live: Any = _READ) -> Outcome:
+    """Make the live object cover ``desired`` (one server-side apply when it does not).
+
+    ``live``: the object as just read (None: missing), when the caller has it already.
+    """
+    meta = desired["metadata"]
+    want = stamped(desired)
+    if live is _READ:
+        live = kube.get(desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
+    if not needs_apply(want, live):
+        assert live is not None
+        return Outcome("unchanged", live)
+    result = kube.apply(want)
+    action: Action = "created" if live is None else "applied"
+    logger.info("%s %s %s/%s", action, desired["kind"], meta["namespace"], meta["name"])
+    return Outcome(action, result)
+
+
+def ensure_created(kube: Kube, desired: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The live object, created from ``desired`` when missing; never changed otherwise.
+
+    Returns (live, created). A 409 from a concurrent create is not an error: the other
+    creator's object is returned.
+    """
     meta = desired["metadata"]
     ident = (desired["apiVersion"], desired["kind"], meta["namespace"], meta["name"])
-    recorded = _recordable(desired)
-    live = await api.get(*ident)
-    if live is None:
-        try:
-            created = await api.create(_with_last_applied(desired, recorded))
-            logger.info("created %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
-            return Outcome("created", created)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            live = await api.get(*ident)  # created meanwhile (a racing timer): compare with it
-            if live is None:  # pragma: no cover - created and deleted in between
-                raise
-    comparable = {k: v for k, v in recorded.items() if k not in create_only}
-    last = {k: v for k, v in _last_applied(live).items() if k not in create_only}
-    patch = merge_patch(last, comparable, live)
-    if not patch:
-        return Outcome("unchanged", live)
-    patch.setdefault("metadata", {}).setdefault("annotations", {})[LAST_APPLIED] = json.dumps(
-        recorded, sort_keys=True, separators=(",", ":")
-    )
-    patched = await api.patch(*ident, patch)
-    logger.info("patched %s %s/%s: %s", desired["kind"], meta["namespace"], meta["name"], sorted(patch))
-    return Outcome("patched", patched)
+    live = kube.get(*ident)
+    if live is not None:
+        return live, False
+    try:
+        created = kube.create(desired)
+        logger.info("created %s %s/%s", desired["kind"], meta["namespace"], meta["name"])
+        return created, True
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    live = kube.get(*ident)
+    if live is None:  # pragma: no cover - created and deleted in between
+        raise RuntimeError(f"{desired['kind']} {meta['namespace']}/{meta['name']} vanished while created")
+    return live, False
 
 
-def secret_value(secret: dict[str, Any], key: str) -> str | None:
-    """A key of a Secret, decoded; None when absent."""
-    data = secret.get("data") or {}
-    if key in data and data[key] is not None:
-        try:
-            return base64.b64decode(data[key]).decode()
-        except (ValueError, UnicodeDecodeError):
-            return None
-    string_data = secret.get("stringData") or {}  # only on servers that do not convert it
-    value = string_data.get(key)
-    return value if isinstance(value, str) else None
-
-
-class TokenMissing(Exception):
-    """The Secret named by spec.auth.tokenSecret is missing or has no key 'token'."""
-
-
-async def ensure_token(api: KubeApi, owner: render.Owner, secret_name: str | None) -> str:
-    """The token: read from the named Secret, or from NAME-token which is created when absent.
-
-    A generated Secret is never rewritten (its token must stay stable); only its labels and
-    ownerReference are kept up to date. Raises ``TokenMissing`` for a named Secret not usable.
-    """
-    if secret_name:
-        secret = await api.get("v1", "Secret", owner.namespace, secret_name)
-        if secret is None:
-            raise TokenMissing(f"spec.auth.tokenSecret: Secret {secret_name!r} not found in {owner.namespace}")
-        token = secret_value(secret, render.TOKEN_KEY)
-        if not token:
-            raise TokenMissing(f"spec.auth.tokenSecret: Secret {secret_name!r} has no key {render.TOKEN_KEY!r}")
-        return token
-    outcome = await ensure(api, render.token_secret(owner), create_only=("data", "type"))
-    token = secret_value(outcome.obj, render.TOKEN_KEY)
-    if not token:  # someone emptied it: write a new one (pods roll through the token digest)
-        fresh = render.token_secret(owner)
-        await api.patch("v1", "Secret", owner.namespace, owner.generated_secret_name, {"data": fresh["data"]})
-        token = secret_value(fresh, render.TOKEN_KEY)
-        assert token is not None
-    return token
-
-
-async def delete_children(api: KubeApi, owner: render.Owner) -> list[str]:
-    """Delete the children this GrainCluster controls (by name, checking the ownerReference)."""
+def delete_owned(kube: Kube, owner: Owner, refs: list[Ref]) -> list[str]:
+    """Delete those of ``refs`` that this GrainCluster controls; returns ``Kind/name`` of each."""
     gone: list[str] = []
-    for api_version, kind, name in (
-        ("apps/v1", "DaemonSet", owner.worker_name),
-        ("apps/v1", "Deployment", owner.executor_name),
-        ("v1", "Service", owner.executor_name),
-        ("v1", "Secret", owner.generated_secret_name),
-    ):
-        live = await api.get(api_version, kind, owner.namespace, name)
-        if live is None or not _controlled_by(live, owner):
+    for api_version, kind, name in refs:
+        live = kube.get(api_version, kind, owner.namespace, name)
+        if live is None or not controlled_by(live, owner):
             continue
-        if await api.delete(api_version, kind, owner.namespace, name):
+        if kube.delete(api_version, kind, owner.namespace, name):
             gone.append(f"{kind}/{name}")
     return gone
 
 
-def _controlled_by(obj: dict[str, Any], owner: render.Owner) -> bool:
-    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
-        if ref.get("kind") == "GrainCluster" and ref.get("name") == owner.name and ref.get("controller"):
-            return owner.uid is None or ref.get("uid") in (None, owner.uid)
-    return False
+def all_children(owner: Owner, extra_secrets: tuple[str, ...] = ()) -> list[Ref]:
+    """Every child a GrainCluster may have (whatever its spec), for the delete handler."""
+    return [
+        ("apps/v1", "DaemonSet", owner.worker_name),
+        ("apps/v1", "Deployment", owner.executor_name),
+        ("v1", "Service", owner.executor_name),
+        ("networking.k8s.io/v1", "NetworkPolicy", owner.executor_name),
+        ("networking.k8s.io/v1", "NetworkPolicy", owner.worker_name),
+        ("v1", "Secret", owner.generated_secret_name),
+        ("v1", "Secret", owner.worker_token_name),
+        ("v1", "Secret", owner.client_tokens_name),
+        ("v1", "Secret", owner.tls_name),
+        *(("v1", "Secret", name) for name in extra_secrets),
+    ]
+
+
+def delete_children(kube: Kube, owner: Owner, user_secrets: list[str] | None = None) -> list[str]:
+    """Delete every child this GrainCluster controls (Secrets an admin named are not)."""
+    return delete_owned(kube, owner, all_children(owner, tuple(user_secrets or ())))

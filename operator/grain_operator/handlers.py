@@ -2,35 +2,45 @@
 
 ``build_registry(config)`` returns a fresh kopf registry (no module-level state) with:
 
-- login: the operator's credentials, shared with its own API client (``kube.KubeApi``);
+- login: the operator's credentials, shared with its own client (``kube.Kube``);
 - ``reconcile`` on create/update/resume: parse and check the spec (a bad spec gets a
   SpecValid=False condition naming the field and a ``kopf.PermanentError``: no retry loop),
-  ensure the token Secret, create or patch the children, refresh the status; while the
+  ensure the Secrets (``credentials``), apply the workloads, refresh the status; while the
   executor is not ready, ``kopf.TemporaryError`` with a delay (so the handler comes back);
 - a timer doing the same reconcile plus the status refresh (level-triggered: drift made by
   hand is undone, the status follows the executor's /status);
 - on delete: the children this GrainCluster controls are deleted (ownerReferences would do it
-  too, later; the finalizer makes it prompt and visible). The user's own token Secret stays.
+  too, later; the finalizer makes it prompt and visible). Secrets an admin named stay.
+
+The handlers are plain functions: the official Kubernetes client is synchronous, so kopf runs
+them in its thread pool. Reconciles of one GrainCluster never overlap (a lock per object):
+the timer and an update handler would otherwise race to issue its first certificate.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import kopf
 
-from grain_operator import apply, render, status
-from grain_operator.kube import ApiClosed, ApiError, KubeApi, connection_info, load_credentials
+from grain_operator import apply, credentials, render, status
+from grain_operator.kube import ApiException, Kube, connection_info, error_text, load_configuration
 from grain_operator.model import API_GROUP, API_VERSION, PLURAL, GrainClusterSpec, parse_spec
+from grain_operator.netpol import network_policies
 from grain_operator.settings import OperatorConfig
+from grain_operator.tokens import users_of
+
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 def owner_of(body: kopf.Body, config: OperatorConfig) -> render.Owner:
     """The render.Owner of a GrainCluster body."""
     meta = body.get("metadata", {})
     return render.Owner(
-        name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid"), default_image=config.default_image
+        name=meta["name"], namespace=meta["namespace"], uid=meta.get("uid"), default_image=config.default_image,
+        operator_namespace=config.operator_namespace,
     )
 
 
@@ -40,14 +50,25 @@ def write_status(patch: kopf.Patch, new: dict[str, Any], previous: dict[str, Any
         patch.status[key] = value
 
 
-async def reconcile(
-    body: kopf.Body, patch: kopf.Patch, api: KubeApi, config: OperatorConfig,
-    logger: logging.Logger | logging.LoggerAdapter[Any], *, in_handler: bool,
+def previous_user_secrets(previous: dict[str, Any] | None) -> list[str]:
+    """The user Secrets the last status listed (to delete those of users since removed)."""
+    users = (previous or {}).get("users") or []
+    return [str(u["secretName"]) for u in users if isinstance(u, dict) and u.get("secretName")]
+
+
+def _absent_policies(owner: render.Owner, spec: GrainClusterSpec) -> list[apply.Ref]:
+    if network_policies(owner, spec):
+        return []
+    return [("networking.k8s.io/v1", "NetworkPolicy", n) for n in (owner.executor_name, owner.worker_name)]
+
+
+def reconcile(
+    body: kopf.Body, patch: kopf.Patch, kube: Kube, config: OperatorConfig, logger: Logger, *, in_handler: bool,
 ) -> None:
-    """Compare desired with actual, create what is missing, patch what differs, refresh status.
+    """Compare desired with actual, create what is missing, apply what differs, refresh status.
 
     ``in_handler``: raise kopf errors (permanent for a bad spec, temporary while the executor
-    is not ready); the timer passes False and only records the state in the status.
+    is not ready or a Secret is not usable); the timer passes False and only records the state.
     """
     meta = body.get("metadata", {})
     if meta.get("deletionTimestamp"):
@@ -60,9 +81,9 @@ async def reconcile(
     if spec is None or problems:
         # the children are left as they are (running on the last good spec) and reported as such
         try:
-            obs = await status.observe(api, owner, spec or GrainClusterSpec(), config.status_url, config.status_timeout)
-        except ApiError as exc:
-            obs = status.Observation(blocker=f"cannot read the children: {exc}")
+            obs = status.observe(kube, owner, spec or GrainClusterSpec(), config.status_url, config.status_timeout)
+        except ApiException as exc:
+            obs = status.Observation(blocker=f"cannot read the children: {error_text(exc)}")
         new = status.compute_status(owner, spec, obs, generation=generation, problems=problems, previous=previous)
         write_status(patch, new, previous)
         text = "; ".join(map(str, problems))
@@ -73,82 +94,103 @@ async def reconcile(
 
     blocker: str | None = None
     changed: list[str] = []
+    creds = credentials.Credentials(refs=None, users=users_of(owner, spec))
     try:
-        token = await apply.ensure_token(api, owner, spec.auth.token_secret)
-        for child in render.children(owner, spec, render.token_digest(token)):
-            outcome = await apply.ensure(api, child)
-            if outcome.action != "unchanged":
-                changed.append(f"{outcome.action} {child['kind']}/{child['metadata']['name']}")
-    except apply.TokenMissing as exc:
-        blocker = str(exc)
-    except ApiError as exc:
-        blocker = f"cannot reconcile the children: {exc}"
+        creds = credentials.ensure_credentials(kube, owner, spec, previous_user_secrets(previous))
+        changed += creds.events
+        if creds.refs is not None:
+            for child in render.children(owner, spec, creds.refs):
+                outcome = apply.ensure(kube, child)
+                if outcome.action != "unchanged":
+                    changed.append(f"{outcome.action} {child['kind']}/{child['metadata']['name']}")
+        leftovers = _absent_policies(owner, spec) + (creds.after_apply if creds.refs is not None else [])
+        changed += [f"deleted {gone}" for gone in apply.delete_owned(kube, owner, leftovers)]
+    except ApiException as exc:
+        blocker = f"cannot reconcile the children: {error_text(exc)}"
         if exc.status in (400, 403, 422):
             logger.error("%s", blocker)
     if changed:
         kopf.info(body, reason="Reconciled", message=", ".join(changed))
 
-    obs = await status.observe(api, owner, spec, config.status_url, config.status_timeout)
+    obs = status.observe(kube, owner, spec, config.status_url, config.status_timeout)
     obs.blocker = blocker
+    obs.credential_problems = list(creds.problems)
+    obs.users = [(u.name, u.secret_name, u.spec.weight) for u in creds.users]
     new = status.compute_status(owner, spec, obs, generation=generation, previous=previous)
     write_status(patch, new, previous)
 
     if not in_handler:
         return
-    if blocker:
-        raise kopf.TemporaryError(blocker, delay=config.retry_delay)
+    if blocker or creds.blocked:
+        raise kopf.TemporaryError(blocker or "; ".join(creds.problems), delay=config.retry_delay)
     executor = next(c for c in new["conditions"] if c["type"] == "ExecutorReady")
     if executor["reason"] in ("NotCreated", "DeploymentNotReady"):
         raise kopf.TemporaryError(f"executor not ready yet: {executor['message']}", delay=config.retry_delay)
+
+
+class _Locks:
+    """One lock per GrainCluster (namespace, name), so that its reconciles never overlap."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def of(self, body: kopf.Body) -> threading.Lock:
+        meta = body.get("metadata", {})
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        with self._guard:
+            return self._locks.setdefault(key, threading.Lock())
 
 
 def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
     """A kopf registry with the Grain operator's handlers, bound to ``config``."""
     registry = kopf.OperatorRegistry()
     resource = (API_GROUP, API_VERSION, PLURAL)
-
-    def load() -> Any:
-        return load_credentials(config.kubeconfig, config.context)
+    locks = _Locks()
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
-        return connection_info(load())
+        return connection_info(load_configuration(config.kubeconfig, config.context))
 
     @kopf.on.startup(registry=registry)
-    async def startup(memo: kopf.Memo, **_: Any) -> None:
+    def startup(memo: kopf.Memo, **_: Any) -> None:
         if getattr(memo, "kube", None) is None:
-            memo.kube = KubeApi(load)
+            memo.kube = Kube(load_configuration(config.kubeconfig, config.context), timeout=config.request_timeout)
 
     @kopf.on.cleanup(registry=registry)
-    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    def cleanup(memo: kopf.Memo, **_: Any) -> None:
         kube = getattr(memo, "kube", None)
         if kube is not None:
-            await kube.close()
+            kube.close()
 
     @kopf.on.resume(*resource, id="reconcile-resume", registry=registry)
     @kopf.on.create(*resource, id="reconcile-create", registry=registry)
     @kopf.on.update(*resource, id="reconcile-update", registry=registry)
-    async def reconcile_handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        await reconcile(body, patch, memo.kube, config, logger, in_handler=True)
+    def reconcile_handler(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+        with locks.of(body):
+            reconcile(body, patch, memo.kube, config, logger, in_handler=True)
 
     @kopf.timer(*resource, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    async def resync(
-        body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Any, stopped: kopf.DaemonStopped, **_: Any
-    ) -> None:
-        try:
-            await reconcile(body, patch, memo.kube, config, logger, in_handler=False)
-        except ApiClosed:
-            logger.debug("resync interrupted: the operator is exiting")
-        except Exception:
-            if stopped or memo.kube.closed:  # the operator is exiting and closed its client under this run
-                logger.debug("resync interrupted by the operator's exit")
-                return
-            raise
+    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, stopped: kopf.DaemonStopped,
+               **_: Any) -> None:
+        if stopped:
+            return
+        with locks.of(body):
+            try:
+                reconcile(body, patch, memo.kube, config, logger, in_handler=False)
+            except ApiException as exc:  # the next tick tries again; say why meanwhile
+                logger.warning("resync: %s", error_text(exc))
 
     @kopf.on.delete(*resource, id="delete-children", registry=registry)
-    async def delete_children(body: kopf.Body, memo: kopf.Memo, logger: Any, **_: Any) -> None:
-        gone = await apply.delete_children(memo.kube, owner_of(body, config))
+    def delete_children(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
+        owner = owner_of(body, config)
+        spec, _ = parse_spec(body.get("spec"))
+        user_secrets = previous_user_secrets(body.get("status"))
+        if spec is not None:
+            user_secrets += [u.secret_name for u in users_of(owner, spec) if u.generated]
+        with locks.of(body):
+            gone = apply.delete_children(memo.kube, owner, user_secrets)
         logger.info("deleted %s", ", ".join(gone) if gone else "nothing (children already gone)")
 
     return registry

@@ -1,70 +1,50 @@
-"""A small async Kubernetes REST client on aiohttp, and the credentials it shares with kopf.
+"""The operator's Kubernetes access: the official client, and the credentials it shares with kopf.
 
-``load_credentials`` reads the in-cluster service account (or a kubeconfig file) with the
-official client library's loaders and yields one ``Credentials`` value; ``connection_info``
-turns it into kopf's ``ConnectionInfo`` (the operator's login handler) and ``KubeApi`` uses it
-for the operator's own requests (get/list/create/patch/delete of the children), so kopf and the
-operator always talk to the same server with the same identity. Called by ``apply``,
-``status`` and ``handlers``.
+``load_configuration`` reads the in-cluster service account (or a kubeconfig file) with the
+official client's loaders into one ``kubernetes.client.Configuration``; ``connection_info``
+hands the same identity to kopf (the login handler) and ``Kube`` uses it for the operator's
+own requests, so kopf and the operator always talk to the same server as the same user.
+
+``Kube`` is a thin adapter over the official client's typed APIs (``CoreV1Api``,
+``AppsV1Api``, ``NetworkingV1Api``): the children are plain dicts everywhere in the operator
+(rendered, compared, applied), so every call asks for the raw JSON (``_preload_content=False``)
+instead of the generated model classes. The client does the rest: TLS, bearer tokens and
+their refresh, client certificates, proxies, errors as ``ApiException``. Writes of the
+children are server-side apply with the field manager ``grain-operator`` (``apply``).
+The client is synchronous: the kopf handlers that use it are plain functions, which kopf
+runs in its thread pool.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import kopf
+import kubernetes.client
+import kubernetes.config
+from kubernetes.client.exceptions import ApiException
 
-#: Kinds the operator touches: (apiVersion, kind) -> (URL prefix, plural).
-RESOURCES: dict[tuple[str, str], tuple[str, str]] = {
-    ("apps/v1", "Deployment"): ("/apis/apps/v1", "deployments"),
-    ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets"),
-    ("v1", "Service"): ("/api/v1", "services"),
-    ("v1", "Secret"): ("/api/v1", "secrets"),
-    ("v1", "Pod"): ("/api/v1", "pods"),
+from grain_operator import version
+
+#: Who owns the fields the operator applies (server-side apply), as ``kubectl`` shows it.
+FIELD_MANAGER = "grain-operator"
+
+#: The kinds the operator touches: (apiVersion, kind) -> (typed API class, method suffix).
+KINDS: dict[tuple[str, str], tuple[str, str]] = {
+    ("apps/v1", "Deployment"): ("AppsV1Api", "namespaced_deployment"),
+    ("apps/v1", "DaemonSet"): ("AppsV1Api", "namespaced_daemon_set"),
+    ("v1", "Service"): ("CoreV1Api", "namespaced_service"),
+    ("v1", "Secret"): ("CoreV1Api", "namespaced_secret"),
+    ("v1", "Pod"): ("CoreV1Api", "namespaced_pod"),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("NetworkingV1Api", "namespaced_network_policy"),
 }
 
-MERGE_PATCH = "application/merge-patch+json"
+__all__ = ["FIELD_MANAGER", "KINDS", "ApiException", "Kube", "connection_info", "load_configuration"]
 
 
-class ApiError(Exception):
-    """The API server answered with an error status; ``status`` is the HTTP code."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(f"{status} {reason}: {message}")
-        self.status = status
-        self.reason = reason
-        self.message = message
-
-
-class ApiClosed(Exception):
-    """The client was closed (the operator is exiting)."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Where the API server is and how to authenticate (a subset of a kubeconfig)."""
-
-    server: str
-    ca_path: str | None = None
-    insecure: bool = False
-    token: str | None = None
-    scheme: str | None = None
-    cert_path: str | None = None
-    key_path: str | None = None
-    username: str | None = None
-    password: str | None = None
-
-
-def load_credentials(kubeconfig: str | None = None, context: str | None = None) -> Credentials:
+def load_configuration(kubeconfig: str | None = None, context: str | None = None) -> kubernetes.client.Configuration:
     """In-cluster service account first (unless ``kubeconfig`` is given), else the kubeconfig."""
-    import kubernetes.client
-    import kubernetes.config
-
     cfg = kubernetes.client.Configuration()
     if kubeconfig is None:
         try:
@@ -73,174 +53,117 @@ def load_credentials(kubeconfig: str | None = None, context: str | None = None) 
             kubernetes.config.load_kube_config(context=context, client_configuration=cfg)
     else:
         kubernetes.config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    return cfg
+
+
+def connection_info(cfg: kubernetes.client.Configuration) -> kopf.ConnectionInfo:
+    """The same credentials, as kopf wants them from a login handler."""
     header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
     parts = header.split(" ", 1) if header else []
     scheme, token = (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    return Credentials(
+    return kopf.ConnectionInfo(
         server=cfg.host,
         ca_path=cfg.ssl_ca_cert or None,
         insecure=not cfg.verify_ssl,
         token=token,
         scheme=scheme,
-        cert_path=cfg.cert_file or None,
-        key_path=cfg.key_file or None,
+        certificate_path=cfg.cert_file or None,
+        private_key_path=cfg.key_file or None,
         username=cfg.username or None,
         password=cfg.password or None,
     )
 
 
-def connection_info(creds: Credentials) -> kopf.ConnectionInfo:
-    """The same credentials, as kopf wants them from a login handler."""
-    return kopf.ConnectionInfo(
-        server=creds.server,
-        ca_path=creds.ca_path,
-        insecure=creds.insecure,
-        token=creds.token,
-        scheme=creds.scheme,
-        certificate_path=creds.cert_path,
-        private_key_path=creds.key_path,
-        username=creds.username,
-        password=creds.password,
-    )
+def status_of(exc: BaseException) -> int | None:
+    """The HTTP status of an ``ApiException`` (None for anything else)."""
+    return getattr(exc, "status", None) if isinstance(exc, ApiException) else None
 
 
-def resource_path(api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
-    """The REST path of a namespaced collection, or of one object when ``name`` is given."""
-    prefix, plural = RESOURCES[(api_version, kind)]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
-    return f"{path}/{name}" if name else path
+def error_text(exc: ApiException) -> str:
+    """``STATUS Reason: message`` of an API error, the message from the server's Status body."""
+    message = ""
+    try:
+        body = json.loads(exc.body or b"{}")
+        message = str(body.get("message") or "") if isinstance(body, dict) else ""
+    except (TypeError, ValueError):
+        message = str(exc.body or "")[:300]
+    return f"{exc.status} {exc.reason or ''}: {message}".strip()
 
 
-class KubeApi:
-    """Async get/list/create/patch/delete of namespaced objects, with re-login on 401.
+class Kube:
+    """get/list/create/apply/patch/delete of namespaced objects as dicts, on the official client.
 
-    The aiohttp session is created lazily inside the running event loop (kopf's) and closed
-    by ``close``. ``loader`` is called again when the server answers 401 (rotated token).
+    Thread-safe as far as the official client is (one urllib3 pool, shared). ``close`` ends it.
     """
 
-    def __init__(self, loader: Callable[[], Credentials], timeout: float = 30.0) -> None:
-        self._loader = loader
-        self._timeout = timeout
-        self._creds: Credentials | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self._closed = False
+    def __init__(self, configuration: kubernetes.client.Configuration, *, timeout: float = 30.0) -> None:
+        self.client = kubernetes.client.ApiClient(configuration)
+        self.client.user_agent = f"grain-operator/{version()}"
+        self.timeout = timeout
+        self._apis: dict[str, Any] = {}
 
-    @property
-    def closed(self) -> bool:
-        """Whether ``close`` was called."""
-        return self._closed
+    def close(self) -> None:
+        """Release the connection pool (idempotent)."""
+        self.client.close()
 
-    async def close(self) -> None:
-        """Close the HTTP session for good (idempotent); later requests raise ApiClosed."""
-        self._closed = True
-        await self._drop_session()
+    def _method(self, verb: str, api_version: str, kind: str) -> Any:
+        api_name, suffix = KINDS[(api_version, kind)]
+        api = self._apis.get(api_name)
+        if api is None:
+            api = self._apis[api_name] = getattr(kubernetes.client, api_name)(self.client)
+        return getattr(api, f"{verb}_{suffix}")
 
-    async def _drop_session(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+    def _raw(self, verb: str, api_version: str, kind: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        response = self._method(verb, api_version, kind)(
+            *args, _preload_content=False, _request_timeout=self.timeout, **kwargs
+        )
+        data = response.data
+        return json.loads(data) if data else {}
 
-    def _ensure_session(self) -> tuple[aiohttp.ClientSession, Credentials]:
-        if self._closed:
-            raise ApiClosed("the operator is stopping: its API client is closed")
-        if self._creds is None:
-            self._creds = self._loader()
-        if self._session is None:
-            creds = self._creds
-            ssl_ctx: ssl.SSLContext | bool = False
-            if creds.server.startswith("https"):
-                ssl_ctx = ssl.create_default_context(cafile=creds.ca_path)
-                if creds.cert_path and creds.key_path:
-                    ssl_ctx.load_cert_chain(creds.cert_path, creds.key_path)
-                if creds.insecure:
-                    ssl_ctx.check_hostname = False
-                    ssl_ctx.verify_mode = ssl.CERT_NONE
-            self._session = aiohttp.ClientSession(
-                base_url=creds.server.rstrip("/") + "/",
-                connector=aiohttp.TCPConnector(ssl=ssl_ctx),
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            )
-        return self._session, self._creds
-
-    @staticmethod
-    def _headers(creds: Credentials, content_type: str | None) -> dict[str, str]:
-        headers = {"Accept": "application/json", "User-Agent": "grain-operator"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        if creds.token:
-            headers["Authorization"] = f"{creds.scheme or 'Bearer'} {creds.token}"
-        elif creds.username and creds.password:
-            headers["Authorization"] = aiohttp.BasicAuth(creds.username, creds.password).encode()
-        return headers
-
-    async def request(
-        self, method: str, path: str, body: Any = None, *,
-        content_type: str | None = None, params: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        """One request; returns the decoded JSON answer or raises ``ApiError``."""
-        for attempt in (1, 2):
-            session, creds = self._ensure_session()
-            data = None if body is None else json.dumps(body)
-            ctype = content_type or ("application/json" if body is not None else None)
-            async with session.request(
-                method, path.lstrip("/"), data=data, params=params, headers=self._headers(creds, ctype)
-            ) as resp:
-                text = await resp.text()
-                if resp.status == 401 and attempt == 1:
-                    self._creds = None  # the token rotated: load it again, retry once
-                    await self._drop_session()
-                    continue
-                if resp.status >= 400:
-                    try:
-                        err = json.loads(text)
-                        raise ApiError(resp.status, str(err.get("reason", "")), str(err.get("message", text)))
-                    except (ValueError, AttributeError):
-                        raise ApiError(resp.status, resp.reason or "", text[:500]) from None
-                return json.loads(text) if text else {}
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return await self.request("GET", resource_path(api_version, kind, namespace, name))
-        except ApiError as exc:
+            return self._raw("read", api_version, kind, name, namespace)
+        except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
 
-    async def list(
-        self, api_version: str, kind: str, namespace: str, label_selector: dict[str, str]
-    ) -> list[dict[str, Any]]:
-        """Objects with all of these labels (filtered here too: some servers ignore selectors)."""
-        selector = ",".join(f"{k}={v}" for k, v in sorted(label_selector.items()))
-        answer = await self.request(
-            "GET", resource_path(api_version, kind, namespace), params={"labelSelector": selector}
-        )
-        items = answer.get("items") or []
+    def list(self, api_version: str, kind: str, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """Objects with all of these labels (checked here too: some servers ignore selectors)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        items = self._raw("list", api_version, kind, namespace, label_selector=selector).get("items") or []
         return [
             item for item in items
-            if all((item.get("metadata", {}).get("labels") or {}).get(k) == v for k, v in label_selector.items())
+            if all(((item.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in labels.items())
         ]
 
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Create an object; ``ApiError`` with status 409 when it exists already."""
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create an object; ``ApiException`` with status 409 when it exists already."""
+        return self._raw("create", obj["apiVersion"], obj["kind"], obj["metadata"]["namespace"], obj,
+                         field_manager=FIELD_MANAGER)
+
+    def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply: the object becomes ``obj`` in every field the operator owns.
+
+        Fields the operator applied before and ``obj`` no longer has are removed by the API
+        server; fields others own (defaults, an assigned nodePort, status) are kept. ``force``:
+        a field someone changed by hand is taken back (the operator is the controller).
+        """
         meta = obj["metadata"]
-        return await self.request("POST", resource_path(obj["apiVersion"], obj["kind"], meta["namespace"]), obj)
+        return self._raw("patch", obj["apiVersion"], obj["kind"], meta["name"], meta["namespace"], obj,
+                         field_manager=FIELD_MANAGER, force=True, _content_type="application/apply-patch+yaml")
 
-    async def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch(self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch (RFC 7386: maps merge, lists are replaced, null removes)."""
-        return await self.request(
-            "PATCH", resource_path(api_version, kind, namespace, name), patch, content_type=MERGE_PATCH
-        )
+        return self._raw("patch", api_version, kind, name, namespace, patch,
+                         _content_type="application/merge-patch+json")
 
-    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background; False when it was already gone."""
         try:
-            await self.request(
-                "DELETE", resource_path(api_version, kind, namespace, name),
-                {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"},
-            )
-        except ApiError as exc:
+            self._raw("delete", api_version, kind, name, namespace, propagation_policy="Background")
+        except ApiException as exc:
             if exc.status == 404:
                 return False
             raise

@@ -8,6 +8,7 @@ express (e.g. ``reserveCores >= cpus``), each naming its field. Pure: no I/O.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -60,6 +61,10 @@ Quantity = Annotated[
 WORKER_MEMORY_OVERHEAD = 256 * 2**20
 #: A DNS-1123 subdomain (the names of Secrets and most objects).
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+#: A DNS-1123 label (the names of namespaces).
+NAMESPACE_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: The user of a spec without users (its token Secret keeps the name NAME-token).
+DEFAULT_USER = "default"
 
 
 class _Model(BaseModel):
@@ -187,7 +192,11 @@ class WorkersSpec(_Model):
     gpus: int = Field(0, ge=0, description="GPUs each worker pod requests (of gpuResource); 0: none.")
     gpu_resource: str = Field("nvidia.com/gpu", description="Extended resource name of the GPUs.")
     priority_class_name: str | None = Field(None, description="PriorityClass of the worker pods.")
-    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the worker containers (and so of the jobs).")
+    drain_timeout_seconds: int = Field(
+        60, ge=0, le=86400,
+        description="On SIGTERM (node drain, rollout) a worker takes no new jobs and lets its running jobs finish for this long, then hands the rest back to be run elsewhere. The pod's terminationGracePeriodSeconds is this plus a margin.",
+    )
+    env: list[EnvVar] = Field(default_factory=list, description="Extra environment variables of the worker containers (and so of the jobs). Never put a secret here: every job can read it.")
 
 
 class SchedulerSpec(_Model):
@@ -197,32 +206,82 @@ class SchedulerSpec(_Model):
         2, ge=0, description="How many times a job is started again when the worker running it is lost (0: it fails at once)."
     )
     wait_for_workers_seconds: float = Field(
-        0.0, ge=0,
-        description="How long a job that no registered worker could ever run stays queued, waiting for workers to join, before it fails; 0: it fails at once.",
+        600.0, ge=0,
+        description="How long jobs stay queued while no worker can run them (no worker registered yet, or workers restarting) before they fail as unschedulable; 0: they fail at once.",
+    )
+    client_grace_seconds: float = Field(
+        300.0, ge=0,
+        description="How long the executor keeps a disconnected client's jobs (running and queued) while the client reconnects, e.g. across an executor restart or a network blip; after it they are cancelled.",
     )
     heartbeat_seconds: float | None = Field(
         None, ge=0.05, description="Heartbeat interval on every connection; empty: the executor's default."
     )
 
 
-class TLSSpec(_Model):
-    """TLS for the grain protocol."""
+#: A user name: it names Secrets (NAME-user-USER) and appears in the executor's status.
+USER_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
-    secret_name: str = Field(
-        pattern=NAME_PATTERN,
-        description="Secret of type kubernetes.io/tls (tls.crt, tls.key) for the executor; its certificate must name NAME-executor.NAMESPACE.svc.",
+
+class UserSpec(_Model):
+    """One user of the cluster: a client token of their own, a fair-share weight and limits."""
+
+    name: str = Field(
+        pattern=USER_PATTERN, max_length=40,
+        description="User name (lowercase letters, digits and '-'), shown and accounted by the executor.",
     )
-    ca_key: str = Field("ca.crt", description="Key of that Secret holding the CA certificate the workers verify the executor with.")
+    weight: float = Field(1.0, gt=0, le=1000, description="Fair-share weight: a user of weight 2 gets twice the share of a user of weight 1 when both have work queued.")
+    max_cores: int | None = Field(None, ge=1, description="Most cores this user's jobs may hold at once; empty: no limit.")
+    max_queued: int | None = Field(None, ge=1, description="Most jobs this user may have queued; past it a submission fails with a clear error. Empty: no limit.")
+    secret_name: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="An existing Secret holding this user's token (key 'token'), labelled grain.dev/cluster=NAME and grain.dev/user=USER (any other Secret is refused); empty: the operator creates NAME-user-USER.",
+    )
+
+
+class TLSSpec(_Model):
+    """TLS between every pod (and from clients): on by default."""
+
+    enabled: bool = Field(True, description="Encrypt and authenticate the grain protocol with TLS; false: plain TCP, authenticated by the tokens only.")
+    secret_name: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="An existing Secret with ca.crt, tls.crt and tls.key (e.g. written by a cert-manager Certificate), labelled grain.dev/cluster=NAME; its certificate must name NAME-executor.NAMESPACE.svc. Empty: the operator makes a CA and a certificate (Secret NAME-tls).",
+    )
 
 
 class AuthSpec(_Model):
-    """Authentication of clients and workers."""
+    """Credentials: one token per user for clients, one for the workers, and TLS."""
 
     token_secret: str | None = Field(
         None, pattern=NAME_PATTERN,
-        description="Secret holding the shared token under key 'token'; empty: the operator generates NAME-token.",
+        description="With no spec.users: an existing Secret holding the token of the user 'default' (key 'token'), labelled grain.dev/cluster=NAME; empty: the operator creates NAME-token.",
     )
-    tls: TLSSpec | None = Field(None, description="TLS for the grain protocol; empty: plain TCP (authenticated by the token).")
+    worker_token_secret: str | None = Field(
+        None, pattern=NAME_PATTERN,
+        description="An existing Secret holding the workers' token (key 'token'), labelled grain.dev/cluster=NAME; empty: the operator creates NAME-worker-token.",
+    )
+    tls: TLSSpec = Field(default_factory=TLSSpec, description="TLS for the grain protocol.")
+
+
+class NetworkPolicySpec(_Model):
+    """Who may reach the executor: a NetworkPolicy on its pod (and one closing the workers)."""
+
+    enabled: bool = Field(True, description="Create the NetworkPolicies NAME-executor and NAME-worker; they take effect where the cluster's network plugin enforces NetworkPolicy.")
+    client_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Other namespaces whose pods labelled grain.dev/client=NAME may reach the grain port (pods so labelled in the GrainCluster's own namespace always may).",
+    )
+    client_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Address ranges (CIDR) outside the cluster allowed to reach the grain port, e.g. through a NodePort or LoadBalancer. A port-forward is not affected.",
+    )
+    http_cidrs: list[str] = Field(
+        default_factory=list,
+        description="Address ranges (CIDR) allowed to reach the http port (/status, /metrics, the web page); the operator's own pods always may.",
+    )
+    http_namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces whose pods may reach the http port, e.g. where Prometheus runs.",
+    )
 
 
 class GrainClusterSpec(_Model):
@@ -240,7 +299,12 @@ class GrainClusterSpec(_Model):
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec, description="The executor and its Service.")
     workers: WorkersSpec = Field(default_factory=WorkersSpec, description="The worker DaemonSet.")
     scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec, description="Scheduling behaviour of the executor.")
-    auth: AuthSpec = Field(default_factory=AuthSpec, description="Token and TLS.")
+    users: list[UserSpec] = Field(
+        default_factory=list,
+        description="The users, each with a client token of their own (Secret NAME-user-USER), a weight and limits. Empty: one user 'default' whose token is in Secret NAME-token.",
+    )
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Tokens and TLS.")
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec, description="NetworkPolicies of the executor and the workers.")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +316,7 @@ Phase = Literal["Pending", "Running", "Degraded", "Failed"]
 class Condition(_Model):
     """One aspect of the cluster's state, in the usual Kubernetes form."""
 
-    type: str = Field(description="ExecutorReady, WorkersReady, Degraded, SpecValid or ExclusiveCpus.")
+    type: str = Field(description="SpecValid, CredentialsReady, ExecutorReady, WorkersReady, Recovering, ExclusiveCpus or Degraded.")
     status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
     reason: str = Field(description="Why, in CamelCase, for programs.")
     message: str = Field("", description="Why, for people.")
@@ -266,6 +330,12 @@ class Endpoints(_Model):
     in_cluster: str | None = Field(None, description="Address inside the cluster, grain://NAME-executor.NAMESPACE.svc:PORT.")
     external: str | None = Field(
         None, description="Address from outside the cluster (NodePort or LoadBalancer), grain://HOST:PORT; absent otherwise or while not yet assigned."
+    )
+    tls_server_name: str | None = Field(
+        None, description="With TLS: the name the executor's certificate is checked against (NAME-executor.NAMESPACE.svc), whatever address is dialled (a port-forward, a node port)."
+    )
+    dashboard: str | None = Field(
+        None, description="How to open the executor's web page from a workstation (a kubectl port-forward command and the URL)."
     )
 
 
@@ -305,15 +375,29 @@ class MemoryStatus(_Model):
     free_gb: float = Field(0.0, alias="freeGB", description="Of that, memory not reserved by running jobs, in GB.")
 
 
+class UserStatus(_Model):
+    """One user: their Secret, and what the executor reports of their jobs."""
+
+    name: str = Field(description="User name.")
+    secret_name: str = Field(description="Secret holding the user's token (key 'token', and 'ca.crt' with TLS): what cluster= discovery reads.")
+    weight: float = Field(1.0, description="Fair-share weight.")
+    running_jobs: int = Field(0, description="The user's jobs running now.")
+    queued_jobs: int = Field(0, description="The user's jobs waiting in the queue.")
+    cores_in_use: int = Field(0, description="Cores held by the user's running jobs.")
+    share: float = Field(0.0, description="The user's current share of the cluster (dominant resource), as the executor computes it.")
+
+
 class GrainClusterStatus(_Model):
     """Observed state of a Grain cluster, refreshed by the operator."""
 
     phase: Phase = Field("Pending", description="Pending, Running, Degraded or Failed.")
     message: str = Field("", description="What is going on, for people.")
     observed_generation: int | None = Field(None, description="metadata.generation this status was computed for.")
-    conditions: list[Condition] = Field(default_factory=list, description="ExecutorReady, WorkersReady, Degraded, SpecValid, ExclusiveCpus.")
+    conditions: list[Condition] = Field(default_factory=list, description="SpecValid, CredentialsReady, ExecutorReady, WorkersReady, Recovering, ExclusiveCpus, Degraded.")
     endpoints: Endpoints = Field(default_factory=Endpoints, description="Where clients connect.")
-    token_secret: str | None = Field(None, description="Name of the Secret holding the token (key 'token').")
+    token_secret: str | None = Field(None, description="Secret holding the token of the user 'default' (key 'token'), when there is such a user.")
+    users: list[UserStatus] = Field(default_factory=list, description="Each user: Secret, weight, jobs running and queued, cores in use, share.")
+    recovering: str | None = Field(None, description="While the executor rebuilds its state after a restart: what it is waiting for; absent otherwise.")
     workers: WorkersStatus = Field(default_factory=WorkersStatus, description="Worker pods and registered workers.")
     cores: CoresStatus = Field(default_factory=CoresStatus, description="Cores registered and free.")
     memory: MemoryStatus = Field(default_factory=MemoryStatus, description="Memory registered and free.")
@@ -390,6 +474,29 @@ def semantic_problems(spec: GrainClusterSpec) -> list[SpecProblem]:
         problems.append(SpecProblem(
             "spec.workers.memory", f"must be more than the worker's own 256Mi (got {w.memory})"
         ))
+    names = [u.name for u in spec.users]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(SpecProblem("spec.users", f"user {name!r} is listed more than once"))
+    if spec.users and spec.auth.token_secret:
+        problems.append(SpecProblem(
+            "spec.auth.tokenSecret", "is for the single user 'default' of a spec without users: use spec.users[].secretName"
+        ))
+    secrets = [u.secret_name for u in spec.users if u.secret_name] + [
+        s for s in (spec.auth.token_secret, spec.auth.worker_token_secret) if s
+    ]
+    for name in sorted({n for n in secrets if secrets.count(n) > 1}):
+        problems.append(SpecProblem("spec.users", f"Secret {name!r} is named for more than one token: each needs its own"))
+    np = spec.network_policy
+    for field_name, cidrs in (("clientCidrs", np.client_cidrs), ("httpCidrs", np.http_cidrs)):
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                problems.append(SpecProblem(f"spec.networkPolicy.{field_name}", f"{cidr!r} is not a CIDR such as 10.0.0.0/8"))
+    for field_name, namespaces in (("clientNamespaces", np.client_namespaces), ("httpNamespaces", np.http_namespaces)):
+        for ns in namespaces:
+            if not re.match(NAMESPACE_PATTERN, ns):
+                problems.append(SpecProblem(f"spec.networkPolicy.{field_name}", f"{ns!r} is not a namespace name"))
     e = spec.executor
     if e.port == e.http_port:
         problems.append(SpecProblem("spec.executor.httpPort", f"must differ from spec.executor.port ({e.port})"))

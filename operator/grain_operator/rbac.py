@@ -1,13 +1,25 @@
 """The operator's least-privilege RBAC rules, and a checker of requests against them.
 
-``rules()`` is the one list; ``charts/grain/templates/rbac.yaml`` writes the same list into a
-ClusterRole (cluster-wide mode) or into a Role per watched namespace (``rbac.namespaced``), and
-a test keeps the two equal. ``allows`` answers whether a request (method + path) is allowed by
-those rules in either mode; the operator tests feed it every request the operator made.
+Two lists: ``rules()`` (GrainClusters, the workloads, NetworkPolicies, pods, events) and
+``secret_rules()`` (the Secrets). ``charts/grain/templates/rbac.yaml`` writes the same lists
+(a test keeps them equal):
+
+- namespaced mode (the default, ``rbac.namespaced: true``): a Role with both lists in each
+  watched namespace (``operator.watchNamespaces``, else the release namespace);
+- cluster-wide mode: a ClusterRole with ``rules()`` only, and a Role with ``secret_rules()``
+  in each of ``rbac.secretNamespaces``. Secrets are never granted cluster-wide: Kubernetes
+  RBAC cannot scope a grant by label, and the names of the Secrets are not known in advance,
+  so a cluster-wide grant would reach every Secret of the cluster (service-account tokens
+  included). A GrainCluster in a namespace without that Role is told so in its status.
+
+``allows`` answers whether a request (method + path) is allowed by those rules in either
+mode; the operator tests feed it every request the operator made.
 
 Why each rule: kopf lists and watches GrainClusters and patches them (finalizer, progress
-annotations) and their status; the operator gets, creates, patches and deletes its children;
-it lists the executor's pods (their node address, for a NodePort endpoint); kopf posts events.
+annotations) and their status; the operator gets, creates, patches (server-side apply is a
+PATCH; creating through it needs ``create``) and deletes its children; it lists the executor's
+pods (their node address, for a NodePort endpoint); kopf posts events. No ``list``/``watch``
+of Secrets (a list returns their data): the operator reads its Secrets by name only.
 Discovery (``/api``, ``/apis/...``) is open to every authenticated user (system:discovery).
 """
 
@@ -20,17 +32,25 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+CHILD_VERBS = ["get", "create", "patch", "delete"]
+
 
 def rules() -> list[dict[str, Any]]:
-    """The PolicyRules of the operator's (Cluster)Role."""
+    """The PolicyRules of the operator's (Cluster)Role, Secrets excepted."""
     return [
         {"apiGroups": ["grain.dev"], "resources": ["grainclusters"], "verbs": ["get", "list", "watch", "patch"]},
         {"apiGroups": ["grain.dev"], "resources": ["grainclusters/status"], "verbs": ["get", "patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments", "daemonsets"], "verbs": ["get", "create", "patch", "delete"]},
-        {"apiGroups": [""], "resources": ["services", "secrets"], "verbs": ["get", "create", "patch", "delete"]},
+        {"apiGroups": ["apps"], "resources": ["deployments", "daemonsets"], "verbs": list(CHILD_VERBS)},
+        {"apiGroups": [""], "resources": ["services"], "verbs": list(CHILD_VERBS)},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": list(CHILD_VERBS)},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},
         {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     ]
+
+
+def secret_rules() -> list[dict[str, Any]]:
+    """The PolicyRules on Secrets: only ever in a (namespaced) Role."""
+    return [{"apiGroups": [""], "resources": ["secrets"], "verbs": list(CHILD_VERBS)}]
 
 
 @dataclass(frozen=True)
@@ -79,16 +99,8 @@ def access_of(method: str, url: str) -> Access:
     return Access(verb, group, f"{resource}/{sub}" if sub else resource, namespace)
 
 
-def allows(
-    access: Access, *, rule_list: list[dict[str, Any]] | None = None, namespaced: bool = False,
-    namespaces: tuple[str, ...] = (),
-) -> bool:
-    """Whether the rules grant ``access``: as a ClusterRole, or as Roles in ``namespaces``."""
-    if access.group is None:
-        return access.verb == "get"  # discovery
-    if namespaced and (access.namespace is None or access.namespace not in namespaces):
-        return False  # a Role grants nothing cluster-wide, nor in other namespaces
-    for rule in rule_list if rule_list is not None else rules():
+def _granted(access: Access, rule_list: list[dict[str, Any]]) -> bool:
+    for rule in rule_list:
         if (access.group in rule["apiGroups"] or "*" in rule["apiGroups"]) and \
                 (access.resource in rule["resources"] or "*" in rule["resources"]) and \
                 (access.verb in rule["verbs"] or "*" in rule["verbs"]):
@@ -96,9 +108,28 @@ def allows(
     return False
 
 
+def allows(
+    access: Access, *, namespaced: bool = True, namespaces: tuple[str, ...] = (),
+    secret_namespaces: tuple[str, ...] = (),
+) -> bool:
+    """Whether the operator's roles grant ``access``.
+
+    Namespaced mode: Roles with both lists in ``namespaces``. Cluster-wide mode: a ClusterRole
+    with ``rules()`` and Roles with ``secret_rules()`` in ``secret_namespaces``.
+    """
+    if access.group is None:
+        return access.verb == "get"  # discovery
+    if namespaced:
+        in_scope = access.namespace is not None and access.namespace in namespaces
+        return in_scope and _granted(access, rules() + secret_rules())
+    if _granted(access, rules()):
+        return True
+    return access.namespace in secret_namespaces and _granted(access, secret_rules())
+
+
 def main() -> int:
     """Print the rules as YAML (to paste into a Role by hand)."""
-    sys.stdout.write(yaml.safe_dump({"rules": rules()}, sort_keys=False))
+    sys.stdout.write(yaml.safe_dump({"rules": rules() + secret_rules()}, sort_keys=False))
     return 0
 
 

@@ -1,121 +1,83 @@
-"""Pure rendering: a GrainCluster spec -> the children's manifests, as plain dicts.
+"""Pure rendering: a GrainCluster spec -> the executor and worker workloads, as plain dicts.
 
-Children of GrainCluster NAME in namespace NS (names pinned in docs/interfaces.md):
-the executor Deployment and Service ``NAME-executor``, the worker DaemonSet ``NAME-worker``
-and, unless ``spec.auth.tokenSecret`` names one, the token Secret ``NAME-token``.
-Every child carries an ownerReference to the GrainCluster and the app.kubernetes.io labels;
-pod templates carry a hash annotation of themselves so that any change of image, env or
-args rolls the pods. No I/O here: ``reconcile`` (handlers) feeds the results to ``apply``.
+Children rendered here (names in ``names``): the executor Deployment and Service
+``NAME-executor``, the worker DaemonSet ``NAME-worker`` and the NetworkPolicies
+(``netpol``). The Secrets they mount come from ``tokens`` and ``tls`` and are ensured by
+``credentials``, which hands over their names and a digest (``SecretRefs``).
+
+Pods are hardened: non-root (the image's user 10001), a read-only root filesystem with an
+``emptyDir`` at ``/tmp``, every capability dropped, no privilege escalation, seccomp
+RuntimeDefault, no service links. Secrets reach the containers as read-only files
+(``defaultMode`` 0440, group = the pod's fsGroup), never as environment variables: a job
+inherits its worker's environment, and must not find a Grain secret there.
+
+Every pod template carries a hash of itself (``grain.dev/template-hash``) and the digest of
+the credentials it mounts (``grain.dev/credentials-digest``: the worker token, the TLS
+certificate), so a change of image, args, env or credentials rolls the pods. The client
+tokens file is not in the digest: the executor re-reads it when it changes. No I/O here.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
-import secrets
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from grain_operator import model
+from grain_operator import model, netpol
 from grain_operator.model import EnvVar, GrainClusterSpec, Toleration, parse_quantity
+from grain_operator.names import (
+    DEFAULT_IMAGE,
+    MANAGED_BY,
+    Owner,
+    digest,
+    labels,
+    metadata,
+    owner_references,
+    selector_labels,
+)
+from grain_operator.tls import CA_KEY, CERT_KEY, PRIVATE_KEY
+from grain_operator.tokens import TOKEN_KEY, TOKENS_FILE_KEY
 
-MANAGED_BY = "grain-operator"
+__all__ = [
+    "DEFAULT_IMAGE", "MANAGED_BY", "Owner", "SecretRefs", "children", "digest", "executor_args",
+    "executor_deployment", "executor_service", "labels", "metadata", "owner_references",
+    "selector_labels", "worker_args", "worker_daemonset", "worker_memory_arg", "worker_resources",
+]
+
 TEMPLATE_HASH = "grain.dev/template-hash"
-TOKEN_DIGEST = "grain.dev/token-digest"
-TOKEN_KEY = "token"
+CREDENTIALS_DIGEST = "grain.dev/credentials-digest"
+#: The image's user (Dockerfile: USER 10001:10001); also the fsGroup that may read the Secrets.
+RUN_AS = 10001
+#: Secret files: readable by their owner (root) and the pod's fsGroup, nobody else.
+SECRET_MODE = 0o440
 TLS_MOUNT = "/etc/grain/tls"
-DEFAULT_IMAGE = "grain:1.0.0"
+WORKER_TOKEN_MOUNT = "/etc/grain/worker"
+CLIENT_TOKENS_MOUNT = "/etc/grain/clients"
+WORKER_TOKEN_FILE = f"{WORKER_TOKEN_MOUNT}/{TOKEN_KEY}"
+CLIENT_TOKENS_FILE = f"{CLIENT_TOKENS_MOUNT}/{TOKENS_FILE_KEY}"
+#: Time a worker gets after its drain time to hand back its jobs and exit.
+DRAIN_MARGIN_SECONDS = 15
 
 
 @dataclass(frozen=True)
-class Owner:
-    """The GrainCluster being rendered: identity, and the operator's defaults."""
+class SecretRefs:
+    """The Secrets the pods mount (ensured by ``credentials``) and a digest that rolls the pods."""
 
-    name: str
-    namespace: str
-    uid: str | None = None
-    default_image: str = DEFAULT_IMAGE
-
-    @property
-    def executor_name(self) -> str:
-        return f"{self.name}-executor"
-
-    @property
-    def worker_name(self) -> str:
-        return f"{self.name}-worker"
-
-    @property
-    def generated_secret_name(self) -> str:
-        return f"{self.name}-token"
-
-    def token_secret_name(self, spec: GrainClusterSpec) -> str:
-        """The Secret holding the token: the spec's, or the generated one."""
-        return spec.auth.token_secret or self.generated_secret_name
-
-    def in_cluster_endpoint(self, spec: GrainClusterSpec) -> str:
-        """grain://NAME-executor.NS.svc:PORT, the address inside the cluster."""
-        return f"grain://{self.executor_name}.{self.namespace}.svc:{spec.executor.port}"
+    worker_token: str
+    client_tokens: str
+    tls: str | None = None  # None: TLS is off
+    digest: str = ""
 
 
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-
-
-def labels(owner: Owner, component: str) -> dict[str, str]:
-    """The labels of every child; the first three select pods and never change."""
-    return {
-        "app.kubernetes.io/name": "grain",
-        "app.kubernetes.io/instance": owner.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/part-of": "grain",
-    }
-
-
-def selector_labels(owner: Owner, component: str) -> dict[str, str]:
-    """Labels that select a component's pods (immutable in Deployments and DaemonSets)."""
-    return {k: v for k, v in labels(owner, component).items() if k in (
-        "app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")}
-
-
-def owner_references(owner: Owner) -> list[dict[str, Any]]:
-    """The controller reference to the GrainCluster (deleting it deletes the children)."""
-    ref: dict[str, Any] = {
-        "apiVersion": f"{model.API_GROUP}/{model.API_VERSION}",
-        "kind": model.KIND,
-        "name": owner.name,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-    if owner.uid:
-        ref["uid"] = owner.uid
-    return [ref]
-
-
-def metadata(owner: Owner, name: str, component: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """metadata of a child."""
-    meta: dict[str, Any] = {
-        "name": name,
-        "namespace": owner.namespace,
-        "labels": labels(owner, component),
-        "ownerReferences": owner_references(owner),
-    }
-    if annotations:
-        meta["annotations"] = dict(annotations)
-    return meta
-
-
-def digest(data: Any) -> str:
-    """A short stable hash of JSON-able data."""
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def token_digest(token: str) -> str:
-    """A hash of the token (safe to show): pods roll when the token changes."""
-    return hashlib.sha256(token.encode()).hexdigest()[:16]
+def refs_for(owner: Owner, spec: GrainClusterSpec, credentials_digest: str = "") -> SecretRefs:
+    """The SecretRefs the operator would use for a spec (its default names)."""
+    tls = spec.auth.tls
+    return SecretRefs(
+        worker_token=spec.auth.worker_token_secret or owner.worker_token_name,
+        client_tokens=owner.client_tokens_name,
+        tls=(tls.secret_name or owner.tls_name) if tls.enabled else None,
+        digest=credentials_digest,
+    )
 
 
 def worker_memory_arg(memory: int | str | None) -> str:
@@ -135,19 +97,20 @@ def _tolerations(tolerations: list[Toleration]) -> list[dict[str, Any]]:
     return [t.model_dump(by_alias=True, exclude_none=True) for t in tolerations]
 
 
-def _token_env(owner: Owner, spec: GrainClusterSpec) -> dict[str, Any]:
-    return {
-        "name": "GRAIN_TOKEN",
-        "valueFrom": {"secretKeyRef": {"name": owner.token_secret_name(spec), "key": TOKEN_KEY}},
-    }
-
-
 def _pod_spec_common(spec: GrainClusterSpec) -> dict[str, Any]:
     pod: dict[str, Any] = {
         # Service links would inject NAME_EXECUTOR_* variables; with NAME "grain" they would
         # read like Grain's own GRAIN_* settings.
         "enableServiceLinks": False,
-        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+        # Pods talk to the executor with their own files; they need no Kubernetes API token.
+        "automountServiceAccountToken": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     }
     if spec.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": n} for n in spec.image_pull_secrets]
@@ -155,62 +118,82 @@ def _pod_spec_common(spec: GrainClusterSpec) -> dict[str, Any]:
 
 
 def _container_security() -> dict[str, Any]:
-    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
 
 
-def _with_template_hash(template: dict[str, Any], extra: dict[str, str]) -> dict[str, Any]:
-    """Annotate a pod template with the hash of itself (and extra annotations)."""
-    annotations = {TEMPLATE_HASH: digest(template), **extra}
+def _secret_volume(name: str, secret: str, keys: list[str]) -> dict[str, Any]:
+    return {"name": name, "secret": {
+        "secretName": secret, "defaultMode": SECRET_MODE, "items": [{"key": k, "path": k} for k in keys],
+    }}
+
+
+def _volumes(role: str, refs: SecretRefs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The volumes and mounts of the executor or a worker: /tmp, and the Secrets it reads."""
+    volumes = [{"name": "tmp", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+    if role == "executor":
+        volumes.append(_secret_volume("client-tokens", refs.client_tokens, [TOKENS_FILE_KEY]))
+        mounts.append({"name": "client-tokens", "mountPath": CLIENT_TOKENS_MOUNT, "readOnly": True})
+    volumes.append(_secret_volume("worker-token", refs.worker_token, [TOKEN_KEY]))
+    mounts.append({"name": "worker-token", "mountPath": WORKER_TOKEN_MOUNT, "readOnly": True})
+    if refs.tls is not None:
+        keys = [CERT_KEY, PRIVATE_KEY] if role == "executor" else [CA_KEY]
+        volumes.append(_secret_volume("tls", refs.tls, keys))
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    return volumes, mounts
+
+
+def _template(owner: Owner, component: str, pod: dict[str, Any], refs: SecretRefs) -> dict[str, Any]:
+    """A pod template annotated with the hash of itself and the credentials' digest."""
+    template: dict[str, Any] = {"metadata": {"labels": labels(owner, component)}, "spec": pod}
+    annotations = {TEMPLATE_HASH: digest(template)}
+    if refs.digest:
+        annotations[CREDENTIALS_DIGEST] = refs.digest
     template["metadata"]["annotations"] = annotations
     return template
 
 
-def _tls_volume(spec: GrainClusterSpec, items: list[str] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    if spec.auth.tls is None:
-        return [], []
-    secret: dict[str, Any] = {"secretName": spec.auth.tls.secret_name}
-    if items is not None:
-        secret["items"] = [{"key": k, "path": k} for k in items]
-    return (
-        [{"name": "tls", "secret": secret}],
-        [{"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}],
-    )
-
-
 # ---------------------------------------------------------------------------------------------
-# The children
+# The executor
 
 
-def executor_args(spec: GrainClusterSpec) -> list[str]:
+def executor_args(spec: GrainClusterSpec, refs: SecretRefs) -> list[str]:
     """Arguments of ``grain executor`` (docs/interfaces.md)."""
+    s = spec.scheduler
     args = [
         "--listen", f"grain://0.0.0.0:{spec.executor.port}",
         "--http", f"0.0.0.0:{spec.executor.http_port}",
-        "--retries", str(spec.scheduler.retries),
-        "--wait-for-workers", f"{spec.scheduler.wait_for_workers_seconds:g}",
+        "--client-tokens", CLIENT_TOKENS_FILE,
+        "--worker-token-file", WORKER_TOKEN_FILE,
     ]
-    if spec.scheduler.heartbeat_seconds is not None:
-        args += ["--heartbeat", f"{spec.scheduler.heartbeat_seconds:g}"]
-    if spec.auth.tls is not None:
-        args += ["--tls-cert", f"{TLS_MOUNT}/tls.crt", "--tls-key", f"{TLS_MOUNT}/tls.key"]
+    if refs.tls is not None:
+        args += ["--tls-cert", f"{TLS_MOUNT}/{CERT_KEY}", "--tls-key", f"{TLS_MOUNT}/{PRIVATE_KEY}"]
+    args += [
+        "--retries", str(s.retries),
+        "--wait-for-workers", f"{s.wait_for_workers_seconds:g}",
+        "--client-grace", f"{s.client_grace_seconds:g}",
+    ]
+    if s.heartbeat_seconds is not None:
+        args += ["--heartbeat", f"{s.heartbeat_seconds:g}"]
     return args
 
 
-def executor_deployment(owner: Owner, spec: GrainClusterSpec, token_hash: str | None = None) -> dict[str, Any]:
+def executor_deployment(owner: Owner, spec: GrainClusterSpec, refs: SecretRefs | None = None) -> dict[str, Any]:
     """The executor: a Deployment of one replica, recreated (never two at once) on change."""
+    refs = refs or refs_for(owner, spec)
     e = spec.executor
-    volumes, mounts = _tls_volume(spec, ["tls.crt", "tls.key"])
+    volumes, mounts = _volumes("executor", refs)
     probe = {"httpGet": {"path": "/healthz", "port": "http"}}
     container: dict[str, Any] = {
         "name": "executor",
         "image": spec.image or owner.default_image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["grain", "executor"],
-        "args": executor_args(spec),
-        "env": [
-            _token_env(owner, spec),
-            *_env(e.env),
-        ],
+        "args": executor_args(spec, refs),
         "ports": [
             {"name": "grain", "containerPort": e.port, "protocol": "TCP"},
             {"name": "http", "containerPort": e.http_port, "protocol": "TCP"},
@@ -222,19 +205,17 @@ def executor_deployment(owner: Owner, spec: GrainClusterSpec, token_hash: str | 
             "limits": {k: str(v) for k, v in e.resources.limits.items()},
         },
         "securityContext": _container_security(),
+        "volumeMounts": mounts,
     }
-    if mounts:
-        container["volumeMounts"] = mounts
+    if e.env:
+        container["env"] = _env(e.env)
     pod = _pod_spec_common(spec)
     pod["containers"] = [container]
-    if volumes:
-        pod["volumes"] = volumes
+    pod["volumes"] = volumes
     if e.node_selector:
         pod["nodeSelector"] = dict(e.node_selector)
     if e.tolerations:
         pod["tolerations"] = _tolerations(e.tolerations)
-    template = {"metadata": {"labels": labels(owner, "executor")}, "spec": pod}
-    template = _with_template_hash(template, {TOKEN_DIGEST: token_hash} if token_hash else {})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -243,7 +224,7 @@ def executor_deployment(owner: Owner, spec: GrainClusterSpec, token_hash: str | 
             "replicas": 1,
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(owner, "executor")},
-            "template": template,
+            "template": _template(owner, "executor", pod, refs),
         },
     }
 
@@ -266,8 +247,13 @@ def executor_service(owner: Owner, spec: GrainClusterSpec) -> dict[str, Any]:
     }
 
 
-def worker_args(owner: Owner, spec: GrainClusterSpec) -> list[str]:
+# ---------------------------------------------------------------------------------------------
+# The workers
+
+
+def worker_args(owner: Owner, spec: GrainClusterSpec, refs: SecretRefs | None = None) -> list[str]:
     """Arguments of ``grain worker`` (docs/interfaces.md); $(NODE_NAME) is expanded by the kubelet."""
+    refs = refs or refs_for(owner, spec)
     w = spec.workers
     args = [
         "--executor", owner.in_cluster_endpoint(spec),
@@ -276,9 +262,11 @@ def worker_args(owner: Owner, spec: GrainClusterSpec) -> list[str]:
         "--memory", worker_memory_arg(w.memory),
         "--reserve-cores", str(w.reserve_cores),
         "--gpus", "auto" if w.gpus else "none",
+        "--token-file", WORKER_TOKEN_FILE,
     ]
-    if spec.auth.tls is not None:
-        args += ["--tls-ca", f"{TLS_MOUNT}/{spec.auth.tls.ca_key}"]
+    if refs.tls is not None:
+        args += ["--tls-ca", f"{TLS_MOUNT}/{CA_KEY}"]
+    args += ["--drain-timeout", str(w.drain_timeout_seconds)]
     return args
 
 
@@ -302,39 +290,37 @@ def worker_resources(spec: GrainClusterSpec) -> dict[str, Any]:
     return {"requests": requests, "limits": limits}
 
 
-def worker_daemonset(owner: Owner, spec: GrainClusterSpec, token_hash: str | None = None) -> dict[str, Any]:
+def worker_daemonset(owner: Owner, spec: GrainClusterSpec, refs: SecretRefs | None = None) -> dict[str, Any]:
     """The workers: a DaemonSet, one pod per matching node, named after its node."""
+    refs = refs or refs_for(owner, spec)
     w = spec.workers
-    volumes, mounts = _tls_volume(spec, [spec.auth.tls.ca_key] if spec.auth.tls else None)
+    volumes, mounts = _volumes("worker", refs)
     container: dict[str, Any] = {
         "name": "worker",
         "image": spec.image or owner.default_image,
         "imagePullPolicy": spec.image_pull_policy,
         "command": ["grain", "worker"],
-        "args": worker_args(owner, spec),
+        "args": worker_args(owner, spec, refs),
         "env": [
             {"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
-            _token_env(owner, spec),
             *_env(w.env),
         ],
         "resources": worker_resources(spec),
         "securityContext": _container_security(),
+        "volumeMounts": mounts,
     }
-    if mounts:
-        container["volumeMounts"] = mounts
     pod = _pod_spec_common(spec)
     pod["containers"] = [container]
-    pod["terminationGracePeriodSeconds"] = 30
-    if volumes:
-        pod["volumes"] = volumes
+    # SIGTERM starts the drain: running jobs get drainTimeoutSeconds to finish, then are
+    # handed back; the margin covers the hand-back and the exit.
+    pod["terminationGracePeriodSeconds"] = w.drain_timeout_seconds + DRAIN_MARGIN_SECONDS
+    pod["volumes"] = volumes
     if w.node_selector:
         pod["nodeSelector"] = dict(w.node_selector)
     if w.tolerations:
         pod["tolerations"] = _tolerations(w.tolerations)
     if w.priority_class_name:
         pod["priorityClassName"] = w.priority_class_name
-    template = {"metadata": {"labels": labels(owner, "worker")}, "spec": pod}
-    template = _with_template_hash(template, {TOKEN_DIGEST: token_hash} if token_hash else {})
     return {
         "apiVersion": "apps/v1",
         "kind": "DaemonSet",
@@ -342,31 +328,17 @@ def worker_daemonset(owner: Owner, spec: GrainClusterSpec, token_hash: str | Non
         "spec": {
             "selector": {"matchLabels": selector_labels(owner, "worker")},
             "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}},
-            "template": template,
+            "template": _template(owner, "worker", pod, refs),
         },
     }
 
 
-def new_token() -> str:
-    """A fresh random token (32 bytes, URL-safe)."""
-    return secrets.token_urlsafe(32)
-
-
-def token_secret(owner: Owner, token: str | None = None) -> dict[str, Any]:
-    """The generated token Secret ``NAME-token`` (key ``token``)."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "type": "Opaque",
-        "metadata": metadata(owner, owner.generated_secret_name, "token"),
-        "data": {TOKEN_KEY: base64.b64encode((token if token is not None else new_token()).encode()).decode()},
-    }
-
-
-def children(owner: Owner, spec: GrainClusterSpec, token_hash: str | None = None) -> list[dict[str, Any]]:
-    """Every child except the token Secret (which is created once, never patched)."""
+def children(owner: Owner, spec: GrainClusterSpec, refs: SecretRefs | None = None) -> list[dict[str, Any]]:
+    """The workloads and their NetworkPolicies (the Secrets are ``credentials``' business)."""
+    refs = refs or refs_for(owner, spec)
     return [
         executor_service(owner, spec),
-        executor_deployment(owner, spec, token_hash),
-        worker_daemonset(owner, spec, token_hash),
+        executor_deployment(owner, spec, refs),
+        worker_daemonset(owner, spec, refs),
+        *netpol.network_policies(owner, spec),
     ]

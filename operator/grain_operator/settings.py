@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import kopf
 
-from grain_operator import render
+from grain_operator.names import DEFAULT_IMAGE
 from grain_operator.status import DEFAULT_STATUS_URL
 
 FINALIZER = "grain.dev/finalizer"
@@ -35,7 +35,7 @@ class OperatorConfig:
     all_namespaces: bool = False
     kubeconfig: str | None = None
     context: str | None = None
-    default_image: str = field(default_factory=lambda: os.environ.get("GRAIN_IMAGE") or render.DEFAULT_IMAGE)
+    default_image: str = field(default_factory=lambda: os.environ.get("GRAIN_IMAGE") or DEFAULT_IMAGE)
     #: Interval of the timer that reconciles again and refreshes the status.
     resync_seconds: float = field(default_factory=lambda: _env_float("GRAIN_OPERATOR_RESYNC_SECONDS", 15.0))
     #: Delay before the create/update handler retries while the executor is not ready.
@@ -44,6 +44,9 @@ class OperatorConfig:
     status_url: str = field(default_factory=lambda: os.environ.get("GRAIN_OPERATOR_STATUS_URL") or DEFAULT_STATUS_URL)
     status_timeout: float = field(default_factory=lambda: _env_float("GRAIN_OPERATOR_STATUS_TIMEOUT", 3.0))
     liveness_endpoint: str | None = None
+    #: The operator's own namespace (the chart sets POD_NAMESPACE): its pods may read /status
+    #: through the executor's NetworkPolicy. None: unknown (e.g. run outside the cluster).
+    operator_namespace: str | None = field(default_factory=lambda: os.environ.get("POD_NAMESPACE") or None)
     #: Watch requests are ended by the server after this many seconds (and resumed).
     watch_server_timeout: float = 300.0
     #: ... and by the client after this many, in case the server forgets.
@@ -75,5 +78,6 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.standalone = True
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "grain-operator"
+    # The handlers are synchronous (the official client): they run in kopf's thread pool.
     settings.execution.max_workers = 4
     return settings

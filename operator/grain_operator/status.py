@@ -2,26 +2,28 @@
 
 ``observe`` (I/O) reads the executor Deployment, the worker DaemonSet, the Service (and, for
 NodePort, the executor pod's node address) and ``GET /status`` of the executor (JSON shape in
-docs/interfaces.md, fetched with aiohttp and a short timeout). ``compute_status`` (pure) turns
-an ``Observation`` into the status dict: phase, conditions with observedGeneration and
-lastTransitionTime, workers, cores, memory, queue, endpoints, per-worker cpusets. Called by
-the handlers after each reconcile and by the timer.
+docs/interfaces.md, short timeout). ``compute_status`` (pure) turns an ``Observation`` into
+the status dict: phase, conditions with observedGeneration and lastTransitionTime, workers,
+cores, memory, queue, endpoints, per-worker cpusets, per-user jobs and share, recovery.
+Fields an executor does not report yet (``users``, ``recovering``) are simply absent there:
+the status then shows the users from the spec with zero counts. Called by the handlers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime
+import json
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
 from grain_operator import render
 from grain_operator.diff import merge_patch
-from grain_operator.kube import KubeApi
+from grain_operator.kube import Kube
 from grain_operator.model import (
+    DEFAULT_USER,
     Condition,
     CoresStatus,
     Endpoints,
@@ -29,6 +31,7 @@ from grain_operator.model import (
     GrainClusterStatus,
     MemoryStatus,
     SpecProblem,
+    UserStatus,
     WorkersStatus,
     WorkerStatus,
 )
@@ -48,8 +51,11 @@ class Observation:
     executor_host_ip: str | None = None
     executor_status: dict[str, Any] | None = None
     executor_error: str | None = None
-    blocker: str | None = None  # a reconcile problem worth showing (e.g. the token Secret)
-    extra: dict[str, Any] = field(default_factory=dict)
+    blocker: str | None = None  # a reconcile problem worth showing (e.g. the API refused)
+    #: Secrets that could not be used (named but not labelled, missing keys...).
+    credential_problems: list[str] = field(default_factory=list)
+    #: The users, as (name, Secret name, weight), from the spec.
+    users: list[tuple[str, str, float]] = field(default_factory=list)
 
 
 def now_rfc3339() -> str:
@@ -85,16 +91,19 @@ def status_url(template: str, owner: render.Owner, spec: GrainClusterSpec) -> st
     )
 
 
-async def fetch_executor_status(url: str, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str | None]:
+def fetch_executor_status(url: str, timeout: float = 3.0) -> tuple[dict[str, Any] | None, str | None]:
     """GET the executor's /status: (the JSON, None) or (None, why it could not be read)."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
-            async with session.get(url, headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    return None, f"GET {url}: HTTP {resp.status}"
-                data = await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        return None, f"GET {url}: {type(exc).__name__}: {exc}".rstrip(": ")
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - http(s) URL from config
+            body = resp.read(4 * 2**20)
+    except urllib.error.HTTPError as exc:
+        return None, f"GET {url}: HTTP {exc.code}"
+    except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections
+        reason = getattr(exc, "reason", exc)
+        return None, f"GET {url}: {type(reason).__name__}: {reason}".rstrip(": ")
+    try:
+        data = json.loads(body)
     except ValueError as exc:
         return None, f"GET {url}: not JSON ({exc})"
     if not isinstance(data, dict):
@@ -102,27 +111,68 @@ async def fetch_executor_status(url: str, timeout: float = 3.0) -> tuple[dict[st
     return data, None
 
 
-async def observe(
-    api: KubeApi, owner: render.Owner, spec: GrainClusterSpec, url_template: str, timeout: float = 3.0
-) -> Observation:
+def observe(kube: Kube, owner: render.Owner, spec: GrainClusterSpec, url_template: str, timeout: float = 3.0) -> Observation:
     """Read the children and the executor's /status."""
     ns = owner.namespace
-    deployment, daemonset, service = await asyncio.gather(
-        api.get("apps/v1", "Deployment", ns, owner.executor_name),
-        api.get("apps/v1", "DaemonSet", ns, owner.worker_name),
-        api.get("v1", "Service", ns, owner.executor_name),
-    )
+    deployment = kube.get("apps/v1", "Deployment", ns, owner.executor_name)
+    daemonset = kube.get("apps/v1", "DaemonSet", ns, owner.worker_name)
+    service = kube.get("v1", "Service", ns, owner.executor_name)
     obs = Observation(deployment=deployment, daemonset=daemonset, service=service)
     if spec.executor.service_type == "NodePort" and not spec.executor.external_host:
-        pods = await api.list("v1", "Pod", ns, render.selector_labels(owner, "executor"))
+        pods = kube.list("v1", "Pod", ns, render.selector_labels(owner, "executor"))
         ips = [p.get("status", {}).get("hostIP") for p in pods if p.get("status", {}).get("hostIP")]
         obs.executor_host_ip = sorted(ips)[0] if ips else None
     if deployment is not None:
         url = status_url(url_template, owner, spec)
-        obs.executor_status, obs.executor_error = await fetch_executor_status(url, timeout)
+        obs.executor_status, obs.executor_error = fetch_executor_status(url, timeout)
     else:
         obs.executor_error = "the executor Deployment does not exist yet"
     return obs
+
+
+def _number(value: Any, kind: type[int] | type[float] = int) -> Any:
+    """A number from an executor's JSON, 0 when absent or not a number (old executors)."""
+    try:
+        return kind(value or 0)
+    except (TypeError, ValueError):
+        return kind(0)
+
+
+def recovering_text(value: Any) -> str | None:
+    """The executor's ``recovering`` object as one line; None when it is not recovering."""
+    if not value:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        parts = []
+        for key, item in value.items():
+            if isinstance(item, list):
+                item = ", ".join(map(str, item[:10])) + (f" (+{len(item) - 10})" if len(item) > 10 else "")
+            parts.append(f"{key.replace('_', ' ')}: {item}")
+        return "; ".join(parts) or "recovering"
+    return "recovering"
+
+
+def user_statuses(users: list[tuple[str, str, float]], reported: Any) -> list[UserStatus]:
+    """Each user of the spec with the executor's counts (zeros where it reports none)."""
+    by_name = {str(u.get("name")): u for u in reported if isinstance(u, dict)} if isinstance(reported, list) else {}
+    out = []
+    for name, secret, weight in users:
+        u = by_name.get(name, {})
+        out.append(UserStatus(
+            name=name, secret_name=secret, weight=_number(u.get("weight", weight), float) or weight,
+            running_jobs=_number(u.get("running_jobs")), queued_jobs=_number(u.get("queued_jobs")),
+            cores_in_use=_number(u.get("cores_in_use")), share=round(_number(u.get("share"), float), 4),
+        ))
+    return out
+
+
+def dashboard_hint(owner: render.Owner, spec: GrainClusterSpec) -> str:
+    """How to open the executor's web page from a workstation."""
+    port = spec.executor.http_port
+    return (f"kubectl -n {owner.namespace} port-forward svc/{owner.executor_name} {port}, "
+            f"then http://localhost:{port}/")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +232,14 @@ def compute_status(
     else:
         conditions.append(_condition("SpecValid", True, "Valid", "", generation))
 
+    # CredentialsReady (not while the spec is invalid: nothing was ensured)
+    if not problems:
+        if obs.credential_problems:
+            conditions.append(_condition(
+                "CredentialsReady", False, "SecretNotUsable", "; ".join(obs.credential_problems), generation))
+        else:
+            conditions.append(_condition("CredentialsReady", True, "Ready", "", generation))
+
     # ExecutorReady
     dep_status = (obs.deployment or {}).get("status") or {}
     available = int(dep_status.get("availableReplicas") or dep_status.get("readyReplicas") or 0)
@@ -200,7 +258,10 @@ def compute_status(
         )
     conditions.append(executor)
 
-    # WorkersReady
+    # Recovering (only while the executor says so)
+    recovering = recovering_text((es or {}).get("recovering"))
+    if recovering:
+        conditions.append(_condition("Recovering", True, "RebuildingState", recovering, generation))
     ds_status = (obs.daemonset or {}).get("status") or {}
     desired = int(ds_status.get("desiredNumberScheduled") or 0)
     ready = int(ds_status.get("numberReady") or 0)
@@ -252,10 +313,16 @@ def compute_status(
         degraded.append((
             "CoresNotExclusive", f"cores not exclusive on {', '.join(shared)} (static CPU manager not in force)"
         ))
+    if recovering:
+        degraded.append(("Recovering", f"the executor is recovering ({recovering})"))
+    if obs.credential_problems:
+        degraded.append(("CredentialsNotReady", "; ".join(obs.credential_problems)))
     if problems:
         phase, message = "Failed", "invalid spec: " + "; ".join(map(str, problems))
     elif executor["reason"] in ("NotCreated", "DeploymentNotReady"):
         phase, message = "Pending", executor["message"]
+        if obs.credential_problems:
+            message = f"{message}; " + "; ".join(obs.credential_problems)
     elif ready == 0:
         phase, message = "Pending", workers["message"]
     elif degraded:
@@ -288,8 +355,14 @@ def compute_status(
         message=message,
         observed_generation=generation,
         conditions=[Condition.model_validate(c) for c in _keep_transition_times(conditions, (previous or {}).get("conditions"), now)],
-        endpoints=Endpoints(in_cluster=owner.in_cluster_endpoint(spec), external=_external_endpoint(owner, spec, obs)),
-        token_secret=owner.token_secret_name(spec),
+        endpoints=Endpoints(
+            in_cluster=owner.in_cluster_endpoint(spec), external=_external_endpoint(owner, spec, obs),
+            tls_server_name=owner.service_host if spec.auth.tls.enabled else None,
+            dashboard=dashboard_hint(owner, spec),
+        ),
+        token_secret=next((secret for name, secret, _ in obs.users if name == DEFAULT_USER), None),
+        users=user_statuses(obs.users, (es or {}).get("users")),
+        recovering=recovering,
         workers=WorkersStatus(desired=desired, ready=ready, registered=registered, summary=f"{ready}/{desired}", nodes=nodes),
         cores=CoresStatus(
             total=int(cores.get("total") or 0), free=int(cores.get("free") or 0),

@@ -15,18 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from operator_harness import (
+from kmock_harness import (
     NS,
     KMock,
     OperatorThread,
-    Processes,
     StatusServer,
     free_port,
-    grain_cli_available,
     sample_status,
     wait_for,
-    wait_http,
 )
+from process_tools import Processes, grain_cli_available, wait_http
 
 from grain_operator.settings import OperatorConfig
 
@@ -37,6 +35,12 @@ class LoggedRun:
 
     namespaces: tuple[str, ...] | None  # None: some operator ran cluster-wide
     requests: list[Any] = field(default_factory=list)
+    secret_namespaces: tuple[str, ...] = ()  # cluster-wide mode: where the Secrets Role is
+
+
+#: In the cluster-wide tests, the namespaces with the operator's Secrets Role (the chart's
+#: rbac.secretNamespaces): every namespace the tests put a GrainCluster in.
+SECRET_NAMESPACES = (NS, "other")
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +58,7 @@ def api(operator_request_log: list[LoggedRun]) -> Iterator[KMock]:
         modes: list[OperatorConfig] = kmock_api.modes  # type: ignore[attr-defined]
         if modes:
             scope = None if any(m.all_namespaces for m in modes) else tuple(sorted({n for m in modes for n in m.namespaces}))
-            operator_request_log.append(LoggedRun(scope, kmock_api.operator_requests()))
+            operator_request_log.append(LoggedRun(scope, kmock_api.operator_requests(), SECRET_NAMESPACES))
 
 
 @pytest.fixture
@@ -75,6 +79,7 @@ def operator_config(api: KMock, status_server: StatusServer, tmp_path: Path) -> 
         retry_delay=0.5,
         status_url=status_server.url,
         status_timeout=1.0,
+        operator_namespace="grain-system",
     )
 
 

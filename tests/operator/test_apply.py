@@ -1,143 +1,141 @@
-"""apply.ensure / ensure_token / delete_children against an in-memory API (no HTTP)."""
+"""apply: server-side apply through the official client (kube.Kube) against KMock's API.
+
+KMock 0.8 answers server-side apply with 200 and changes nothing; the harness adds it (for
+one field manager, lists atomic), and the first tests here pin that emulation down, so the
+operator tests further on rest on known behaviour.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import copy
-import json
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from kmock_harness import DEPLOYMENTS, NS, SECRETS, KMock, server_side_apply
 
-from grain_operator import apply, render
-from grain_operator.kube import ApiError
+from grain_operator import apply, kube, render, tokens
 from grain_operator.model import parse_spec
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(60)
 
-OWNER = render.Owner("demo", "science", uid="u-1")
-
-
-class FakeApi:
-    """Objects in a dict; merge patches applied like the API server; optional create race."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self.calls: list[str] = []
-        self.race_on_create = False
-
-    async def get(self, api_version: str, kind: str, ns: str, name: str) -> dict[str, Any] | None:
-        self.calls.append(f"get {kind}/{name}")
-        obj = self.objects.get((kind, ns, name))
-        return copy.deepcopy(obj) if obj else None
-
-    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        key = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        self.calls.append(f"create {key[0]}/{key[2]}")
-        if self.race_on_create:  # someone else created it first (a racing timer)
-            self.race_on_create = False
-            self.objects[key] = _defaulted(copy.deepcopy(obj))
-            raise ApiError(409, "AlreadyExists", "exists")
-        if key in self.objects:
-            raise ApiError(409, "AlreadyExists", "exists")
-        self.objects[key] = _defaulted(copy.deepcopy(obj))
-        return copy.deepcopy(self.objects[key])
-
-    async def patch(self, api_version: str, kind: str, ns: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
-        self.calls.append(f"patch {kind}/{name}")
-        self.objects[(kind, ns, name)] = _merge(self.objects[(kind, ns, name)], patch)
-        return copy.deepcopy(self.objects[(kind, ns, name)])
-
-    async def delete(self, api_version: str, kind: str, ns: str, name: str) -> bool:
-        self.calls.append(f"delete {kind}/{name}")
-        return self.objects.pop((kind, ns, name), None) is not None
+OWNER = render.Owner("demo", NS, uid="u-1")
 
 
-def _defaulted(obj: dict[str, Any]) -> dict[str, Any]:
-    """What an API server adds: uid, defaults, status."""
-    obj["metadata"]["uid"] = "server-uid"
-    obj.setdefault("status", {})
-    if obj["kind"] == "Deployment":
-        obj["spec"]["revisionHistoryLimit"] = 10
-        obj["spec"]["template"]["spec"]["containers"][0]["terminationMessagePath"] = "/dev/termination-log"
-    return obj
+@pytest.fixture
+def api() -> Iterator[KMock]:
+    with KMock() as server:
+        yield server
 
 
-def _merge(target: Any, patch: Any) -> Any:
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = _merge(out.get(key), value)
-    return out
-
-
-def run(coro: Any) -> Any:
-    return asyncio.run(coro)
+@pytest.fixture
+def client(api: KMock, tmp_path: Path) -> Iterator[kube.Kube]:
+    k = kube.Kube(kube.load_configuration(api.kubeconfig(tmp_path / "kubeconfig")))
+    yield k
+    k.close()
 
 
 def deployment(raw: dict[str, Any]) -> dict[str, Any]:
     spec, problems = parse_spec(raw)
     assert spec and not problems
-    return render.executor_deployment(OWNER, spec, "digest")
+    return render.executor_deployment(OWNER, spec)
 
 
-def test_create_then_unchanged_then_patch() -> None:
-    api = FakeApi()
-    assert run(apply.ensure(api, deployment({"image": "a"}))).action == "created"  # type: ignore[arg-type]
-    assert run(apply.ensure(api, deployment({"image": "a"}))).action == "unchanged"  # type: ignore[arg-type]
-    out = run(apply.ensure(api, deployment({"image": "b"})))  # type: ignore[arg-type]
-    assert out.action == "patched"
-    live = api.objects[("Deployment", "science", "demo-executor")]
-    assert live["spec"]["template"]["spec"]["containers"][0]["image"] == "b"
-    assert live["spec"]["revisionHistoryLimit"] == 10  # server defaults are left alone
-    recorded = json.loads(live["metadata"]["annotations"][apply.LAST_APPLIED])
-    assert recorded["spec"]["template"]["spec"]["containers"][0]["image"] == "b"
+def pod_spec(obj: dict[str, Any] | None) -> dict[str, Any]:
+    assert obj is not None
+    return obj["spec"]["template"]["spec"]
 
 
-def test_removed_fields_are_removed() -> None:
-    api = FakeApi()
-    run(apply.ensure(api, deployment({"executor": {"nodeSelector": {"a": "1", "b": "2"}}})))  # type: ignore[arg-type]
-    run(apply.ensure(api, deployment({"executor": {"nodeSelector": {"a": "1"}}})))  # type: ignore[arg-type]
-    live = api.objects[("Deployment", "science", "demo-executor")]
-    assert live["spec"]["template"]["spec"]["nodeSelector"] == {"a": "1"}
-    run(apply.ensure(api, deployment({})))  # type: ignore[arg-type]
-    assert "nodeSelector" not in api.objects[("Deployment", "science", "demo-executor")]["spec"]["template"]["spec"]
+# -- the emulation -------------------------------------------------------------------------------
+
+def test_emulated_apply_removes_what_the_manager_dropped_and_keeps_the_rest() -> None:
+    live = {"spec": {"a": 1, "b": 2, "theirs": 3, "m": {"x": 1, "y": 2}}, "status": {"ok": True}}
+    before = {"spec": {"a": 1, "b": 2, "m": {"x": 1, "y": 2}}}
+    after = {"spec": {"a": 5, "m": {"x": 1}}}
+    assert server_side_apply(live, before, after) == {"spec": {"a": 5, "theirs": 3, "m": {"x": 1}},
+                                                      "status": {"ok": True}}
+    assert server_side_apply(None, None, after) == after
+    assert server_side_apply({"l": [1, 2, 3]}, {"l": [1, 2, 3]}, {"l": [4]}) == {"l": [4]}  # lists atomic
 
 
-def test_conflict_on_create_is_not_an_error() -> None:
-    api = FakeApi()
-    api.race_on_create = True
-    out = run(apply.ensure(api, deployment({"image": "a"})))  # type: ignore[arg-type]
-    assert out.action in ("unchanged", "patched")
-    assert ("Deployment", "science", "demo-executor") in api.objects
+# -- apply.ensure ---------------------------------------------------------------------------------
+
+def test_stamp_changes_with_the_intent() -> None:
+    a, b = apply.stamped(deployment({"image": "a"})), apply.stamped(deployment({"image": "b"}))
+    key = apply.APPLIED_HASH
+    assert a["metadata"]["annotations"][key] != b["metadata"]["annotations"][key]
+    assert apply.stamped(a) == a  # stamping is idempotent
+    assert not apply.needs_apply(a, {**a, "status": {"x": 1}})  # server-added fields are fine
+    assert apply.needs_apply(a, None) and apply.needs_apply(a, b)
 
 
-def test_generated_token_is_stable_and_named_one_is_read() -> None:
-    api = FakeApi()
-    first = run(apply.ensure_token(api, OWNER, None))  # type: ignore[arg-type]
-    again = run(apply.ensure_token(api, OWNER, None))  # type: ignore[arg-type]
-    assert first == again and len(first) >= 43
-    assert not any(c.startswith("patch Secret") for c in api.calls)  # never rewritten
-    with pytest.raises(apply.TokenMissing, match="'theirs' not found"):
-        run(apply.ensure_token(api, OWNER, "theirs"))  # type: ignore[arg-type]
-    api.objects[("Secret", "science", "theirs")] = {"data": {"other": "eA=="}}
-    with pytest.raises(apply.TokenMissing, match="no key 'token'"):
-        run(apply.ensure_token(api, OWNER, "theirs"))  # type: ignore[arg-type]
-    api.objects[("Secret", "science", "theirs")] = {"data": {"token": "c2VjcmV0"}}
-    assert run(apply.ensure_token(api, OWNER, "theirs")) == "secret"  # type: ignore[arg-type]
+def test_create_then_unchanged_then_applied(api: KMock, client: kube.Kube) -> None:
+    assert apply.ensure(client, deployment({"image": "a"})).action == "created"
+    api.patch(DEPLOYMENTS, NS, "demo-executor", {"spec": {"revisionHistoryLimit": 10}})  # a server default
+    writes = len(api.requests())
+    assert apply.ensure(client, deployment({"image": "a"})).action == "unchanged"
+    assert all(str(r.method).endswith("GET") for r in api.requests()[writes:])  # a read, no write
+    assert apply.ensure(client, deployment({"image": "b"})).action == "applied"
+    live = api.get(DEPLOYMENTS, NS, "demo-executor")
+    assert pod_spec(live)["containers"][0]["image"] == "b"
+    assert live is not None and live["spec"]["revisionHistoryLimit"] == 10  # others' fields are kept
+    applies = [r for r in api.requests() if str(r.headers.get("Content-Type", "")).startswith("application/apply-patch")]
+    assert applies and all(r.params.get("fieldManager") == "grain-operator" and r.params.get("force") == "true"
+                           for r in applies)
 
 
-def test_delete_children_only_deletes_what_it_controls() -> None:
-    api = FakeApi()
+def test_fields_dropped_from_the_spec_are_removed(api: KMock, client: kube.Kube) -> None:
+    apply.ensure(client, deployment({"executor": {"nodeSelector": {"a": "1", "b": "2"}}}))
+    apply.ensure(client, deployment({"executor": {"nodeSelector": {"a": "1"}}}))
+    assert pod_spec(api.get(DEPLOYMENTS, NS, "demo-executor"))["nodeSelector"] == {"a": "1"}
+    apply.ensure(client, deployment({}))
+    assert "nodeSelector" not in pod_spec(api.get(DEPLOYMENTS, NS, "demo-executor"))
+
+
+def test_hand_edits_are_taken_back(api: KMock, client: kube.Kube) -> None:
+    apply.ensure(client, deployment({"image": "a"}))
+    good = pod_spec(api.get(DEPLOYMENTS, NS, "demo-executor"))["containers"]
+    api.patch(DEPLOYMENTS, NS, "demo-executor", {"spec": {"template": {"spec": {"containers": [
+        {**good[0], "image": "evil:1"}]}}}})
+    assert apply.ensure(client, deployment({"image": "a"})).action == "applied"
+    assert pod_spec(api.get(DEPLOYMENTS, NS, "demo-executor"))["containers"] == good
+
+
+def test_ensure_created_never_rewrites(api: KMock, client: kube.Kube) -> None:
+    first, created = apply.ensure_created(client, tokens.user_secret(OWNER, "alice"))
+    again, created_again = apply.ensure_created(client, tokens.user_secret(OWNER, "alice"))
+    assert created and not created_again
+    assert first["data"]["token"] == again["data"]["token"]
+    assert not any(str(r.method).endswith("PATCH") and "/secrets/" in str(r.url) for r in api.requests())
+
+
+def test_a_racing_create_is_not_an_error(api: KMock, client: kube.Kube) -> None:
+    mine = tokens.user_secret(OWNER, "alice")
+    theirs = tokens.user_secret(OWNER, "alice")
+
+    real_get = client.get
+    calls = {"n": 0}
+
+    def get_then_race(*args: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:  # not there yet... and someone else creates it right now
+            api.create(SECRETS, NS, theirs)
+            return None
+        return real_get(*args)
+
+    client.get = get_then_race  # type: ignore[method-assign]
+    live, created = apply.ensure_created(client, mine)
+    assert not created and live["data"]["token"] == theirs["data"]["token"]
+
+
+def test_delete_owned_only_deletes_what_it_controls(api: KMock, client: kube.Kube) -> None:
     spec, _ = parse_spec({})
     assert spec
-    for child in [*render.children(OWNER, spec), render.token_secret(OWNER)]:
-        run(apply.ensure(api, child))  # type: ignore[arg-type]
-    api.objects[("Service", "science", "demo-executor")]["metadata"]["ownerReferences"] = []  # adopted by someone
-    gone = run(apply.delete_children(api, OWNER))  # type: ignore[arg-type]
-    assert sorted(gone) == ["DaemonSet/demo-worker", "Deployment/demo-executor", "Secret/demo-token"]
-    assert ("Service", "science", "demo-executor") in api.objects
+    for child in render.children(OWNER, spec):
+        apply.ensure(client, child)
+    apply.ensure_created(client, tokens.worker_token_secret(OWNER))
+    api.patch("v1/services", NS, "demo-executor", {"metadata": {"ownerReferences": None}})  # adopted by someone
+    gone = apply.delete_children(client, OWNER)
+    assert sorted(gone) == ["DaemonSet/demo-worker", "Deployment/demo-executor", "NetworkPolicy/demo-executor",
+                            "NetworkPolicy/demo-worker", "Secret/demo-worker-token"]
+    assert api.get("v1/services", NS, "demo-executor") is not None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from typing import Any
 
 import pytest
-from operator_harness import StatusServer, sample_status
+from kmock_harness import StatusServer, sample_status
 
 from grain_operator import render, status
 from grain_operator.diff import covers, merge_patch
@@ -68,6 +67,7 @@ def ready_obs(**kw: Any) -> status.Observation:
         "daemonset": {"status": {"desiredNumberScheduled": 2, "numberReady": 2}},
         "service": {"spec": {"ports": [{"name": "grain", "port": 4242, "nodePort": 31042}]}},
         "executor_status": sample_status(workers=2),
+        "users": [("default", "demo-token", 1.0)],
     }
     base.update(kw)
     return status.Observation(**base)
@@ -80,7 +80,8 @@ def conditions(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
 def test_running() -> None:
     st = status.compute_status(OWNER, spec_of({}), ready_obs(), generation=4, now="T0")
     assert st["phase"] == "Running"
-    assert conditions(st) == {"SpecValid": ("True", "Valid"), "ExecutorReady": ("True", "Ready"),
+    assert conditions(st) == {"SpecValid": ("True", "Valid"), "CredentialsReady": ("True", "Ready"),
+                              "ExecutorReady": ("True", "Ready"),
                               "WorkersReady": ("True", "AllReady"), "Degraded": ("False", "AsExpected")}
     assert all(c["observedGeneration"] == 4 and c["lastTransitionTime"] == "T0" for c in st["conditions"])
     assert st["observedGeneration"] == 4
@@ -91,7 +92,15 @@ def test_running() -> None:
     assert st["cores"] == {"total": 8, "free": 4, "summary": "4/8"}
     assert st["memory"] == {"totalGB": 32.0, "freeGB": 16.0}
     assert st["queueLength"] == 3 and st["tokenSecret"] == "demo-token"
-    assert st["endpoints"] == {"inCluster": "grain://demo-executor.science.svc:4242"}
+    assert st["endpoints"] == {
+        "inCluster": "grain://demo-executor.science.svc:4242",
+        "tlsServerName": "demo-executor.science.svc",
+        "dashboard": "kubectl -n science port-forward svc/demo-executor 8080, then http://localhost:8080/",
+    }
+    # an executor without per-user figures: the users of the spec, with zeros
+    assert st["users"] == [{"name": "default", "secretName": "demo-token", "weight": 1.0, "runningJobs": 0,
+                            "queuedJobs": 0, "coresInUse": 0, "share": 0.0}]
+    assert "recovering" not in st and "Recovering" not in conditions(st)
 
 
 def test_pending_while_the_executor_is_not_ready() -> None:
@@ -192,10 +201,10 @@ def test_compact_cpuset() -> None:
 
 def test_fetch_executor_status_from_a_real_http_server() -> None:
     with StatusServer(sample_status(workers=1)) as server:
-        data, err = asyncio.run(status.fetch_executor_status(server.url, timeout=2))
+        data, err = status.fetch_executor_status(server.url, timeout=2)
         assert err is None and data is not None and data["queue_length"] == 3
         server.payload = None  # /status answers 503
-        data, err = asyncio.run(status.fetch_executor_status(server.url, timeout=2))
+        data, err = status.fetch_executor_status(server.url, timeout=2)
         assert data is None and err is not None and "503" in err
 
 
@@ -203,5 +212,47 @@ def test_fetch_executor_status_unreachable() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, not listening: connection refused
-        data, err = asyncio.run(status.fetch_executor_status(f"http://127.0.0.1:{port}/status", timeout=1))
+        data, err = status.fetch_executor_status(f"http://127.0.0.1:{port}/status", timeout=1)
     assert data is None and err is not None and f"127.0.0.1:{port}" in err
+
+
+def test_users_and_their_share_from_the_executor() -> None:
+    users = [("alice", "demo-user-alice", 2.0), ("bob", "demo-user-bob", 1.0)]
+    reported = [{"name": "alice", "weight": 2.0, "running_jobs": 6, "queued_jobs": 2900, "cores_in_use": 6,
+                 "share": 0.751}, {"name": "carol", "running_jobs": 1}]  # carol: not in the spec (any more)
+    st = status.compute_status(OWNER, spec_of({}), ready_obs(users=users,
+                               executor_status=sample_status(users=reported)), generation=1)
+    assert st["users"] == [
+        {"name": "alice", "secretName": "demo-user-alice", "weight": 2.0, "runningJobs": 6, "queuedJobs": 2900,
+         "coresInUse": 6, "share": 0.751},
+        {"name": "bob", "secretName": "demo-user-bob", "weight": 1.0, "runningJobs": 0, "queuedJobs": 0,
+         "coresInUse": 0, "share": 0.0},
+    ]
+    assert "tokenSecret" not in st  # no user 'default'
+    # nonsense from a peer does not break the status
+    odd = sample_status(users=[{"name": "alice", "running_jobs": "many", "share": None}, "junk"])
+    st = status.compute_status(OWNER, spec_of({}), ready_obs(users=users, executor_status=odd), generation=1)
+    assert st["users"][0]["runningJobs"] == 0
+
+
+def test_recovering_executor_is_degraded_and_says_what_it_waits_for() -> None:
+    rec = {"since_s": 12, "waiting_for_workers": ["node-1"], "clients_expected": 2}
+    st = status.compute_status(OWNER, spec_of({}), ready_obs(executor_status=sample_status(recovering=rec)),
+                               generation=1)
+    assert st["recovering"] == "since s: 12; waiting for workers: node-1; clients expected: 2"
+    assert conditions(st)["Recovering"] == ("True", "RebuildingState")
+    assert st["phase"] == "Degraded" and "recovering" in st["message"]
+    st = status.compute_status(OWNER, spec_of({}), ready_obs(executor_status=sample_status(recovering=None)),
+                               generation=1, previous=st)
+    assert "Recovering" not in conditions(st) and st["phase"] == "Running"
+    assert status.status_patch(st, {**st, "recovering": "x"})["recovering"] is None  # cleared
+
+
+def test_credential_problems_are_shown() -> None:
+    obs = ready_obs(credential_problems=["spec.users[bob].secretName: Secret 'b' is not labelled grain.dev/cluster=demo"])
+    st = status.compute_status(OWNER, spec_of({}), obs, generation=1)
+    assert conditions(st)["CredentialsReady"] == ("False", "SecretNotUsable")
+    assert st["phase"] == "Degraded" and "not labelled" in st["message"]
+    obs = status.Observation(credential_problems=["Secret 'demo-tls' exists and is not this GrainCluster's"])
+    st = status.compute_status(OWNER, spec_of({}), obs, generation=1)
+    assert st["phase"] == "Pending" and "demo-tls" in st["message"]

@@ -2,21 +2,23 @@
 
 KMock runs no controllers, so the test plays them where needed (Deployment and DaemonSet
 status, executor Pods). KMock assigns no uid/generation/resourceVersion: the test sets them.
-Never exact call counts (kopf may run a handler more than once here).
+Never exact call counts (kopf may run a handler more than once here), and never a sleep as
+synchronisation: "nothing more happens" is checked over reconcile passes the operator is
+seen to make (``passes``), not over a wall-clock pause.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from operator_harness import (
+from kmock_harness import (
     DAEMONSETS,
     DEPLOYMENTS,
     GRC,
+    NETPOLS,
     NS,
     PODS,
     SECRETS,
@@ -25,12 +27,16 @@ from operator_harness import (
     graincluster,
     sample_status,
     wait_for,
-    wait_http,
 )
+from process_tools import wait_http
 
 from grain_operator import render
 
 pytestmark = pytest.mark.timeout(120)
+
+CHILDREN = [(DEPLOYMENTS, "{}-executor"), (SERVICES, "{}-executor"), (DAEMONSETS, "{}-worker"),
+            (NETPOLS, "{}-executor"), (NETPOLS, "{}-worker"), (SECRETS, "{}-token"), (SECRETS, "{}-worker-token"),
+            (SECRETS, "{}-client-tokens"), (SECRETS, "{}-tls")]
 
 
 def cond(obj: dict[str, Any] | None, ctype: str) -> dict[str, Any] | None:
@@ -56,32 +62,17 @@ def play_controllers(api: Any, name: str = "demo", ns: str = NS, nodes: int = 2)
 
 
 def children_present(api: Any, name: str = "demo", ns: str = NS) -> bool:
-    return all(api.get(res, ns, n) for res, n in [
-        (DEPLOYMENTS, f"{name}-executor"), (SERVICES, f"{name}-executor"),
-        (DAEMONSETS, f"{name}-worker"), (SECRETS, f"{name}-token")])
+    return all(api.get(res, ns, n.format(name)) for res, n in CHILDREN)
 
 
-def pod_template(obj: dict[str, Any]) -> dict[str, Any]:
+def pod_template(obj: dict[str, Any] | None) -> dict[str, Any]:
+    assert obj is not None
     return obj["spec"]["template"]
 
 
 def writes_to(api: Any, path_part: str, user_agent: str = "") -> int:
-    return sum(1 for r in api.operator_requests() if r.method in ("POST", "PATCH", "PUT", "DELETE")
+    return sum(1 for r in api.operator_requests() if str(r.method).split(".")[-1] in ("POST", "PATCH", "PUT", "DELETE")
                and path_part in str(r.url.path) and str(r.headers.get("User-Agent", "")).startswith(user_agent))
-
-
-def settled(count: Any, quiet: float = 1.0, timeout: float = 15.0) -> None:
-    """Wait until ``count()`` stops changing for ``quiet`` seconds."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = count()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
-    raise AssertionError(f"still changing after {timeout}s: a retry loop?")
 
 
 def child_writes(api: Any) -> int:
@@ -89,18 +80,30 @@ def child_writes(api: Any) -> int:
     return writes_to(api, "/namespaces/science/", user_agent="grain-operator")
 
 
+def passes(api: Any, name: str = "demo") -> int:
+    """Reconcile passes seen so far: each one reads the executor Deployment (to apply, then to observe)."""
+    return sum(1 for r in api.operator_requests() if str(r.method).endswith("GET")
+               and str(r.url.path).endswith(f"/deployments/{name}-executor"))
+
+
+def quiet(api: Any, count: Callable[[], int], name: str = "demo", timeout: float = 20.0) -> int:
+    """Wait until ``count()`` stays the same over three reconcile passes; return it."""
+    def still() -> int | None:
+        before, start = count(), passes(api, name)
+        wait_for(lambda: passes(api, name) >= start + 6, timeout, "three more reconcile passes")
+        return before if count() == before else None
+    return int(wait_for(lambda: still() is not None and count(), timeout * 2, "the writes to stop") or 0)
+
+
 def test_create_makes_owned_children_and_reports_status(api: Any, run_operator: Any, caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="kopf")
     with run_operator():
         api.create(GRC, NS, graincluster(spec={"image": "grain:1", "workers": {"cpus": 2, "memory": "4Gi"}}))
         wait_for(lambda: children_present(api), 15, "the children")
-        for res, name in [(DEPLOYMENTS, "demo-executor"), (SERVICES, "demo-executor"),
-                          (DAEMONSETS, "demo-worker"), (SECRETS, "demo-token")]:
-            refs = api.get(res, NS, name)["metadata"]["ownerReferences"]
+        for res, name in CHILDREN:
+            refs = api.get(res, NS, name.format("demo"))["metadata"]["ownerReferences"]
             assert refs == [{"apiVersion": "grain.dev/v1", "kind": "GrainCluster", "name": "demo", "uid": "uid-demo",
-                             "controller": True, "blockOwnerDeletion": True}], (res, refs)
-        token = base64.b64decode(api.get(SECRETS, NS, "demo-token")["data"]["token"]).decode()
-        assert len(token) >= 43
+                             "controller": True, "blockOwnerDeletion": True}], (res, name, refs)
 
         # the executor is not ready: Pending, and the handler comes back later (TemporaryError)
         wait_for(lambda: (grc(api).get("status") or {}).get("phase") == "Pending", 10, "phase Pending")
@@ -114,44 +117,56 @@ def test_create_makes_owned_children_and_reports_status(api: Any, run_operator: 
         wait_for(lambda: any("reconcile-create' succeeded" in r.getMessage() for r in caplog.records), 15,
                  "the create handler to succeed once the executor is ready")
         st = grc(api)["status"]
-        assert st["endpoints"] == {"inCluster": "grain://demo-executor.science.svc:4242"}
+        assert st["endpoints"]["inCluster"] == "grain://demo-executor.science.svc:4242"
+        assert st["endpoints"]["tlsServerName"] == "demo-executor.science.svc"
+        assert st["endpoints"]["dashboard"].startswith("kubectl -n science port-forward svc/demo-executor 8080")
         assert st["tokenSecret"] == "demo-token"
+        assert st["users"][0]["name"] == "default" and st["users"][0]["secretName"] == "demo-token"
         assert st["workers"]["summary"] == "2/2" and st["cores"]["summary"] == "4/8" and st["queueLength"] == 3
         assert {c["type"]: c["status"] for c in st["conditions"]} == {
-            "SpecValid": "True", "ExecutorReady": "True", "WorkersReady": "True", "Degraded": "False"}
+            "SpecValid": "True", "CredentialsReady": "True", "ExecutorReady": "True", "WorkersReady": "True",
+            "Degraded": "False"}
         assert all(c["observedGeneration"] == 1 and c["lastTransitionTime"] for c in st["conditions"])
 
-        # steady state: the children are not written again (kopf's own re-runs under KMock aside)
-        settled(lambda: child_writes(api))
-        before = child_writes(api)
-        time.sleep(2)
+        # steady state: the children are not written again over several timer passes
+        before = quiet(api, lambda: child_writes(api))
+        start = passes(api)
+        wait_for(lambda: passes(api) >= start + 6, 15, "three more timer passes")
         assert child_writes(api) == before
 
 
-def test_update_rolls_the_pod_templates(api: Any, run_operator: Any) -> None:
+def test_update_rolls_the_executor_and_the_workers(api: Any, run_operator: Any) -> None:
     with run_operator():
         api.create(GRC, NS, graincluster(spec={"image": "grain:1"}))
         wait_for(lambda: children_present(api), 15, "the children")
         play_controllers(api)
         dep0, ds0 = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
-        hash0 = pod_template(dep0)["metadata"]["annotations"][render.TEMPLATE_HASH]
+        dep_hash0 = pod_template(dep0)["metadata"]["annotations"][render.TEMPLATE_HASH]
+        ds_hash0 = pod_template(ds0)["metadata"]["annotations"][render.TEMPLATE_HASH]
+        assert pod_template(ds0)["spec"]["terminationGracePeriodSeconds"] == 60 + render.DRAIN_MARGIN_SECONDS
 
-        api.patch(GRC, NS, "demo", {"metadata": {"generation": 2},
-                                    "spec": {"image": "grain:2", "workers": {"env": [{"name": "X", "value": "1"}]}}})
+        # a spec change of the kind a lab makes mid-sweep: drain and grace times
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {
+            "workers": {"drainTimeoutSeconds": 300}, "scheduler": {"clientGraceSeconds": 900}}})
 
         def rolled() -> bool:
-            dep, ds = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
-            return (pod_template(dep)["spec"]["containers"][0]["image"] == "grain:2"
-                    and pod_template(ds)["spec"]["containers"][0]["image"] == "grain:2"
-                    and {"name": "X", "value": "1"} in pod_template(ds)["spec"]["containers"][0]["env"])
-        wait_for(rolled, 15, "the templates to change")
-        dep = api.get(DEPLOYMENTS, NS, "demo-executor")
-        assert pod_template(dep)["metadata"]["annotations"][render.TEMPLATE_HASH] != hash0
-        assert api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"] != ds0["spec"]["template"]
+            dep, ds = pod_template(api.get(DEPLOYMENTS, NS, "demo-executor")), pod_template(api.get(DAEMONSETS, NS, "demo-worker"))
+            return (dep["metadata"]["annotations"][render.TEMPLATE_HASH] != dep_hash0
+                    and ds["metadata"]["annotations"][render.TEMPLATE_HASH] != ds_hash0)
+        wait_for(rolled, 15, "both pod templates to change")
+        ds = pod_template(api.get(DAEMONSETS, NS, "demo-worker"))
+        assert ds["spec"]["terminationGracePeriodSeconds"] == 300 + render.DRAIN_MARGIN_SECONDS
+        args = ds["spec"]["containers"][0]["args"]
+        assert args[args.index("--drain-timeout") + 1] == "300"
+        ex_args = pod_template(api.get(DEPLOYMENTS, NS, "demo-executor"))["spec"]["containers"][0]["args"]
+        assert ex_args[ex_args.index("--client-grace") + 1] == "900"
         wait_for(lambda: grc(api)["status"]["observedGeneration"] == 2, 10, "observedGeneration 2")
 
-        # dropping the env var removes it (three-way merge), not left behind
-        api.patch(GRC, NS, "demo", {"metadata": {"generation": 3}, "spec": {"workers": {"env": []}}})
+        # an env var added, then dropped: removed (server-side apply), not left behind
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 3}, "spec": {"workers": {"env": [{"name": "X", "value": "1"}]}}})
+        wait_for(lambda: {"name": "X", "value": "1"} in pod_template(api.get(DAEMONSETS, NS, "demo-worker"))
+                 ["spec"]["containers"][0].get("env", []), 15, "X to be added")
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 4}, "spec": {"workers": {"env": []}}})
         wait_for(lambda: all(e["name"] != "X" for e in pod_template(api.get(DAEMONSETS, NS, "demo-worker"))
                              ["spec"]["containers"][0]["env"]), 15, "X to be removed")
 
@@ -164,9 +179,11 @@ def test_drift_is_undone_by_the_timer(api: Any, run_operator: Any) -> None:
         api.patch(DAEMONSETS, NS, "demo-worker", {"spec": {"template": {"spec": {"containers": [
             {**good[0], "image": "evil:1", "args": ["--oops"]}]}}}})
         api.delete(SERVICES, NS, "demo-executor")
+        api.delete(NETPOLS, NS, "demo-executor")
         wait_for(lambda: api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"]["spec"]["containers"][0]["image"]
                  == "grain:1", 10, "the DaemonSet to be repaired")
-        wait_for(lambda: api.get(SERVICES, NS, "demo-executor"), 10, "the Service to be recreated")
+        wait_for(lambda: api.get(SERVICES, NS, "demo-executor") and api.get(NETPOLS, NS, "demo-executor"), 10,
+                 "the Service and the NetworkPolicy to be recreated")
         assert api.get(DAEMONSETS, NS, "demo-worker")["spec"]["template"]["spec"]["containers"][0]["args"] == good[0]["args"]
 
 
@@ -176,7 +193,7 @@ def test_resume_after_restart_reconciles(api: Any, run_operator: Any) -> None:
         wait_for(lambda: children_present(api), 15, "the children")
         play_controllers(api)
         wait_for(lambda: grc(api)["status"]["phase"] == "Running", 15, "phase Running")
-        token = api.get(SECRETS, NS, "demo-token")["data"]["token"]
+        secrets = {n: api.get(SECRETS, NS, n)["data"] for n in ("demo-token", "demo-worker-token", "demo-tls")}
     # while the operator is away: a child is lost and the spec changes
     api.delete(DAEMONSETS, NS, "demo-worker")
     api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {"image": "grain:3"}})
@@ -184,7 +201,8 @@ def test_resume_after_restart_reconciles(api: Any, run_operator: Any) -> None:
         wait_for(lambda: api.get(DAEMONSETS, NS, "demo-worker"), 15, "the DaemonSet to be recreated")
         wait_for(lambda: pod_template(api.get(DEPLOYMENTS, NS, "demo-executor"))["spec"]["containers"][0]["image"]
                  == "grain:3", 15, "the new image")
-        assert api.get(SECRETS, NS, "demo-token")["data"]["token"] == token  # the token survives restarts
+        for name, data in secrets.items():  # tokens and certificates survive restarts
+            assert api.get(SECRETS, NS, name)["data"] == data, name
         wait_for(lambda: grc(api)["status"]["observedGeneration"] == 2, 10, "observedGeneration 2")
 
 
@@ -203,10 +221,10 @@ def test_bad_spec_gets_a_condition_and_no_retry_loop(api: Any, run_operator: Any
         assert any("reconcile-create" in r.getMessage() and "failed permanently" in r.getMessage()
                    and "spec.workers.reserveCores" in r.getMessage() for r in caplog.records)
         # no retry loop: once settled (KMock may replay a few stale events), nothing more is
-        # written for several retry delays and timer periods
-        settled(lambda: writes_to(api, "/grainclusters/demo"))
-        before = writes_to(api, "/grainclusters/demo")
-        time.sleep(2.5)
+        # written while the timer keeps passing
+        before = quiet(api, lambda: writes_to(api, "/grainclusters/demo"))
+        start = passes(api)
+        wait_for(lambda: passes(api) >= start + 4, 15, "more timer passes")
         assert writes_to(api, "/grainclusters/demo") == before
         assert api.get(DEPLOYMENTS, NS, "demo-executor") is None and api.get(DAEMONSETS, NS, "demo-worker") is None
 
@@ -224,8 +242,10 @@ def test_bad_spec_gets_a_condition_and_no_retry_loop(api: Any, run_operator: Any
 
 
 def test_delete_removes_children_and_releases_the_finalizer(api: Any, run_operator: Any) -> None:
-    api.create(SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine", "namespace": NS},
-                             "data": {"token": base64.b64encode(b"users-own-token").decode()}})
+    mine = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "mine", "namespace": NS,
+                                                               "labels": {"grain.dev/cluster": "b"}},
+            "data": {"token": "dXNlcnMtb3duLXRva2Vu"}}
+    api.create(SECRETS, NS, mine)
     with run_operator():
         api.create(GRC, NS, graincluster("a", spec={"image": "grain:1"}))
         api.create(GRC, NS, graincluster("b", spec={"image": "grain:1", "auth": {"tokenSecret": "mine"}}))
@@ -234,26 +254,10 @@ def test_delete_removes_children_and_releases_the_finalizer(api: Any, run_operat
         wait_for(lambda: "grain.dev/finalizer" in grc(api, "b")["metadata"].get("finalizers", []), 10, "finalizer")
         api.delete(GRC, NS, "b")
         wait_for(lambda: api.get(GRC, NS, "b") is None, 30, "b to be gone")
-        for res, name in [(DEPLOYMENTS, "b-executor"), (SERVICES, "b-executor"), (DAEMONSETS, "b-worker")]:
-            assert api.get(res, NS, name) is None, name
+        for res, name in CHILDREN:
+            assert api.get(res, NS, name.format("b")) is None, name
         assert api.get(SECRETS, NS, "mine") is not None  # the user's own Secret stays
         assert children_present(api, "a")  # the other cluster is untouched
-
-
-def test_named_token_secret_missing_then_created(api: Any, run_operator: Any) -> None:
-    with run_operator():
-        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "auth": {"tokenSecret": "later"}}))
-        wait_for(lambda: "Secret 'later' not found" in ((api.get(GRC, NS, "demo") or {}).get("status") or {})
-                 .get("message", ""), 10, "the status to name the missing Secret")
-        assert api.get(DEPLOYMENTS, NS, "demo-executor") is None
-        api.create(SECRETS, NS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "later", "namespace": NS},
-                                 "data": {"token": base64.b64encode(b"t0k3n").decode()}})
-        wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor"), 15, "the children")
-        tmpl = pod_template(api.get(DEPLOYMENTS, NS, "demo-executor"))
-        assert tmpl["metadata"]["annotations"][render.TOKEN_DIGEST] == render.token_digest("t0k3n")
-        env = {e["name"]: e for e in tmpl["spec"]["containers"][0]["env"]}
-        assert env["GRAIN_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "later", "key": "token"}
-        assert api.get(SECRETS, NS, "demo-token") is None  # none generated
 
 
 def test_nodeport_endpoint_from_service_and_pod(api: Any, run_operator: Any) -> None:
@@ -273,7 +277,8 @@ def test_nodeport_endpoint_from_service_and_pod(api: Any, run_operator: Any) -> 
         wait_for(lambda: grc(api)["status"]["endpoints"].get("external") == "grain://192.0.2.10:31042", 15,
                  "the external endpoint")
         # the assigned nodePorts are not fought over
-        time.sleep(1)
+        start = passes(api)
+        wait_for(lambda: passes(api) >= start + 4, 15, "two more timer passes")
         assert api.get(SERVICES, NS, "demo-executor")["spec"]["ports"][0]["nodePort"] == 31042
 
 
@@ -311,14 +316,34 @@ def test_status_follows_the_executor(api: Any, run_operator: Any, executor_http:
             assert "503" in cond(grc(api), "ExecutorReady")["message"]
 
 
+def test_status_shows_users_and_recovery(api: Any, run_operator: Any, status_server: Any) -> None:
+    users = [{"name": "alice", "weight": 2.0, "running_jobs": 3, "queued_jobs": 2997, "cores_in_use": 3, "share": 0.75},
+             {"name": "bob", "weight": 1.0, "running_jobs": 1, "queued_jobs": 0, "cores_in_use": 1, "share": 0.25}]
+    status_server.payload = sample_status(users=users, recovering={"waiting_for_workers": ["node-1"]})
+    with run_operator():
+        api.create(GRC, NS, graincluster(spec={"image": "grain:1", "users": [{"name": "alice", "weight": 2},
+                                                                              {"name": "bob"}]}))
+        wait_for(lambda: children_present(api, "demo") or api.get(SECRETS, NS, "demo-user-bob"), 15, "the Secrets")
+        play_controllers(api)
+        st = wait_for(lambda: (grc(api).get("status") or {}).get("recovering") and grc(api)["status"], 15,
+                      "the recovery to be shown")
+        assert st["recovering"] == "waiting for workers: node-1"
+        assert st["phase"] == "Degraded" and cond(grc(api), "Recovering")["status"] == "True"
+        assert [(u["name"], u["secretName"], u["runningJobs"], u["queuedJobs"], u["coresInUse"], u["share"])
+                for u in st["users"]] == [("alice", "demo-user-alice", 3, 2997, 3, 0.75),
+                                          ("bob", "demo-user-bob", 1, 0, 1, 0.25)]
+        status_server.payload = sample_status(users=users)  # recovered
+        wait_for(lambda: grc(api)["status"]["phase"] == "Running" and "recovering" not in grc(api)["status"], 15,
+                 "the recovery to end")
+        assert cond(grc(api), "Recovering") is None
+
+
 def test_cluster_wide_mode_with_liveness_endpoint(api: Any, run_operator: Any) -> None:
     liveness = f"http://127.0.0.1:{free_port()}/healthz"
     with run_operator(namespaces=(), all_namespaces=True, liveness_endpoint=liveness):
         wait_http(liveness, 10)
         api.create(GRC, NS, graincluster("x", spec={"image": "grain:1"}))
-        other = graincluster("y", spec={"image": "grain:1"})
-        other["metadata"]["namespace"] = "other"
-        api.create(GRC, "other", other)
+        api.create(GRC, "other", graincluster("y", spec={"image": "grain:1"}, namespace="other"))
         wait_for(lambda: children_present(api, "x", NS) and children_present(api, "y", "other"), 15,
                  "children in both namespaces")
         assert pod_template(api.get(DAEMONSETS, "other", "y-worker"))["spec"]["containers"][0]["args"][1] \

@@ -20,6 +20,7 @@ CUSTOM = {
     "serviceAccount": {"annotations": {"iam.example/role": "grain"}},
     "rbac": {"namespaced": True},
     "operator": {
+        "networkPolicy": {"enabled": False},
         "watchNamespaces": ["science", "physics"],
         "verbose": True,
         "extraArgs": ["--log-format=json"],
@@ -40,7 +41,7 @@ CUSTOM = {
 VARIANTS = {
     "defaults": {},
     "custom": CUSTOM,
-    "namespaced-release-ns": {"rbac": {"namespaced": True}},
+    "cluster-wide": {"rbac": {"namespaced": False, "secretNamespaces": ["science"]}},
     "cluster": {"cluster": {"create": True}},
 }
 
@@ -53,7 +54,8 @@ def _operator(objects):
 
 def test_values_carry_the_keys_rbac_uses():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert values["rbac"]["namespaced"] is False
+    assert values["rbac"]["namespaced"] is True  # least privilege by default
+    assert values["rbac"]["secretNamespaces"] == []
     assert values["operator"]["watchNamespaces"] == []
 
 
@@ -67,6 +69,7 @@ def test_default_values_pass_the_schema():
     "bad, key",
     [
         ({"rbac": {"namespaced": "yes"}}, "namespaced"),
+        ({"rbac": {"secretNamespaces": ["Bad_NS"]}}, "secretNamespaces"),
         ({"operator": {"watchNamespaces": "science"}}, "watchNamespaces"),
         ({"operator": {"watchNamespaces": ["Not_A_Namespace"]}}, "watchNamespaces"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
@@ -103,7 +106,7 @@ def test_operator_deployment_defaults():
     assert sa["metadata"]["name"] == "grain-operator"
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "grain-operator"
     assert container["command"] == ["python", "-m", "grain_operator"]
-    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--all-namespaces"]
+    assert container["args"] == ["--liveness=http://0.0.0.0:8080/healthz", "--namespace=grain-system"]
     probe = container["livenessProbe"]["httpGet"]
     port = next(p for p in container["ports"] if p["name"] == probe["port"])
     assert (probe["path"], port["containerPort"]) == ("/healthz", 8080)
@@ -113,6 +116,16 @@ def test_operator_deployment_defaults():
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert deployment["spec"]["strategy"]["type"] == "Recreate"  # never two operators at once
     assert not by_kind(objects, "GrainCluster")
+    env = {e["name"]: e.get("valueFrom", e.get("value")) for e in container["env"]}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}  # for the executors' policy
+    (policy,) = by_kind(objects, "NetworkPolicy")
+    assert policy["spec"]["ingress"] == [] and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_cluster_wide_is_opt_in():
+    _, container = _operator(render({"rbac": {"namespaced": False}}))
+    assert "--all-namespaces" in container["args"]
 
 
 def test_operator_deployment_custom_values():
@@ -141,6 +154,7 @@ def test_operator_deployment_custom_values():
     assert all(
         o["metadata"].get("namespace") in ("ops", "science", "physics", None) for o in objects
     )
+    assert not by_kind(objects, "NetworkPolicy")  # operator.networkPolicy.enabled: false
 
 
 def test_namespaced_without_list_watches_release_namespace():
@@ -166,6 +180,10 @@ def test_notes_say_what_to_do_next():
     created = notes({"cluster": {"create": True, "name": "lab"}})
     assert 'GrainCluster "lab" was created' in created
     assert "grain://lab-executor.grain-system.svc:4242" in created and "NAMESPACE" not in created
+    assert "grain.dev/client=lab" in created and "lab-user-alice" in created and 'tls_ca="' in created
+    assert "port-forward svc/lab-executor 8080" in created
+    wide = notes({"rbac": {"namespaced": False}})
+    assert "all namespaces" in wide and "may manage Secrets only in: no namespace yet" in wide
 
 
 def test_rbac_binds_the_operator_service_account():

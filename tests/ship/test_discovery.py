@@ -1,13 +1,17 @@
-"""grain.client.discovery against KMock: each way in, and each error with its advice."""
+"""grain.client.discovery against KMock: each way in, users and TLS, and each error with its advice."""
 
 from __future__ import annotations
 
 import base64
 import socket
+import ssl
+import stat
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kmock_harness import KMock, free_port
 
 import grain.errors
 from grain.client import discovery
@@ -20,21 +24,18 @@ from grain.client.discovery import (
     PortForwardRefusedError,
     TokenSecretForbiddenError,
     TokenSecretNotFoundError,
+    UnknownUserError,
     open_cluster,
     resolve_cluster,
 )
 
-from .k8s_fake import FakeApi, StandInExecutor
+from .conftest import StandInExecutor
+
+FakeApi = KMock
 
 NS = "science"
 GRC = "grain.dev/v1/grainclusters"
 SELECTOR = {"app.kubernetes.io/instance": "demo", "app.kubernetes.io/component": "executor"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cluster(api: FakeApi, phase: str = "Running", **status: Any) -> None:
@@ -52,9 +53,20 @@ def _cluster(api: FakeApi, phase: str = "Running", **status: Any) -> None:
     )
 
 
-def _secret(api: FakeApi, name: str = "demo-token", token: str = "s3cret") -> None:
+def _secret(api: FakeApi, name: str = "demo-token", token: str = "s3cret", ca: str | None = None) -> None:
     data = {"token": base64.b64encode(token.encode()).decode()}
+    if ca is not None:
+        data["ca.crt"] = base64.b64encode(ca.encode()).decode()
     api.put("v1/secrets", NS, name, {"apiVersion": "v1", "kind": "Secret", "data": data})
+
+
+def _executor_pod(api: FakeApi, name: str = "demo-executor-abc", labels: dict[str, str] | None = None) -> None:
+    container = {"name": "executor", "image": "grain", "ports": [{"name": "grain", "containerPort": 4242}]}
+    api.put("v1/pods", NS, name, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"labels": labels or SELECTOR},
+        "spec": {"containers": [container]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    })
 
 
 def _executor_objects(api: FakeApi, target_port: Any = 4242) -> None:
@@ -115,7 +127,7 @@ def _roundtrip(address: str) -> bytes:
 
 @pytest.fixture
 def kubeconfig(api: FakeApi, tmp_path: Path) -> str:
-    return str(api.kubeconfig(tmp_path / "kubeconfig", namespace=NS))
+    return api.kubeconfig(tmp_path / "kubeconfig", namespace=NS)
 
 
 def test_external_endpoint_used_when_reachable(api, kubeconfig, executor: StandInExecutor):
@@ -140,7 +152,7 @@ def test_port_forward_when_external_unreachable(api, kubeconfig, executor):
         api,
         endpoints={
             "inCluster": "grain://demo-executor.science.svc:4242",
-            "external": f"grain://127.0.0.1:{_free_port()}",
+            "external": f"grain://127.0.0.1:{free_port()}",
         },
     )
     _secret(api)
@@ -259,3 +271,131 @@ def kmock_forbidden():
     return kmock.KubernetesError(
         status=403, reason="Forbidden", message='secrets "demo-token" is forbidden'
     )
+
+
+# -- users, TLS, and the executor pod being replaced ---------------------------------------------
+
+
+def _users(*names: str) -> list[dict[str, Any]]:
+    return [{"name": n, "secretName": "demo-token" if n == "default" else f"demo-user-{n}"} for n in names]
+
+
+def test_each_user_reads_their_own_secret(api, kubeconfig, executor, monkeypatch):
+    _cluster(api, users=_users("alice", "bob"), endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    _secret(api, "demo-user-alice", "alice-token")
+    _secret(api, "demo-user-bob", "bob-token")
+    with open_cluster("demo", NS, kubeconfig=kubeconfig, user="alice") as conn:
+        assert (conn.user, conn.token) == ("alice", "alice-token")
+    monkeypatch.setenv("GRAIN_USER", "bob")
+    with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert (conn.user, conn.token) == ("bob", "bob-token")
+    monkeypatch.delenv("GRAIN_USER")
+    with pytest.raises(UnknownUserError, match=r"no user 'default' \(its users: alice, bob\).*GRAIN_USER"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+    gets = [str(r.url.path) for r in api.requests() if "/secrets/" in str(r.url.path)]
+    assert gets and all(p.endswith(("/demo-user-alice", "/demo-user-bob")) for p in gets)  # never another's
+
+
+def test_tls_ca_in_a_private_file_and_the_service_name_to_verify(api, kubeconfig, executor):
+    _cluster(api, users=_users("default"), endpoints={
+        "external": f"grain://127.0.0.1:{executor.port}", "tlsServerName": "demo-executor.science.svc"})
+    _secret(api, ca="-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----")
+    with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert conn.tls and conn.server_hostname == "demo-executor.science.svc"
+        path = Path(conn.ca_file)
+        assert path.read_text().startswith("-----BEGIN CERTIFICATE-----\nCA")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.exists() and conn.ca_file is None  # removed on close
+
+
+def test_tls_without_ca_in_the_secret_says_so(api, kubeconfig):
+    _cluster(api, endpoints={"tlsServerName": "demo-executor.science.svc"})
+    _secret(api)
+    with pytest.raises(TokenSecretNotFoundError, match=r"no key 'ca.crt'.*TLS"):
+        resolve_cluster("demo", NS, kubeconfig=kubeconfig)
+
+
+def _tls_echo(tmp_path: Path) -> tuple[Any, int, Any]:
+    """A TLS echo server with a certificate as the operator makes it; (issued, port, stop)."""
+    tls = pytest.importorskip("grain_operator.tls")
+    names = pytest.importorskip("grain_operator.names")
+    owner = names.Owner("demo", NS)
+    issued = tls.issue(owner, tls.dns_names(owner))
+    (tmp_path / "tls.crt").write_text(issued.cert_pem)
+    (tmp_path / "tls.key").write_text(issued.key_pem)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(str(tmp_path / "tls.crt"), str(tmp_path / "tls.key"))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = listener.accept()
+            except TimeoutError:
+                continue
+            try:
+                with ctx.wrap_socket(raw, server_side=True) as conn:
+                    conn.sendall(b"executor:" + conn.recv(100))
+            except (ssl.SSLError, OSError):
+                pass
+        listener.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return issued, listener.getsockname()[1], stop
+
+
+def test_tls_through_the_port_forward_verifies_the_service_name(api, kubeconfig, tmp_path):
+    issued, port, stop = _tls_echo(tmp_path)
+    try:
+        _cluster(api, endpoints={"inCluster": "grain://demo-executor.science.svc:4242",
+                                 "tlsServerName": "demo-executor.science.svc"})
+        _secret(api, ca=issued.ca_pem)
+        _executor_objects(api)
+        api.km.forward_to = port
+        with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+            assert conn.via == "port-forward" and conn.address.startswith("grain://127.0.0.1:")
+            host, local = conn.address.removeprefix("grain://").rsplit(":", 1)
+            client = ssl.create_default_context(cafile=conn.ca_file)
+            with socket.create_connection((host, int(local)), timeout=5) as raw, \
+                    client.wrap_socket(raw, server_hostname=conn.server_hostname) as tls_conn:
+                tls_conn.sendall(b"hello")
+                assert tls_conn.recv(100) == b"executor:hello"
+    finally:
+        stop.set()
+
+
+def test_the_port_forward_follows_a_replaced_executor_pod(api, kubeconfig, executor):
+    _cluster(api)
+    _secret(api)
+    _executor_objects(api)
+    api.km.forward_to = executor.port
+    with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert _roundtrip(conn.address) == b"executor:hello"
+        # the executor pod is replaced (a rollout, an OOM kill): same address, new pod
+        del api.km.objects["v1/pods", NS, "demo-executor-abc"]
+        _executor_pod(api, "demo-executor-def")
+        assert _roundtrip(conn.address) == b"executor:hello"
+        # while no executor pod exists, a connection is closed at once (the client retries)
+        del api.km.objects["v1/pods", NS, "demo-executor-def"]
+        host, port = conn.address.removeprefix("grain://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.settimeout(5)
+            assert s.recv(10) == b""
+        _executor_pod(api, "demo-executor-ghi")
+        assert _roundtrip(conn.address) == b"executor:hello"
+    assert [f.split("/")[1] for f in api.km.forwards] == [
+        "demo-executor-abc:4242", "demo-executor-def:4242", "demo-executor-ghi:4242"]
+
+
+def test_refresh_reads_the_status_again(api, kubeconfig, executor):
+    _cluster(api, endpoints={"external": f"grain://127.0.0.1:{executor.port}"})
+    _secret(api)
+    with StandInExecutor() as moved, open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+        assert conn.address == f"grain://127.0.0.1:{executor.port}"
+        _cluster(api, endpoints={"external": f"grain://127.0.0.1:{moved.port}"})
+        _secret(api, token="rotated-by-the-admin")
+        assert conn.refresh() is conn
+        assert conn.address == f"grain://127.0.0.1:{moved.port}" and conn.token == "rotated-by-the-admin"
+        assert _roundtrip(conn.address) == b"executor:hello"

@@ -1,26 +1,42 @@
-"""Test harness for the operator: KMock's Kubernetes emulator, the real kopf operator, and a
-stand-in executor /status server, each in its own thread (never in the test's own loop).
+"""The one Kubernetes test harness: KMock's emulator, the real kopf operator, a stand-in /status.
 
-- ``KMock``: kmock.KubernetesEmulator behind kmock.Server on 127.0.0.1, in a thread with its
-  own asyncio loop. The resources kopf needs are declared (namespaces, CRDs, grainclusters
-  with a status subresource, the children's kinds). The test drives it over HTTP (``create``,
-  ``patch``, ``delete``; its requests carry kmock's User-Agent so they can be told apart from
-  the operator's) and reads ``objects``/``requests`` for assertions.
+Used by the operator tests (tests/operator) and the shipping tests (tests/ship, which put
+this directory on sys.path). Each server runs in a thread with its own event loop, never in
+the test's own loop (kopf cancels tasks it did not start when it stops).
+
+- ``KMock``: ``kmock.KubernetesEmulator`` behind ``kmock.Server`` on 127.0.0.1, with the
+  resources kopf and the operator need declared, plus what KMock 0.8 lacks:
+  * server-side apply (KMock answers it 200 and changes nothing): ``_apply`` keeps what each
+    field manager applied last and merges like the API server does for one manager — fields
+    it applied before and no longer sends are removed, others' fields are kept. Lists are
+    atomic here (the API server merges some lists by key): a fidelity gap the operator never
+    relies on, since it owns its lists whole.
+  * the pods/portforward WebSocket (v4.channel.k8s.io), relayed to a loopback port standing
+    in for the pod, or refused with a chosen HTTP status; the pod must exist.
+  The test drives it over HTTP (``create``, ``patch``, ``delete``; its requests carry kmock's
+  User-Agent, so they can be told from the operator's) or stores objects directly (``put``),
+  and reads ``get``/``requests`` for assertions.
 - ``OperatorThread``: ``grain_operator.handlers.operate`` in a thread, stopped by its flag.
 - ``StatusServer``: an HTTP server on loopback serving a settable /status JSON and /healthz.
+- ``wait_for``: the one poll-until helper (polls state; never a sleep as synchronisation).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import http.server
 import json
+import re
+import socket
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import aiohttp.web
 import kmock
 import yaml
 
@@ -34,6 +50,7 @@ DAEMONSETS = "apps/v1/daemonsets"
 SERVICES = "v1/services"
 SECRETS = "v1/secrets"
 PODS = "v1/pods"
+NETPOLS = "networking.k8s.io/v1/networkpolicies"
 
 RESOURCES: dict[str, dict[str, Any]] = {
     "v1/namespaces": {"kind": "Namespace", "namespaced": False},
@@ -45,8 +62,12 @@ RESOURCES: dict[str, dict[str, Any]] = {
     SERVICES: {"kind": "Service", "namespaced": True, "subresources": {"status"}},
     SECRETS: {"kind": "Secret", "namespaced": True},
     PODS: {"kind": "Pod", "namespaced": True, "subresources": {"status"}},
+    NETPOLS: {"kind": "NetworkPolicy", "namespaced": True},
     "v1/events": {"kind": "Event", "namespaced": True},
 }
+
+PORTFORWARD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/portforward$")
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
@@ -58,7 +79,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
             value = predicate()
             if value:
                 return value
-        except (KeyError, ValueError, TypeError, AssertionError) as exc:
+        except (KeyError, ValueError, TypeError, AssertionError, IndexError) as exc:
             last_exc = exc
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last: {last_exc!r})" if last_exc else ""))
@@ -77,6 +98,120 @@ def api_path(resource: str, namespace: str | None, name: str | None = None, sub:
     return path
 
 
+# -- server-side apply, as the API server does it for one field manager -----------------------
+
+def _prune(live: Any, before: Any, after: Any) -> Any:
+    """Remove from ``live`` what the manager applied ``before`` and no longer applies."""
+    if not (isinstance(live, dict) and isinstance(before, dict)):
+        return live
+    out = dict(live)
+    for key, old in before.items():
+        if key not in out:
+            continue
+        if not isinstance(after, dict) or key not in after:
+            del out[key]
+        elif isinstance(old, dict):
+            out[key] = _prune(out[key], old, after[key])
+    return out
+
+
+def _merge(live: Any, applied: Any) -> Any:
+    """Set every field of ``applied`` in ``live``; maps merge, lists and scalars are replaced."""
+    if not (isinstance(live, dict) and isinstance(applied, dict)):
+        return copy.deepcopy(applied)
+    out = dict(live)
+    for key, value in applied.items():
+        out[key] = _merge(out.get(key), value)
+    return out
+
+
+def server_side_apply(live: dict[str, Any] | None, before: dict[str, Any] | None,
+                      applied: dict[str, Any]) -> dict[str, Any]:
+    """The object after ``applied`` (the manager's previous config: ``before``)."""
+    if live is None:
+        return copy.deepcopy(applied)
+    return _merge(_prune(live, before or {}, applied), applied)
+
+
+class _Emulator(kmock.KubernetesEmulator):
+    """KMock plus server-side apply and pods/portforward."""
+
+    forward_to: int | None = None  # loopback port standing in for the executor pod
+    refuse_with: int | None = None  # HTTP status to refuse port-forwards with
+    forwards: list[str]  # "ns/pod:port" of every port-forward opened
+    applied: dict[tuple[Any, str | None, str, str], dict[str, Any]]  # what each manager applied last
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        m = PORTFORWARD.match(raw_request.path)
+        if m and (self.forward_to is not None or self.refuse_with is not None):
+            return await self._portforward(raw_request, m["ns"], m["pod"])
+        return await super().__call__(raw_request)
+
+    async def _handle(self, request: Any) -> aiohttp.web.StreamResponse:
+        ctype = str(request.headers.get("Content-Type", ""))
+        if str(request.method).upper().endswith("PATCH") and ctype.startswith(APPLY_CONTENT_TYPE) \
+                and request.resource is not None and request.name is not None and not request.subresource:
+            return await self._apply(request)
+        return await super()._handle(request)
+
+    async def _apply(self, request: Any) -> aiohttp.web.StreamResponse:
+        body = yaml.safe_load(request.body or b"{}") or {}
+        manager = str(request.params.get("fieldManager") or "")
+        if not manager:
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 400, "message": "fieldManager is required for apply"}, status=400)
+        key = (request.resource, request.namespace, request.name)
+        async with self._lock:
+            exists = key in self.objects and not self.objects[key].deleted
+            live = self.objects[key].raw if exists else None
+            new = server_side_apply(live, self.applied.get((*key, manager)), body)
+            new.setdefault("metadata", {}).update(name=request.name, namespace=request.namespace)
+            self.applied[(*key, manager)] = copy.deepcopy(body)
+            if exists:
+                self.objects[key].history.append(new)
+            elif key in self.objects:
+                self.objects[key].create(new)
+            else:
+                self.objects[key] = new
+            raw = self.objects[key].raw
+            if new != live:
+                await self._buses[request.resource].put({"type": "MODIFIED" if exists else "ADDED", "object": raw})
+        return aiohttp.web.json_response(raw, status=200 if exists else 201)
+
+    async def _portforward(self, request: Any, ns: str, pod: str) -> aiohttp.web.StreamResponse:
+        if self.refuse_with is not None:
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": self.refuse_with, "message": "refused by test"}, status=self.refuse_with)
+        if not any(res.plural == "pods" and n == ns and name == pod and not obj.deleted
+                   for (res, n, name), obj in list(self.objects.items())):
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 404, "message": f'pods "{pod}" not found'}, status=404)
+        port = int(request.query["ports"])
+        self.forwards.append(f"{ns}/{pod}:{port}")
+        ws = aiohttp.web.WebSocketResponse(protocols=("v4.channel.k8s.io",))
+        await ws.prepare(request)
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.forward_to)
+        header = port.to_bytes(2, "little")
+        await ws.send_bytes(b"\x00" + header)  # data channel of the first port
+        await ws.send_bytes(b"\x01" + header)  # its error channel
+
+        async def pod_to_client() -> None:
+            while data := await reader.read(65536):
+                await ws.send_bytes(b"\x00" + data)
+            await ws.close()
+
+        task = asyncio.create_task(pod_to_client())
+        try:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.BINARY and msg.data[:1] == b"\x00":
+                    writer.write(msg.data[1:])
+                    await writer.drain()
+        finally:
+            task.cancel()
+            writer.close()
+        return ws
+
+
 class KMock:
     """KMock's emulator, served from its own thread."""
 
@@ -86,7 +221,7 @@ class KMock:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kmock", daemon=True)
         self._stop: asyncio.Event | None = None
-        self.km: kmock.KubernetesEmulator
+        self.km: _Emulator
         self.url = ""
 
     def __enter__(self) -> KMock:
@@ -98,7 +233,8 @@ class KMock:
 
     async def _serve(self) -> None:
         self._stop = asyncio.Event()
-        async with kmock.KubernetesEmulator() as km, kmock.Server(km) as server:
+        async with _Emulator() as km, kmock.Server(km) as server:
+            km.forwards, km.applied = [], {}
             for res, info in RESOURCES.items():
                 km.resources[res] = kmock.ResourceInfo(**info)
             for ns in self._namespaces:
@@ -119,13 +255,16 @@ class KMock:
             self._thread.join(5)
             self._loop.close()
 
-    def kubeconfig(self, path: Path) -> str:
-        """A kubeconfig pointing at this emulator."""
+    def kubeconfig(self, path: Path, namespace: str | None = None) -> str:
+        """A kubeconfig pointing at this emulator (its context's namespace: ``namespace``)."""
+        context: dict[str, str] = {"cluster": "kmock", "user": "tester"}
+        if namespace:
+            context["namespace"] = namespace
         path.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "operator", "user": {"token": "operator-token"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "operator"}}],
+            "users": [{"name": "tester", "user": {"token": "kube-token"}}],
+            "contexts": [{"name": "kmock", "context": context}],
             "current-context": "kmock",
         }))
         return str(path)
@@ -155,6 +294,11 @@ class KMock:
         status, answer = self._call("DELETE", api_path(resource, namespace, name))
         assert status < 300, (status, answer)
         return answer
+
+    def put(self, resource: str, namespace: str, name: str, obj: dict[str, Any]) -> None:
+        """Store an object directly, as the API would serve it (no watch event)."""
+        obj.setdefault("metadata", {}).update(name=name, namespace=namespace)
+        self.km.objects[resource, namespace, name] = obj
 
     # -- assertions -----------------------------------------------------------------------------
 
@@ -200,7 +344,7 @@ class OperatorThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_flag.set()
-        self._thread.join(20)
+        self._thread.join(30)
         assert not self._thread.is_alive(), "the operator thread did not stop"
         if self.error is not None and not isinstance(self.error, asyncio.CancelledError):
             raise AssertionError(f"the operator failed: {self.error!r}") from self.error
@@ -211,6 +355,7 @@ class StatusServer:
 
     def __init__(self, payload: dict[str, Any] | None = None) -> None:
         self.payload: dict[str, Any] | None = payload
+        self.hits = 0  # /status requests answered (a reconcile pass reads it once)
         owner = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -222,6 +367,8 @@ class StatusServer:
                 else:
                     self.send_error(503 if self.path == "/status" else 404)
                     return
+                if self.path == "/status":
+                    owner.hits += 1
                 self.send_response(200)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
@@ -250,9 +397,10 @@ class StatusServer:
         self._thread.join(5)
 
 
-def sample_status(workers: int = 2, exclusive: bool = True, queue: int = 3) -> dict[str, Any]:
-    """A /status JSON as docs/interfaces.md describes it."""
-    return {
+def sample_status(workers: int = 2, exclusive: bool = True, queue: int = 3,
+                  users: list[dict[str, Any]] | None = None, recovering: Any = None) -> dict[str, Any]:
+    """A /status JSON as docs/interfaces.md describes it (``users``/``recovering`` when given)."""
+    out: dict[str, Any] = {
         "version": "1.0.0", "uptime_s": 12.5, "queue_length": queue, "clients": 1, "running_jobs": 4,
         "cores": {"total": 4 * workers, "free": 2 * workers},
         "memory_gb": {"total": 16.0 * workers, "free": 8.0 * workers},
@@ -263,77 +411,27 @@ def sample_status(workers: int = 2, exclusive: bool = True, queue: int = 3) -> d
             for i in range(workers)
         ],
     }
+    if users is not None:
+        out["users"] = users
+    if recovering is not None:
+        out["recovering"] = recovering
+    return out
 
 
 def graincluster(name: str = "demo", spec: dict[str, Any] | None = None, generation: int = 1,
-                 uid: str | None = None) -> dict[str, Any]:
+                 uid: str | None = None, namespace: str = NS) -> dict[str, Any]:
     """A GrainCluster object; KMock assigns no uid, generation or resourceVersion (kopf's JSON
     patches test the latter), so the test does."""
     return {
         "apiVersion": "grain.dev/v1", "kind": "GrainCluster",
-        "metadata": {"name": name, "namespace": NS, "uid": uid or f"uid-{name}", "generation": generation,
+        "metadata": {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}", "generation": generation,
                      "resourceVersion": "1"},
         "spec": spec if spec is not None else {"image": "grain:test"},
     }
 
 
-# -- the real grain core, when it is there ------------------------------------------------------
-
-def grain_cli_available() -> bool:
-    """Whether the core's CLI (``grain executor``/``grain worker``) can be imported."""
-    try:
-        import grain.cli.main  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
-    import socket
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Processes:
-    """Child processes started by a test; all stopped (TERM, then KILL) on exit."""
-
-    def __init__(self) -> None:
-        self.procs: list[Any] = []
-
-    def start(self, argv: list[str], env: dict[str, str], log: Path) -> Any:
-        import subprocess
-        out = log.open("wb")
-        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        out.close()
-        self.procs.append(proc)
-        return proc
-
-    def __enter__(self) -> Processes:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import subprocess
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-
-def wait_http(url: str, timeout: float = 20.0) -> None:
-    """Wait until ``url`` answers 200."""
-    import urllib.request
-
-    def ok() -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                return resp.status == 200
-        except OSError:
-            return False
-    wait_for(ok, timeout, f"{url} to answer")
+        return int(sock.getsockname()[1])

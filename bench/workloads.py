@@ -173,7 +173,7 @@ async def _barrier(ops: Any) -> str:
     from grain.resource import Cores
     with trio.move_on_after(120):
         try:
-            await grain.exec1(Cores(1_000_000), noop)
+            await grain.exec1(Cores(60_000), noop)
         except Unschedulable:
             return "refusal"
     return "timeout"

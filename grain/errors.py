@@ -11,6 +11,8 @@
     │   ├── WorkerLost            its worker vanished, and the retries are used up
     │   ├── ExecutorLost          the connection to the executor was lost
     │   ├── Unschedulable         no registered worker could ever satisfy its request
+    │   ├── InvalidRequest        its request was refused (a field out of range, no cores)
+    │   ├── LimitExceeded         a limit was reached (queued jobs per user, result size)
     │   ├── JobCancelled          cancelled by the executor (e.g. the cluster shut down)
     │   └── SerializationError    its function, arguments or result cannot be pickled
     ├── ProtocolError             a peer sent something that is not Grain's protocol
@@ -59,6 +61,16 @@ class ExecutorLost(JobError):
 
 class Unschedulable(JobError):
     """No registered worker could ever satisfy the job's resource request."""
+
+
+class InvalidRequest(JobError, ValueError):
+    """The executor refused the job's request: a field out of range (the message names
+    it), or no cores asked (use ``ZERO`` to run in the client)."""
+
+
+class LimitExceeded(JobError):
+    """A limit was reached: the user's queued jobs, the session's functions, a result's
+    size. The message names the limit and how to change it."""
 
 
 class JobCancelled(JobError):

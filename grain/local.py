@@ -18,11 +18,13 @@ from typing import Any
 
 import trio
 
+from . import config
+from .auth import Credentials
 from .executor.core import Executor
-from .executor.server import ExecutorServer, dial_worker
+from .executor.listener import ExecutorListener, dial_worker
 from .net.endpoints import Endpoint, parse_endpoint
 from .net.link import Link, memory_link_pair
-from .resource import Resource
+from .resource import Resource, capacity_from_wire
 from .worker.agent import WorkerAgent
 from .worker.inventory import build_inventory
 from .worker.runners import RunnerPool
@@ -52,8 +54,12 @@ class LocalCluster:
         self.token = token or secrets.token_urlsafe(24)
         self.listen = listen
         self.nolocal = nolocal
+        # Everything lives in this process: a lost client or worker cannot come back, and
+        # every worker is known at start, so nothing waits for anyone.
         self.executor = Executor(**({"retries": retries} if retries is not None else {}),
-                                 name="embedded")
+                                 name="embedded",
+                                 wait_for_workers=config.EMBEDDED_WAIT_FOR_WORKERS,
+                                 client_grace=0, worker_grace=0, settle=0)
         self.warm_runners = warm_runners
         self.address: Endpoint | None = None
         self.agent: WorkerAgent | None = None
@@ -76,17 +82,19 @@ class LocalCluster:
             self.pool = RunnerPool(env=embedded_runner_env(), cwd=os.getcwd())
             self.agent = WorkerAgent("local", inv, self.pool)
             to_worker, to_executor = memory_link_pair("executor", "local")
+            await n.start(self.agent.run)
             await n.start(self.agent.serve, to_executor)
-            await n.start(self.executor.serve_worker, to_worker, self.agent.info())
+            await n.start(self.executor.serve_worker, to_worker, self.agent.info(),
+                          capacity_from_wire(self.agent.info()["capacity"]))
             warm = self.warm_runners if self.warm_runners is not None else \
                 min(len(inv.cpuset), 2)
             n.start_soon(self.pool.warm, warm)
         if self.listen:
-            server = ExecutorServer(self.executor, self.token)
+            server = ExecutorListener(self.executor, Credentials(token=self.token))
             self.address = await n.start(server.serve, parse_endpoint(self.listen))
         for addr in self.waddrs:
             n.start_soon(dial_worker, self.executor, parse_endpoint(addr), self.token)
-        n.start_soon(self.executor.sweeper)
+        await n.start(self.executor.run)
         await self._wait_for_named_workers()
 
     async def _wait_for_named_workers(self, timeout: float = 30.0) -> None:
@@ -101,10 +109,12 @@ class LocalCluster:
                         "continuing without the others", len(self.executor.workers) -
                         (0 if self.nolocal else 1), len(self.waddrs), timeout)
 
-    def client_link(self, name: str = "embedded-client") -> Link:
+    def client_link(self, name: str = "embedded-client", user: str = "default",
+                    session: int | None = None) -> Link:
         """A new in-memory client connection to the embedded executor."""
         mine, theirs = memory_link_pair(name, "executor")
-        self._n.start_soon(self.executor.serve_client, theirs, {"name": name})
+        self._n.start_soon(self.executor.serve_client, theirs, user,
+                           {"name": name, "session": session})
         return mine
 
     async def __aexit__(self, *exc: Any) -> bool:

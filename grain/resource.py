@@ -26,11 +26,16 @@ from typing import Any
 __all__ = [
     "Resource", "ZERO", "Cores", "Memory", "Node", "WTime", "GPU",
     "res2link0", "to_wire", "from_wire", "kind_registry", "UnknownResourceKind",
+    "InvalidResource", "request_from_wire", "capacity_from_wire",
 ]
 
 
 class UnknownResourceKind(ValueError):
     """A wire-form resource names a kind this process has not imported."""
+
+
+class InvalidResource(ValueError):
+    """A wire-form resource with a field out of range; the message names the field."""
 
 
 #: wire name -> class, filled in by ``Resource.__init_subclass__``.
@@ -165,6 +170,26 @@ class Resource:
             raise
         return r
 
+    def take(self, alloc: Resource) -> None:
+        """Take exactly ``alloc`` (an allocation made elsewhere, e.g. reported by a worker
+        that reconnects with running jobs) out of this pool; ``ValueError`` when any part
+        of it is not free here (nothing is taken then)."""
+        if any(k not in self._parts for k in alloc._parts):
+            raise ValueError(f"Cannot take: resource {self} does not have the shape of {alloc}")
+        taken: list[tuple[Resource, Resource]] = []
+        try:
+            for k, v in alloc._parts.items():
+                self._parts[k]._take(v)
+                taken.append((self._parts[k], v))
+        except BaseException:
+            for part, v in taken:
+                part._dealloc(v)
+            raise
+
+    def _take(self, res: Resource) -> None:
+        """Take exactly ``res``; kinds with identities (cores, GPUs) override this."""
+        self._alloc(res)
+
     def dealloc(self, res: Resource) -> None:
         """Return an allocation made by ``alloc``."""
         if any(k not in self._parts for k in res._parts):
@@ -237,6 +262,13 @@ class _IdPool(Resource):
 
     def _dealloc(self, res: Resource) -> None:
         self._held().update(res.__dict__[self._ids])
+
+    def _take(self, res: Resource) -> None:
+        ids = res.__dict__[self._ids]
+        held = self._held()
+        if not ids <= held:
+            raise ValueError(f"{self} does not hold {sorted(ids - held)}")
+        held.difference_update(ids)
 
     def _stat(self) -> tuple[float, float]:
         return len(self._held()), getattr(self, self._count)
@@ -409,3 +441,133 @@ def res2link0(res: Resource) -> str:
     if getattr(res, "m", 0):
         s += f"%Mem={res.m}GB\n"
     return s
+
+
+# -- checking what peers send ----------------------------------------------------------------
+MAX_IDS = 65536
+MAX_MEMORY_GB = float(2 ** 40)
+MAX_SECONDS = 10.0 ** 9
+
+
+def _count(state: dict[str, Any], key: str, kind: str, lo: int) -> int:
+    v = state.get(key)
+    if type(v) is not int or not lo <= v <= MAX_IDS:
+        raise InvalidResource(f"{kind}.{key} must be an integer from {lo} to {MAX_IDS}, "
+                              f"got {v!r}")
+    return v
+
+
+def _ids(state: dict[str, Any], key: str, kind: str) -> list[int]:
+    v = state.get(key)
+    if not isinstance(v, list) or len(v) > MAX_IDS or \
+            any(type(x) is not int or not 0 <= x < MAX_IDS for x in v):
+        raise InvalidResource(f"{kind}.{key} must be a list of at most {MAX_IDS} ids from 0 "
+                              f"to {MAX_IDS - 1}")
+    if len(set(v)) != len(v):
+        raise InvalidResource(f"{kind}.{key} lists an id twice")
+    return v
+
+
+def _number(state: dict[str, Any], key: str, kind: str, lo: float, hi: float,
+            positive: bool = False, optional: bool = False,
+            infinite: bool = False) -> float | None:
+    v = state.get(key)
+    if v is None and optional:
+        return None
+    if infinite and v == math.inf:
+        return math.inf
+    if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi \
+            or (positive and v <= 0):
+        raise InvalidResource(f"{kind}.{key} must be a finite number "
+                              f"{'> 0' if positive else f'>= {lo:g}'} and <= {hi:g}, got {v!r}")
+    return float(v)
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """msgpack scalars, and short lists of them (what a custom kind's state may hold)."""
+    if value is None or type(value) in (bool, int, str):
+        return not isinstance(value, str) or len(value) <= 256
+    if type(value) is float:
+        return math.isfinite(value)
+    if isinstance(value, list) and depth == 0:
+        return len(value) <= 1024 and all(_plain(x, 1) for x in value)
+    return False
+
+
+def request_from_wire(data: Any) -> Resource:
+    """A job's request from what a client sent, every field checked.
+
+    Raises ``InvalidResource`` naming the field (counts that are not positive integers,
+    NaN or negative sizes, an explicit core list in a request, ...) or
+    ``UnknownResourceKind``. A request must ask for at least one core: a job that runs in
+    a runner is always pinned and accounted (``ZERO`` jobs run in the client and never
+    reach the executor). Cores and GPUs are asked by count: ids in a request are ignored.
+    """
+    r = _from_checked_wire(data, request=True)
+    cores = r._parts.get("Cores")
+    if cores is None or cores.N < 1:  # type: ignore[attr-defined]
+        raise InvalidResource("a job must ask for at least Cores(1) (ZERO jobs run in the "
+                              "client and are never sent)")
+    return r
+
+
+def capacity_from_wire(data: Any) -> Resource:
+    """A worker's registered capacity, every field checked (``InvalidResource``)."""
+    r = _from_checked_wire(data, request=False)
+    if "Cores" not in r._parts:
+        raise InvalidResource("a worker's capacity must include Cores")
+    return r
+
+
+def _from_checked_wire(data: Any, request: bool) -> Resource:
+    if not isinstance(data, list) or len(data) > 64:
+        raise InvalidResource("a resource must be a list of at most 64 [kind, state] pairs")
+    r = Resource(init=False)
+    for item in data:
+        if not isinstance(item, list | tuple) or len(item) != 2 or \
+                not isinstance(item[0], str) or not isinstance(item[1], dict):
+            raise InvalidResource("each part of a resource must be [kind name, state map]")
+        name, state = item
+        part = _checked_part(name, state, request)
+        key = type(part).__name__
+        if key in r._parts:
+            raise InvalidResource(f"the kind {key} appears twice")
+        r._parts[key] = part
+    return r
+
+
+def _checked_part(name: str, state: dict[str, Any], request: bool) -> Resource:
+    if name in ("Cores", "GPU"):
+        cls: type[_IdPool] = Cores if name == "Cores" else GPU
+        if request:   # asked by count; which ids is the pool's choice
+            return cls(_count(state, cls._count, name, 0))
+        ids = _ids(state, cls._ids, name)
+        return cls(ids)
+    if name == "Memory":
+        m = _number(state, "m", name, 0.0, MAX_MEMORY_GB)
+        mem = Memory(m if request else _number(state, "M", name, 0.0, MAX_MEMORY_GB))
+        mem.m = m
+        return mem
+    if name == "WTime":
+        cap = not request   # a worker's lifetime may be unlimited; a job's limit may not
+        t = _number(state, "T", name, 0.0, MAX_SECONDS, positive=True, infinite=cap)
+        soft = _number(state, "softT", name, 0.0, MAX_SECONDS, positive=True, infinite=cap)
+        left = _number(state, "left", name, -MAX_SECONDS, MAX_SECONDS, optional=True,
+                       infinite=True) if cap else None
+        return WTime._from_wire({"T": t, "softT": soft, "left": left})
+    cls2 = kind_registry.get(name)
+    if cls2 is None:
+        raise UnknownResourceKind(
+            f"unknown resource kind {name!r}: import the module that defines it in the "
+            f"executor and the workers (grain executor --resource-module MODULE)")
+    if len(state) > 64 or not all(isinstance(k, str) and len(k) <= 64 and _plain(v)
+                                  for k, v in state.items()):
+        raise InvalidResource(f"{name}: a custom kind's state must be a small map of plain "
+                              f"values")
+    try:
+        part = cls2._from_wire(state)
+        probe = cls2._from_wire(state)
+        part._request(probe)   # the kind's own code must be able to read it
+    except Exception as e:  # noqa: BLE001 - whatever the kind's code raises: a bad request
+        raise InvalidResource(f"{name}: {type(e).__name__}: {e}") from None
+    return part

@@ -15,8 +15,9 @@ from typing import Any
 
 import click
 
+from .. import config
 from .._version import __version__
-from ..errors import GrainError
+from ..errors import ConfigurationError, GrainError
 
 
 def _setup_logging(level: str) -> None:
@@ -24,22 +25,22 @@ def _setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def read_token(token_file: str | None, required: bool = True) -> str | None:
-    """The shared token: ``--token-file`` first, then ``GRAIN_TOKEN``."""
+def read_token(token_file: str | None, required: bool = True,
+               env: tuple[str, ...] = (config.ENV_TOKEN,)) -> str | None:
+    """A secret: ``--token-file`` first, then the environment variables ``env``."""
+    from ..auth import read_secret
     if token_file:
         try:
-            with open(token_file) as f:
-                token = f.read().strip()
-        except OSError as e:
-            raise click.UsageError(f"cannot read the token file {token_file}: {e}") from None
-        if not token:
-            raise click.UsageError(f"the token file {token_file} is empty")
-        return token
-    token = os.environ.get("GRAIN_TOKEN", "").strip()
-    if not token and required:
-        raise click.UsageError("no token: pass --token-file FILE or set GRAIN_TOKEN "
-                               "(every peer of one cluster must share it)")
-    return token or None
+            return read_secret(token_file, "the token")
+        except ConfigurationError as e:
+            raise click.UsageError(str(e)) from None
+    for name in env:
+        token = config.env_str(name)
+        if token:
+            return token
+    if required:
+        raise click.UsageError(f"no token: pass --token-file FILE or set {' or '.join(env)}")
+    return None
 
 
 def _import_resource_modules(mods: tuple[str, ...]) -> None:
@@ -73,34 +74,69 @@ def version() -> None:
 @click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
               help="Serve /healthz, /status and /metrics here (e.g. 0.0.0.0:8080).")
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None,
-              help="File holding the shared token (else $GRAIN_TOKEN).")
+              help="One token shared by every client and worker (else $GRAIN_TOKEN): "
+                   "a single-user cluster.")
+@click.option("--client-tokens", type=click.Path(dir_okay=False), default=None,
+              metavar="FILE",
+              help="Users and their tokens, one 'USER TOKEN [weight=W] [max-cores=N] "
+                   "[max-queued=N]' per line; re-read on SIGHUP and when it changes. "
+                   "Needs --worker-token-file.")
+@click.option("--worker-token-file", type=click.Path(dir_okay=False), default=None,
+              help="The workers' secret (else $GRAIN_WORKER_TOKEN); with --client-tokens.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS certificate chain; with --tls-key, every connection must use TLS.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--retries", default=2, show_default=True,
+@click.option("--retries", default=config.RETRIES, show_default=True,
               help="Times a job is re-run after losing its worker.")
-@click.option("--wait-for-workers", default=0.0, show_default=True, metavar="SECONDS",
-              help="How long a job no worker can satisfy waits for one before it fails.")
-@click.option("--heartbeat", default=2.0, show_default=True, metavar="SECONDS",
+@click.option("--wait-for-workers", default=config.WAIT_FOR_WORKERS, show_default=True,
+              metavar="SECONDS",
+              help="How long a job that no current worker can run waits for one.")
+@click.option("--client-grace", default=config.CLIENT_GRACE, show_default=True,
+              metavar="SECONDS",
+              help="How long a disconnected client's jobs are kept for it to come back.")
+@click.option("--worker-grace", default=config.WORKER_GRACE, show_default=True,
+              metavar="SECONDS",
+              help="How long a lost worker's running jobs wait for it before re-running.")
+@click.option("--max-connections", default=config.MAX_CONNECTIONS, show_default=True,
+              help="Connections served at once; more are refused (and logged).")
+@click.option("--heartbeat", default=config.HEARTBEAT, show_default=True, metavar="SECONDS",
               help="Ping a silent peer after this long.")
-@click.option("--timeout", "peer_timeout", default=10.0, show_default=True, metavar="SECONDS",
+@click.option("--timeout", "peer_timeout", default=config.PEER_TIMEOUT, show_default=True,
+              metavar="SECONDS",
               help="Declare a peer dead after this long without a byte from it.")
 @click.option("--resource-module", multiple=True, metavar="MODULE",
               help="Import a module defining custom resource kinds (repeatable).")
 @common_logging
-def executor(listen: str, http_addr: str | None, token_file: str | None, tls_cert: str | None,
-             tls_key: str | None, retries: int, wait_for_workers: float, heartbeat: float,
+def executor(listen: str, http_addr: str | None, token_file: str | None,
+             client_tokens: str | None, worker_token_file: str | None, tls_cert: str | None,
+             tls_key: str | None, retries: int, wait_for_workers: float, client_grace: float,
+             worker_grace: float, max_connections: int, heartbeat: float,
              peer_timeout: float, resource_module: tuple[str, ...], log_level: str) -> None:
     """Run the executor: queue, placement and routing of jobs."""
+    from ..auth import Credentials
     _setup_logging(log_level)
-    token = read_token(token_file)
+    if client_tokens:
+        worker_token = read_token(worker_token_file, env=(config.ENV_WORKER_TOKEN,))
+        token = None
+    else:
+        if worker_token_file:
+            raise click.UsageError("--worker-token-file goes with --client-tokens")
+        token = read_token(token_file)
+        worker_token = None
+    try:
+        credentials = Credentials.from_files(token=token, client_tokens=client_tokens,
+                                             worker_token=worker_token)
+    except ConfigurationError as e:
+        raise click.UsageError(str(e)) from None
     _import_resource_modules(resource_module)
     if bool(tls_cert) != bool(tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    from ..executor.service import run_executor
-    _run(run_executor, listen=listen, http=http_addr, token=token, tls_cert=tls_cert,
-         tls_key=tls_key, retries=retries, wait_for_workers=wait_for_workers,
-         heartbeat=heartbeat, timeout=peer_timeout)
+    from ..executor.run import run_executor
+    _run(run_executor, listen=listen, http=http_addr, credentials=credentials,
+         tls_cert=tls_cert, tls_key=tls_key, retries=retries,
+         wait_for_workers=wait_for_workers, client_grace=client_grace,
+         worker_grace=worker_grace, max_connections=max_connections, heartbeat=heartbeat,
+         timeout=peer_timeout)
 
 
 @cli.command()
@@ -119,34 +155,45 @@ def executor(listen: str, http_addr: str | None, token_file: str | None, tls_cer
               help="'auto', 'none' or a device list such as 0,1.")
 @click.option("--walltime", default=None, metavar="[D-]HH:MM:SS",
               help="This worker's remaining lifetime (e.g. the batch allocation's end).")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="The workers' secret (else $GRAIN_WORKER_TOKEN, else $GRAIN_TOKEN).")
+@click.option("--drain-timeout", default=config.DRAIN_TIMEOUT, show_default=True,
+              metavar="SECONDS",
+              help="On SIGTERM, let running jobs finish this long, then hand them back.")
 @click.option("--tls", is_flag=True, help="Use TLS to reach the executor.")
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="CA bundle to verify the executor's certificate (implies --tls).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --listen: serve TLS with this certificate.")
 @click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--heartbeat", default=2.0, show_default=True)
-@click.option("--timeout", "peer_timeout", default=10.0, show_default=True)
-@click.option("--resource-module", multiple=True, metavar="MODULE")
+@click.option("--heartbeat", default=config.HEARTBEAT, show_default=True, metavar="SECONDS",
+              help="Ping a silent executor after this long.")
+@click.option("--timeout", "peer_timeout", default=config.PEER_TIMEOUT, show_default=True,
+              metavar="SECONDS", help="Declare the executor lost after this long silent.")
+@click.option("--resource-module", multiple=True, metavar="MODULE",
+              help="Import a module defining custom resource kinds (repeatable).")
 @common_logging
 def worker(executor_addr: str | None, listen: str | None, name: str | None, cores: str,
            memory: str, reserve_cores: int, gpus: str, walltime: str | None,
-           token_file: str | None, tls: bool, tls_ca: str | None, tls_cert: str | None,
-           tls_key: str | None, heartbeat: float, peer_timeout: float,
+           token_file: str | None, drain_timeout: float, tls: bool, tls_ca: str | None,
+           tls_cert: str | None, tls_key: str | None, heartbeat: float, peer_timeout: float,
            resource_module: tuple[str, ...], log_level: str) -> None:
     """Run a worker: offers this node's cores, memory and GPUs; runs pinned jobs."""
     _setup_logging(log_level)
     if bool(executor_addr) == bool(listen):
         raise click.UsageError("give exactly one of --executor URL or --listen URL")
-    token = read_token(token_file)
+    token = read_token(token_file, env=(config.ENV_WORKER_TOKEN, config.ENV_TOKEN))
     _import_resource_modules(resource_module)
-    from ..worker.service import run_worker
+    # the secret stays in this process: runners (and so jobs) never inherit it
+    for var in (config.ENV_WORKER_TOKEN, config.ENV_TOKEN):
+        os.environ.pop(var, None)
+    from ..worker.run import run_worker
     _run(run_worker, executor=executor_addr, listen=listen,
          name=name or os.environ.get("NODE_NAME") or socket.gethostname(), cores=cores,
          memory=memory, reserve_cores=reserve_cores, gpus=gpus, walltime=walltime,
          token=token, tls=tls or bool(tls_ca), tls_ca=tls_ca, tls_cert=tls_cert,
-         tls_key=tls_key, heartbeat=heartbeat, timeout=peer_timeout)
+         tls_key=tls_key, heartbeat=heartbeat, timeout=peer_timeout,
+         drain_timeout=drain_timeout)
 
 
 @cli.command()

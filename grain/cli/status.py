@@ -16,7 +16,7 @@ from ..net import transport
 from ..net.endpoints import parse_endpoint
 from ..net.link import StreamLink
 from ..protocol import handshake
-from ..protocol.messages import Msg
+from ..protocol import messages as m
 
 
 async def fetch_over_grain(address: str, token: str, tls_ca: str | None = None,
@@ -42,15 +42,15 @@ async def _fetch(ep: Any, ctx: ssl.SSLContext | None, token: str,
         stream = await transport.connect(ep, ctx)
         _, dec = await handshake.dial(stream, token, "observer", {"name": "grain status"},
                                       expect_role="executor")
-        link = StreamLink(stream, str(ep), decoder=dec)
+        link = StreamLink(stream, str(ep), m.ExecutorToObserver, decoder=dec)
         async with trio.open_nursery() as n:
             link.start(n)
-            link.send([Msg.STATUS_REQ])
+            link.send(m.StatusRequest())
             while True:
                 for h, _ in await link.receive():
-                    if h[0] == Msg.STATUS:
+                    if type(h) is m.Status:
                         link.close("done")
-                        return h[1]
+                        return h.doc
 
 
 def fetch_status(*, executor: str | None = None, http: str | None = None,

@@ -8,13 +8,9 @@ nested jobs each see their own.
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Any
 
-_VARS: dict[str, ContextVar[Any]] = {
-    "res": ContextVar("GRAIN_RESOURCE"),
-    "instance": ContextVar("GRAIN_INSTANCE", default="local"),
-}
+from ..context import JOB_VARS as _VARS
 
 
 class GrainVar:

@@ -1,161 +1,132 @@
-"""The executor's heart: sessions of clients and workers feed the ledger and placement.
+"""The executor's heart: client sessions and workers feed the ledger and placement.
 
 Each connected client and worker is served by one task reading batches from its ``Link``.
 Handlers only change in-memory state and queue outgoing messages (``Link.send`` never
 blocks), so no locks are needed; placement runs once per received batch, not per message.
 The executor never unpickles a job's function, arguments or result: they are opaque bytes.
+Every field a peer sends was type-checked when its frame was decoded (``messages``);
+values with meaning (resource requests, ids that must exist) are checked here, and a bad
+one fails that job (``End.INVALID``) or ends that peer's connection, never the process.
+
+Nothing is kept on disk, and nothing needs to be: the state can be rebuilt from the peers
+(see ``recovery``). Client sessions outlive their connections for the client's grace;
+workers that come back report the jobs they run.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from .._version import __version__
+from .. import config
+from ..auth import UserPolicy
 from ..net.link import Link, LinkClosed
-from ..protocol.messages import End, Msg
-from ..resource import Resource, UnknownResourceKind, from_wire, to_wire
+from ..protocol import messages as m
+from ..protocol.messages import End
+from ..resource import (
+    Resource,
+    request_from_wire,
+    to_wire,
+)
+from .clients import ClientsMixin
 from .ledger import JobRecord, JobState, Ledger
 from .placement import Placement, shape_of
+from .recovery import RecoveryMixin
+from .sessions import ClientSession, HeldResult, WorkerSession
 
 log = logging.getLogger("grain.executor")
 
-DEFAULT_RETRIES = 2
-CHAIN_SHORT_SECONDS = 0.01   # chain jobs of functions whose jobs take less than this
-CHAIN_MIN_SAMPLES = 5
-CHAIN_DEPTH = 16             # at most this many jobs wait behind a running one
 
-
-@dataclass
-class ClientSession:
-    sid: int
-    name: str
-    link: Link
-    fns: dict[int, int] = field(default_factory=dict)      # client fn id -> global fn id
-    jobs: dict[int, int] = field(default_factory=dict)     # client job id -> global job id
-    connected_at: float = field(default_factory=time.time)
-
-
-@dataclass
-class WorkerSession:
-    wid: int
-    name: str
-    link: Link
-    info: dict[str, Any]
-    fns: set[int] = field(default_factory=set)             # global fn ids it holds
-    connected_at: float = field(default_factory=time.time)
-
-
-def limits_for(request: Resource) -> list[Any]:
-    """[time limit in s or None, memory limit in bytes or None] for a request."""
+def limits_for(request: Resource) -> tuple[float | None, int | None]:
+    """(time limit in s or None, memory limit in bytes or None) for a request."""
     kinds = request.kinds()
     wt = kinds.get("WTime")
     mem = kinds.get("Memory")
-    return [float(wt.T) if wt is not None else None,
-            int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0 else None]
+    return (float(wt.T) if wt is not None else None,  # type: ignore[attr-defined]
+            int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0  # type: ignore[attr-defined]
+            else None)
 
 
-class Executor:
+def _send(link: Link | None, msg: Any, payload: bytes = b"") -> None:
+    if link is not None:
+        try:
+            link.send(msg, payload)
+        except LinkClosed:
+            pass   # the peer's own task notices and cleans up
+
+
+class Executor(ClientsMixin, RecoveryMixin):
     """Routes jobs from clients to workers. Transport-agnostic: give it ``Link`` s."""
 
-    def __init__(self, *, retries: int = DEFAULT_RETRIES, wait_for_workers: float = 0.0,
-                 name: str = "executor", chain_short: float = CHAIN_SHORT_SECONDS,
-                 chain_depth: int = CHAIN_DEPTH) -> None:
+    def __init__(self, *, retries: int = config.RETRIES,
+                 wait_for_workers: float = config.WAIT_FOR_WORKERS,
+                 name: str = "executor", chain_short: float = config.CHAIN_SHORT_SECONDS,
+                 chain_depth: int = config.CHAIN_DEPTH,
+                 client_grace: float = config.CLIENT_GRACE,
+                 worker_grace: float = config.WORKER_GRACE,
+                 settle: float = config.RECOVERY_SETTLE,
+                 policy: Callable[[str], UserPolicy] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.retries = retries
         self.wait_for_workers = wait_for_workers
+        self.client_grace = client_grace
+        self.worker_grace = worker_grace
+        self.settle = settle
+        self.policy = policy or (lambda user: UserPolicy())
+        self.clock = clock
         self.ledger = Ledger()
         self.placement = Placement(chain_depth=chain_depth if chain_short > 0 else 0)
-        self.clients: dict[int, ClientSession] = {}
+        self.sessions: dict[int, ClientSession] = {}
         self.workers: dict[int, WorkerSession] = {}
-        self.fn_bytes: dict[int, bytes] = {}
-        self._fn_owner: dict[int, int] = {}
-        self._ids = 0
+        self._known_users: set[str] = set()
+        self._pump_more = trio.Event()
         self.started_at = time.time()
+        self.started_mono = clock()
         self.placement_seconds_sum = 0.0
         self.placement_count = 0
         self.worker_changed = trio.Event()
-        self._first_unfit: dict[Any, float] = {}
         self.chain_short = chain_short
-        self._fn_runtime: dict[int, list[float]] = {}   # gfn -> [jobs, total seconds]
         self.chained = 0
+        self._fn_runtime: dict[tuple[int, int], list[float]] = {}   # (sess, fid) -> stats
         self._requests: dict[str, tuple[Resource, Any]] = {}
         self._fits: dict[Any, bool] = {}     # shape -> could some worker ever run it
+        self._first_unfit: dict[Any, float] = {}
+        self._ids = 0
+        self.observers: list[Any] = []       # objects with on_start(rec) / on_end(rec, ..)
+        RecoveryMixin.__init__(self)
 
     def _new_id(self) -> int:
         self._ids += 1
         return self._ids
 
-    # -- clients ---------------------------------------------------------------------
-    async def serve_client(self, link: Link, info: dict[str, Any] | None = None,
-                           task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve one client until its link closes; then drop what it left behind."""
-        s = ClientSession(self._new_id(), str((info or {}).get("name") or link.peer), link)
-        self.clients[s.sid] = s
-        log.info("client %s connected", s.name)
-        task_status.started(s.sid)
-        try:
-            await self._serve_link(link, f"client {s.name}",
-                                   lambda h, p: self._on_client_message(s, h, p))
-        finally:
-            self._drop_client(s)
+    def _enqueue(self, rec: JobRecord, resumed: bool = False) -> None:
+        """Queue a job (or, just after a restart, hold a resubmitted one back until its
+        worker had a chance to report it running)."""
+        if resumed and self.clock() < self.started_mono + self.settle:
+            self.defer(rec)
+            return
+        self.placement.enqueue(rec.gid, rec.request, rec.shape, user=rec.user)
 
-    def _on_client_message(self, s: ClientSession, h: Any, payload: bytes) -> None:
-        t = h[0]
-        if t == Msg.SUBMIT:
-            self._submit(s, int(h[1]), h[2], int(h[3]), payload, h[4] if len(h) > 4 else None)
-        elif t == Msg.DEFINE_FN:
-            gfn = self._new_id()
-            s.fns[int(h[1])] = gfn
-            self.fn_bytes[gfn] = payload
-            self._fn_owner[gfn] = s.sid
-        elif t == Msg.CANCEL:
-            gid = s.jobs.get(int(h[1]))
-            if gid is not None:
-                self._cancel(gid)
-        elif t == Msg.STATUS_REQ:
-            _try_send(s.link, [Msg.STATUS, self.status()])
-        elif t == Msg.BYE:
-            s.link.close("client said goodbye")
-        else:
-            raise ValueError(f"unexpected message type {t!r} from a client")
-
-    def _submit(self, s: ClientSession, cid: int, req_wire: Any, fn_id: int, payload: bytes,
-                retries: Any) -> None:
-        gfn = s.fns.get(fn_id)
-        if gfn is None:
-            self._reply(s, cid, End.SERIALIZATION, f"unknown function id {fn_id}")
-            return
-        try:
-            request, shape = self._request_for(req_wire)
-        except UnknownResourceKind as e:
-            self._reply(s, cid, End.UNSCHEDULABLE, str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - a bad request is the client's problem
-            self._reply(s, cid, End.UNSCHEDULABLE, f"malformed resource request: {e!r}")
-            return
-        rec = self.ledger.submit(s.sid, cid, request, gfn, payload,
-                                 self.retries if retries is None else int(retries))
-        s.jobs[cid] = rec.gid
-        if not self._could_ever_fit(request, shape) and not self._may_wait():
-            self._end(rec, End.UNSCHEDULABLE, self._unfit_message(request))
-            return
-        self.placement.enqueue(rec.gid, request, shape)
+    def _unqueue(self, rec: JobRecord) -> None:
+        """A queued job leaves the queue without starting."""
+        self.placement.dequeue(rec.gid)
 
     def _request_for(self, req_wire: Any) -> tuple[Resource, Any]:
-        """The request object and its shape, shared by all jobs asking the same (requests
-        are only read): saves the decoding per job and most of a queued job's memory."""
+        """The checked request and its shape, shared by every job asking the same (requests
+        are only read): saves the checking per job and most of a queued job's memory."""
         key = repr(req_wire)
         hit = self._requests.get(key)
         if hit is None:
-            request = from_wire(req_wire)
+            request = request_from_wire(req_wire)
             hit = (request, shape_of(request))
-            if len(self._requests) < 10_000:
-                self._requests[key] = hit
+            if len(self._requests) >= 10_000:
+                self._requests.clear()   # bounded: a client sending endless shapes
+            self._requests[key] = hit
         return hit
 
     def _could_ever_fit(self, request: Resource, shape: Any) -> bool:
@@ -165,113 +136,82 @@ class Executor:
         if fits is None:
             fits = self.placement.could_ever_fit(request)
             if "WTime" not in request.kinds():
+                if len(self._fits) > 10_000:
+                    self._fits.clear()
                 self._fits[shape] = fits
         return fits
 
-    def _may_wait(self) -> bool:
-        return self.wait_for_workers > 0
+    def _may_wait(self, request: Resource) -> bool:
+        """Wait for capacity when allowed and some worker that could run it may come:
+        none is registered yet, or one that could was seen lately."""
+        if self.wait_for_workers <= 0:
+            return False
+        return not self.workers or self.recently_seen_fit(request)
 
     def _unfit_message(self, request: Resource) -> str:
         if not self.workers:
             return (f"no worker is registered, so {request} cannot run: start workers "
                     f"(grain worker --executor ...) or let the executor wait for them")
-        caps = "; ".join(f"{w.name}: {self.placement.workers[w.wid].total}"
-                         for w in list(self.workers.values())[:5])
+        caps = "; ".join(f"{w.name}: {w.capacity}" for w in list(self.workers.values())[:5])
         return f"no registered worker could ever satisfy {request} (workers: {caps})"
 
-    def _cancel(self, gid: int) -> None:
-        rec = self.ledger.get(gid)
-        if rec is None:
-            return
-        if rec.state is JobState.QUEUED:
-            self.placement.dequeue(gid)
-            self._end(rec, End.CANCELLED, "cancelled")
-        else:
-            w = self.workers.get(rec.worker)
-            if w is not None:
-                _try_send(w.link, [Msg.KILL, gid])
-
-    def _drop_client(self, s: ClientSession) -> None:
-        self.clients.pop(s.sid, None)
-        for gid in list(s.jobs.values()):
-            self._cancel(gid)
-        for gfn in s.fns.values():
-            self.fn_bytes.pop(gfn, None)
-            self._fn_runtime.pop(gfn, None)
-            self._fn_owner.pop(gfn, None)
-            for w in self.workers.values():
-                if gfn in w.fns:
-                    w.fns.discard(gfn)
-                    _try_send(w.link, [Msg.FORGET_FN, gfn])
-        self._pump()
-
     # -- workers ---------------------------------------------------------------------
-    async def serve_worker(self, link: Link, info: dict[str, Any],
+    async def serve_worker(self, link: Link, info: dict[str, Any], capacity: Resource,
                            task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve one worker until its link closes; then retry or fail its jobs."""
-        total = from_wire(info["capacity"])
-        free = from_wire(info["capacity"])
-        w = WorkerSession(self._new_id(), str(info.get("name") or link.peer), link, info)
+        """Serve one worker connection until it closes; then wait for it or re-run its
+        jobs. It gets jobs only once its ``Attach`` (the jobs it runs) has arrived."""
+        w = WorkerSession(self._new_id(), str(info.get("name") or link.peer)[:256], link,
+                          info, capacity, connected_at=self.clock())
         self.workers[w.wid] = w
-        self.placement.add_worker(w.wid, w.name, total, free)
-        log.info("worker %s joined with %s", w.name, total)
-        self._worker_changed()
-        self._pump()
+        log.info("worker %s connected with %s", w.name, capacity)
         task_status.started(w.wid)
         try:
             await self._serve_link(link, f"worker {w.name}",
                                    lambda h, p: self._on_worker_message(w, h, p),
                                    gone="lost", gone_level=logging.WARNING)
         finally:
-            self._drop_worker(w)
+            self.worker_gone(w)
 
     async def _serve_link(self, link: Link, who: str, on_message: Any, gone: str = "gone",
                           gone_level: int = logging.INFO) -> None:
         """Feed a peer's batches to ``on_message``, then place what can start, until the
-        link closes. A malformed message drops this peer, never the executor."""
+        link closes. Anything a handler raises drops this peer, never the executor."""
         try:
             while True:
                 for header, payload in await link.receive():
                     on_message(header, payload)
                 self._pump()
+                await trio.lowlevel.checkpoint()   # a busy peer must not starve the others
         except LinkClosed as e:
             log.log(gone_level, "%s %s: %s", who, gone, e)
         except Exception as e:
             log.warning("dropping %s after a bad message: %r", who, e)
             link.close(f"bad message: {e!r}")
 
-    def _on_worker_message(self, w: WorkerSession, h: Any, payload: bytes) -> None:
-        t = h[0]
-        if t == Msg.DONE:
-            gid, end = int(h[1]), End(h[2])
-            rec = self.ledger.get(gid)
-            if rec is None or rec.worker != w.wid:
-                return  # a late report about a job that already ended: dropped
-            self._end(rec, end, h[3] if len(h) > 3 else "", payload)
-        elif t == Msg.STATUS_REQ:
-            _try_send(w.link, [Msg.STATUS, self.status()])
-        elif t == Msg.BYE:
+    def _on_worker_message(self, w: WorkerSession, msg: Any, payload: bytes) -> None:
+        t = type(msg)
+        if t is m.Done:
+            self.on_done(w, msg, payload)
+        elif t is m.JobOutput:
+            s = self.sessions.get(msg.sess)
+            rec = s.jobs.get(msg.cid) if s is not None else None
+            if s is not None and rec is not None and rec.worker == w.wid:
+                _send(s.link, m.Output(msg.cid, msg.stream, msg.dropped), payload)
+        elif t is m.Attach:
+            self.on_attach(w, msg)
+        elif t is m.Draining:
+            if not w.draining:
+                w.draining = True
+                log.info("worker %s is draining: %s", w.name, msg.reason)
+                if w.attached:
+                    self.placement.cordon(w.wid)
+                    self._worker_changed()
+        elif t is m.StatusRequest:
+            _send(w.link, m.Status(self.status()))
+        elif t is m.Bye:
             w.link.close("worker said goodbye")
         else:
-            raise ValueError(f"unexpected message type {t!r} from a worker")
-
-    def _drop_worker(self, w: WorkerSession) -> None:
-        self.workers.pop(w.wid, None)
-        running = self.placement.remove_worker(w.wid)
-        for gid in sorted(running):
-            rec = self.ledger.requeue(gid, w.name)
-            if rec is not None:
-                log.info("job %d requeued after losing worker %s", gid, w.name)
-                self.placement.enqueue(gid, rec.request)
-            else:
-                rec = self.ledger.get(gid)
-                if rec is not None:
-                    self._end(rec, End.WORKER_LOST,
-                              f"worker {w.name} was lost while running the job "
-                              f"(tried on: {', '.join(rec.lost_on) or w.name})")
-        self._worker_changed()
-        self.sweep_unschedulable()
-        self._pump()
+            raise ValueError(f"unexpected {t.__name__} from a worker")
 
     def _worker_changed(self) -> None:
         self._fits.clear()
@@ -280,11 +220,17 @@ class Executor:
 
     # -- placement and endings --------------------------------------------------------
     def _pump(self) -> None:
+        """Start what can start: at most ``SCHEDULE_BATCH`` placements now; the rest after
+        the event loop has served other peers (``run``), so no message waits behind a long
+        pass."""
         if not len(self.placement):
             return
-        now = time.monotonic()
-        for gid, wid, alloc in self.placement.schedule():
+        now = self.clock()
+        for gid, wid, alloc in self.placement.schedule(config.SCHEDULE_BATCH):
             self._dispatch(gid, wid, alloc, None, now)
+        if self.placement.more:
+            self._pump_more.set()
+            return
         if self.placement.chain_depth and len(self.placement):
             for gid, wid, alloc, after in self.placement.chain(self._chain_depth_for):
                 self.chained += 1
@@ -292,125 +238,151 @@ class Executor:
 
     def _dispatch(self, gid: int, wid: int, alloc: Resource, after: int | None,
                   now: float) -> None:
-        rec = self.ledger.get(gid)
+        rec = self.ledger.jobs[gid]
         w = self.workers[wid]
-        alloc_wire = to_wire(alloc)
-        self.ledger.start(gid, wid, alloc, alloc_wire)
+        s = self.sessions[rec.sess]
+        self.ledger.start(gid, wid, alloc, now)
         self.placement_seconds_sum += now - rec.submitted_at
         self.placement_count += 1
-        if rec.gfn not in w.fns:
-            w.fns.add(rec.gfn)
-            _try_send(w.link, [Msg.FUNCTION, rec.gfn], self.fn_bytes[rec.gfn])
-        # a worker whose link just closed is dropped by its own task, which re-queues this
-        _try_send(w.link, [Msg.RUN, gid, alloc_wire, rec.gfn, limits_for(rec.request),
-                     self.clients[rec.client].name if rec.client in self.clients else "",
-                     after], rec.payload)
+        link = w.link
+        if rec.sess not in w.sessions:
+            w.sessions.add(rec.sess)
+            if s.bundle is not None:
+                _send(link, m.SessionBundle(rec.sess, s.bundle[0]), s.bundle[1])
+        key = (rec.sess, rec.fid)
+        if key not in w.fns:
+            w.fns.add(key)
+            _send(link, m.Function(rec.sess, rec.fid), s.fns[rec.fid].data)
+        alloc_wire = to_wire(alloc)
+        tl, ml = limits_for(rec.request)
+        after_rec = self.ledger.jobs.get(after) if after is not None else None
+        _send(link, m.Run(rec.sess, rec.cid, rec.fid, alloc_wire, rec.user, tl, ml,
+                          after_rec.cid if after_rec is not None else None, rec.name),
+              rec.payload)
+        _send(s.link, m.Started(rec.cid, w.name, alloc_wire))
+        for ob in self.observers:
+            ob.on_start(rec, w.name)
 
     def _chain_depth_for(self, head: int, tail: int) -> int:
         """How many jobs may wait on one allocation: only jobs of one function whose jobs
         are known to be short, and only as many as take about ``chain_short`` seconds
         together (a chained job waits for those ahead of it even if another core frees)."""
         h, t = self.ledger.get(head), self.ledger.get(tail)
-        if h is None or t is None or h.gfn != t.gfn:
+        if h is None or t is None or h.fid != t.fid or h.sess != t.sess:
             return 0
-        stats = self._fn_runtime.get(h.gfn)
-        if stats is None or stats[0] < CHAIN_MIN_SAMPLES or stats[1] >= self.chain_short:
+        stats = self._fn_runtime.get((h.sess, h.fid))
+        if stats is None or stats[0] < config.CHAIN_MIN_SAMPLES or stats[1] >= self.chain_short:
             return 0
         return max(1, int(self.chain_short / max(stats[1], 1e-6)))
 
-    def _end(self, rec: JobRecord, end: End, message: str = "", payload: bytes = b"") -> None:
-        alloc_wire, worker = rec.alloc_wire, rec.worker
-        if rec.state is JobState.RUNNING and rec.worker is not None:
-            now = time.monotonic()
-            succ = self.placement.release(rec.worker, rec.gid, rec.alloc)
-            if succ is not None:  # the job chained behind it starts now
-                nxt = self.ledger.get(succ)
-                if nxt is not None:
-                    nxt.started_at = now
-            if end in (End.OK, End.RAISED):
+    def release_running(self, rec: JobRecord) -> None:
+        """Give a running job's allocation back (or pass it down its chain)."""
+        if rec.state is not JobState.RUNNING or rec.worker is None or rec.alloc is None:
+            return
+        succ = self.placement.release(rec.worker, rec.gid, rec.alloc)
+        if succ is not None:  # the job chained behind it starts now
+            nxt = self.ledger.get(succ)
+            if nxt is not None:
+                nxt.started_at = self.clock()
+
+    def _end(self, rec: JobRecord, end: End, message: str = "", payload: bytes = b"",
+             wid: int | None = None) -> None:
+        """The job ended: free what it held, tell its client (or keep the result for it)."""
+        worker = self.workers[rec.worker].name if rec.worker in self.workers else ""
+        if rec.state is JobState.RUNNING:
+            if end in (End.OK, End.RAISED) and not rec.orphan:
                 # a moving average of the function's job run time, for chaining
-                stats = self._fn_runtime.setdefault(rec.gfn, [0, 0.0])
-                took = now - rec.started_at
+                stats = self._fn_runtime.setdefault((rec.sess, rec.fid), [0, 0.0])
+                took = self.clock() - rec.started_at
                 stats[1] = took if not stats[0] else 0.8 * stats[1] + 0.2 * took
                 stats[0] += 1
+            self.release_running(rec)
         if self.ledger.end(rec.gid, ok=end == End.OK, cancelled=end == End.CANCELLED) is None:
             return
-        s = self.clients.get(rec.client)
+        for ob in self.observers:
+            ob.on_end(rec, end, message, worker)
+        s = self.sessions.get(rec.sess)
         if s is None:
             return
-        s.jobs.pop(rec.cid, None)
-        wname = self.workers[worker].name if worker in self.workers else ""
-        _try_send(s.link, [Msg.RESULT, rec.cid, int(end), alloc_wire, wname, message], payload)
+        if s.jobs.get(rec.cid) is rec:
+            del s.jobs[rec.cid]
+        fn = s.fns.get(rec.fid)
+        if fn is not None and not rec.orphan:
+            fn.refs -= 1
+            if fn.forgotten and not fn.refs:
+                self._free_function(s, rec.fid)
+        if s.closing:
+            self._forget_if_done(s)
+            return
+        if rec.orphan and end == End.CANCELLED:
+            return
+        self._deliver(s, rec.cid, int(end), worker, message, payload, wid)
+
+    def _deliver(self, s: ClientSession, cid: int, end: int, worker: str, message: str,
+                 payload: bytes, wid: int | None) -> None:
+        """Send a result to its client, or keep it until the client comes back."""
+        if s.link is None:
+            s.held[cid] = HeldResult(wid, end, worker, message, payload)
+            return
+        # until the client acks, a resubmission of this job is a duplicate, and the worker
+        # (if any) keeps a copy of the result
+        s.unacked[cid] = wid if wid is not None else -1
+        _send(s.link, m.Result(cid, end, worker, message), payload)
 
     def _reply(self, s: ClientSession, cid: int, end: End, message: str) -> None:
-        _try_send(s.link, [Msg.RESULT, cid, int(end), None, "", message])
+        _send(s.link, m.Result(cid, int(end), "", message))
 
+    # -- the periodic sweep ----------------------------------------------------------
     def sweep_unschedulable(self) -> None:
-        """Fail queued jobs that no current worker could ever run (after the wait)."""
-        now = time.monotonic()
+        """Fail queued jobs that no current (or recently seen) worker could ever run,
+        once they have waited ``wait_for_workers``."""
+        now = self.clock()
         for request, gids in self.placement.shapes():
             key = shape_of(request)
             if self.placement.could_ever_fit(request):
                 self._first_unfit.pop(key, None)
                 continue
             since = self._first_unfit.setdefault(key, now)
-            if now - since < self.wait_for_workers:
+            if now - since < self.wait_for_workers or (
+                    self.wait_for_workers > 0 and self.recently_seen_fit(request)):
                 continue
             self._first_unfit.pop(key, None)
             msg = self._unfit_message(request)
             for gid in gids:
-                self.placement.dequeue(gid)
                 rec = self.ledger.get(gid)
                 if rec is not None:
+                    self._unqueue(rec)
                     self._end(rec, End.UNSCHEDULABLE, msg)
 
-    async def sweeper(self, interval: float = 1.0) -> None:
-        """Periodic unschedulable sweep (for clusters that wait for workers)."""
+    def sweep(self) -> None:
+        """Everything that happens with time: graces, parked jobs, deferred jobs."""
+        self.sweep_recovery()
+        self.sweep_unschedulable()
+        self._pump()
+
+    async def run(self, interval: float = 1.0,
+                  task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The executor's own tasks: ``sweep`` every ``interval`` seconds, and placement
+        passes continued between other peers' messages."""
+        async with trio.open_nursery() as n:
+            n.start_soon(self._sweeper, interval)
+            n.start_soon(self._pumper)
+            task_status.started()
+
+    async def _sweeper(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
-            self.sweep_unschedulable()
+            self.sweep()
+
+    async def _pumper(self) -> None:
+        while True:
+            await self._pump_more.wait()
+            self._pump_more = trio.Event()
+            await trio.lowlevel.checkpoint()
+            self._pump()
 
     # -- observation -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:
         """The JSON document served at /status (see docs/interfaces.md)."""
-        workers = []
-        tc = fc = 0
-        tm = fm = 0.0
-        for w in self.workers.values():
-            st = self.placement.workers.get(w.wid)
-            if st is None:
-                continue
-            cfree, ctot = st.free.stat().get("Cores", (0, 0))
-            mfree, mtot = st.free.stat().get("Memory", (0, 0))
-            tc, fc, tm, fm = tc + ctot, fc + cfree, tm + mtot, fm + mfree
-            workers.append({
-                "name": w.name, "address": w.link.peer,
-                "cores_total": ctot, "cores_free": cfree,
-                "memory_total_gb": mtot, "memory_free_gb": round(mfree, 3),
-                "running_jobs": len(st.running),
-                "cpuset": w.info.get("cpuset", []),
-                "exclusive_cpuset": bool(w.info.get("exclusive_cpuset", False)),
-                "gpus": w.info.get("gpus", []),
-                "capacity": repr(st.total),
-            })
-        led = self.ledger
-        return {
-            "version": __version__,
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "queue_length": len(self.placement),
-            "clients": len(self.clients),
-            "running_jobs": sum(len(s.running) for s in self.placement.workers.values()),
-            "cores": {"total": tc, "free": fc},
-            "memory_gb": {"total": tm, "free": round(fm, 3)},
-            "jobs": {"submitted": led.submitted, "started": led.started,
-                     "finished": led.finished, "failed": led.failed,
-                     "cancelled": led.cancelled, "retried": led.retried},
-            "workers": workers,
-        }
-
-
-def _try_send(link: Link, header: list[Any], payload: bytes = b"") -> None:
-    try:
-        link.send(header, payload)
-    except LinkClosed:
-        pass
+        from .status import build_status
+        return build_status(self)

@@ -1,20 +1,24 @@
 """The job ledger: every job's state machine, and the guarantee that each job ends once.
 
-Pure code, no I/O. The executor's server feeds it events; it answers what happened::
+Pure code, no I/O. The executor feeds it events; it answers what happened::
 
     QUEUED --start--> RUNNING --end--> (removed: OK | failed | cancelled)
-       ^                 |
-       +---- requeue ----+   (worker lost, retries left)
+       ^                 |  \\
+       +---- requeue ----+   +--park--> PARKED --attach--> RUNNING
+       |                                  |   (its worker came back and reports it)
+       +------------ lost ----------------+   (the worker did not come back in time)
     QUEUED --end--> (removed)   (cancelled, unschedulable, client gone)
 
-``end`` returns the record only the first time; any later report about the same job (a
-late result after a kill, a duplicate after a retry) returns ``None`` and is dropped.
+A job is known by its client's session and the client's id for it (``key``); ``gid`` is
+the executor's own number, which orders jobs by submission. ``end`` returns the record
+only the first time; any later report about the same job (a late result after a kill, a
+duplicate after a re-attach) returns ``None`` and is dropped.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -24,31 +28,41 @@ from ..resource import Resource
 class JobState(Enum):
     QUEUED = "queued"
     RUNNING = "running"
+    PARKED = "parked"    # its worker is away; waiting for it to come back and report
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class JobRecord:
-    """One job, from submission to its end."""
+    """One job, from submission to its end. Kept small: a million may be queued."""
 
     gid: int
-    client: int
+    sess: int
     cid: int
-    request: Resource
-    gfn: int
+    user: str
+    request: Resource          # shared by every job of the same request
+    shape: Any
+    fid: int
     payload: bytes
     retries: int
+    name: str = ""
     state: JobState = JobState.QUEUED
-    worker: int | None = None
+    worker: int | None = None       # the worker it runs (RUNNING) on
     alloc: Resource | None = None
-    alloc_wire: Any = None
     attempts: int = 0
-    lost_on: list[str] = field(default_factory=list)
+    lost_on: list[str] | None = None
+    parked_on: str | None = None    # PARKED: the name of the worker it waits for
+    deadline: float = 0.0           # PARKED: when to give up on that worker
     submitted_at: float = 0.0
     started_at: float = 0.0
+    orphan: bool = False            # reported by a worker before its client came back
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.sess, self.cid
 
 
 class Ledger:
-    """All jobs that have not ended, by global id, with counters for metrics."""
+    """All jobs that have not ended, by executor id, with counters for metrics."""
 
     def __init__(self) -> None:
         self.jobs: dict[int, JobRecord] = {}
@@ -59,38 +73,80 @@ class Ledger:
         self.failed = 0
         self.cancelled = 0
         self.retried = 0
+        self.handed_back = 0
+        self.reattached = 0
 
-    def submit(self, client: int, cid: int, request: Resource, gfn: int,
-               payload: bytes, retries: int) -> JobRecord:
+    def new_gid(self) -> int:
         gid = self._next
         self._next += 1
-        rec = JobRecord(gid, client, cid, request, gfn, payload, retries,
-                        submitted_at=time.monotonic())
-        self.jobs[gid] = rec
+        return gid
+
+    def submit(self, sess: int, cid: int, user: str, request: Resource, shape: Any,
+               fid: int, payload: bytes, retries: int, name: str = "",
+               now: float | None = None) -> JobRecord:
+        rec = JobRecord(self.new_gid(), sess, cid, user, request, shape, fid, payload,
+                        retries, name,
+                        submitted_at=time.monotonic() if now is None else now)
+        self.jobs[rec.gid] = rec
         self.submitted += 1
         return rec
 
-    def start(self, gid: int, worker: int, alloc: Resource, alloc_wire: Any) -> JobRecord:
+    def adopt(self, sess: int, cid: int, user: str, fid: int, worker: int, alloc: Resource,
+              request: Resource, shape: Any, name: str, started_at: float) -> JobRecord:
+        """A job a worker reports running that this executor did not know (after a
+        restart): RUNNING at once, an orphan until its client claims it."""
+        rec = JobRecord(self.new_gid(), sess, cid, user, request, shape, fid, b"", 0, name,
+                        JobState.RUNNING, worker, alloc, attempts=1,
+                        submitted_at=started_at, started_at=started_at, orphan=True)
+        self.jobs[rec.gid] = rec
+        self.reattached += 1
+        return rec
+
+    def start(self, gid: int, worker: int, alloc: Resource,
+              now: float | None = None) -> JobRecord:
         rec = self.jobs[gid]
         if rec.state is not JobState.QUEUED:
             raise ValueError(f"job {gid} started twice")
-        rec.state, rec.worker, rec.alloc, rec.alloc_wire = JobState.RUNNING, worker, alloc, alloc_wire
+        rec.state, rec.worker, rec.alloc = JobState.RUNNING, worker, alloc
         rec.attempts += 1
-        rec.started_at = time.monotonic()
+        rec.started_at = time.monotonic() if now is None else now
         self.started += 1
         return rec
 
-    def requeue(self, gid: int, worker_name: str) -> JobRecord | None:
-        """The job's worker was lost. Returns the record when it may run again (retries
-        left), else ``None``: the caller then ends it as lost."""
+    def park(self, gid: int, worker_name: str, deadline: float) -> JobRecord | None:
+        """The job's worker went away: wait until ``deadline`` for it to come back."""
         rec = self.jobs.get(gid)
         if rec is None or rec.state is not JobState.RUNNING:
             return None
-        rec.lost_on.append(worker_name)
-        if rec.attempts > rec.retries:
+        rec.state, rec.worker, rec.alloc = JobState.PARKED, None, None
+        rec.parked_on, rec.deadline = worker_name, deadline
+        return rec
+
+    def attach(self, gid: int, worker: int, alloc: Resource) -> JobRecord:
+        """A parked (or queued, or resubmitted) job was found running on ``worker``."""
+        rec = self.jobs[gid]
+        rec.state, rec.worker, rec.alloc = JobState.RUNNING, worker, alloc
+        rec.parked_on = None
+        self.reattached += 1
+        return rec
+
+    def requeue(self, gid: int, worker_name: str, count: bool = True) -> JobRecord | None:
+        """The job's worker was lost (``count``) or handed it back (not counted). Returns
+        the record when it may run again, else ``None``: the caller then ends it as lost."""
+        rec = self.jobs.get(gid)
+        if rec is None or rec.state is JobState.QUEUED:
             return None
-        rec.state, rec.worker, rec.alloc, rec.alloc_wire = JobState.QUEUED, None, None, None
-        self.retried += 1
+        if count:
+            if rec.lost_on is None:
+                rec.lost_on = []
+            rec.lost_on.append(worker_name)
+            if len(rec.lost_on) > rec.retries:
+                return None
+            self.retried += 1
+        else:
+            rec.attempts = max(0, rec.attempts - 1)
+            self.handed_back += 1
+        rec.state, rec.worker, rec.alloc, rec.parked_on = JobState.QUEUED, None, None, None
         return rec
 
     def end(self, gid: int, ok: bool = True, cancelled: bool = False) -> JobRecord | None:

@@ -168,6 +168,43 @@ class Placement:
                 self._open.get((ch.queue.user.name, ch.queue.shape.key), {}).pop(ch, None)
         return set(w.running)
 
+    def cordon(self, wid: int) -> None:
+        """Start nothing new on ``wid`` (it is draining): it leaves the index, so no search
+        finds it and no job is chained onto it; its running jobs stay until released."""
+        w = self.workers.get(wid)
+        if w is not None:
+            self.index.remove(w)
+
+    def attach(self, wid: int, gid: int, alloc: Resource, request: Resource,
+               shape: Hashable | None = None, *, user: str = "") -> bool:
+        """Record job ``gid`` of ``user`` found running on ``wid`` with exactly ``alloc`` (a
+        worker that reconnects reports it); its user is charged for it as for a placed job.
+        False (nothing changed) when that allocation is not free there."""
+        w = self.workers.get(wid)
+        if w is None or gid in w.running or gid in self._where:
+            return False
+        try:
+            w.free.take(alloc)
+        except ValueError:
+            return False
+        w.version += 1
+        self.index._reindex(w)
+        key = shape_of(request) if shape is None else shape
+        sh = self._shapes.get(key)
+        if sh is None:
+            sh = self._shapes[key] = Shape(key, request)
+        u = self._user(user)
+        q = u.queues.get(key)
+        if q is None:
+            q = u.queues[key] = JobQueue(len(self._queues), u, sh, self._where)
+            self._queues.append(q)
+            sh.queues[q] = None
+        w.running.add(gid)
+        self._run[gid] = q.qid
+        u.running += 1
+        self._charge(q, +1)
+        return True
+
     def _account_capacity(self, total: Resource, sign: int) -> None:
         kinds = total.kinds()
         self._total_cores += sign * int(getattr(kinds.get("Cores"), "N", 0) or 0)
@@ -183,7 +220,8 @@ class Placement:
         if u is not None and u.max_cores is not None:
             if int(getattr(request.kinds().get("Cores"), "N", 0) or 0) > u.max_cores:
                 return False
-        return any(w.total.request(request) for w in self.workers.values())
+        return any(w.total.request(request) for w in self.workers.values()
+                   if w.group is not None)   # not a cordoned (draining) worker
 
     # -- users -----------------------------------------------------------------------
     def set_user(self, user: str, *, weight: float = 1.0, max_cores: int | None = None,
@@ -348,7 +386,8 @@ class Placement:
             opens = self._open.get((u.name, q.shape.key))
             found = None
             for ch in islice(opens or (), tries):
-                if reserved.get(ch.wid, u.name) != u.name:
+                if reserved.get(ch.wid, u.name) != u.name \
+                        or self.workers[ch.wid].group is None:   # cordoned
                     continue
                 if len(ch.jobs) <= min(depth_for(head, ch.jobs[-1]), self.chain_depth):
                     found = ch

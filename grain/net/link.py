@@ -16,21 +16,23 @@ written). ``receive()`` returns the next batch. Two kinds:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import trio
 
+from ..config import HEARTBEAT as DEFAULT_HEARTBEAT
+from ..config import MIN_HEARTBEAT
+from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
 from ..protocol.frames import FrameDecoder, Message, encode_batch
-from ..protocol.messages import Msg
+from ..protocol.messages import Ping
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEARTBEAT = 2.0
-DEFAULT_TIMEOUT = 10.0
-MIN_HEARTBEAT = 0.1
+__all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TIMEOUT", "Link", "LinkClosed", "MemoryLink",
+           "StreamLink", "memory_link_pair", "open_stream_link"]
 
 
 class LinkClosed(Exception):
@@ -75,11 +77,15 @@ class Link:
     """A message link: an inbox and an outbox. Subclasses move the outbox's messages."""
 
     peer: str = "?"
+    silent: bool = False
+    """True when the link closed because the peer fell silent (a heartbeat timeout: the
+    peer may be alive behind a broken network), not because its end closed."""
     _in: _Box
     _out: _Box
 
-    def send(self, header: Sequence[Any], payload: bytes = b"") -> None:
-        """Queue a message; never blocks. Raises ``LinkClosed`` once the link is closed."""
+    def send(self, header: Any, payload: bytes = b"") -> None:
+        """Queue a message (a ``messages`` struct and its payload); never blocks. Raises
+        ``LinkClosed`` once the link is closed."""
         if self._out.closed is not None:
             raise LinkClosed(self._out.closed)
         self._out.put((header, payload))
@@ -114,7 +120,7 @@ def memory_link_pair(name_a: str = "a", name_b: str = "b") -> tuple[MemoryLink, 
 class StreamLink(Link):
     """A link over a byte stream. Call ``start(nursery)`` once, before use."""
 
-    def __init__(self, stream: trio.abc.Stream, peer: str, *,
+    def __init__(self, stream: trio.abc.Stream, peer: str, schema: Any, *,
                  heartbeat: float = DEFAULT_HEARTBEAT, timeout: float = DEFAULT_TIMEOUT,
                  decoder: FrameDecoder | None = None) -> None:
         self.stream = stream
@@ -122,6 +128,7 @@ class StreamLink(Link):
         self.heartbeat = heartbeat
         self.timeout = timeout
         self._decoder = decoder or FrameDecoder()
+        self._decoder.set_schema(schema)   # what this hop may carry; anything else: dropped
         self._in = _Box()
         self._out = _Box()
         self._scope = trio.CancelScope()
@@ -164,6 +171,7 @@ class StreamLink(Link):
             log.warning("dropping %s: %s", self.peer, e)
         except trio.TooSlowError:
             reason = f"peer {self.peer} silent for {self.timeout:g}s (heartbeat timeout)"
+            self.silent = True
         if self._reason is None:
             self._reason = reason
         n.cancel_scope.cancel()
@@ -180,17 +188,15 @@ class StreamLink(Link):
 
     def _deliver(self, batches: list[list[Message]]) -> None:
         for batch in batches:
-            msgs = [m for m in batch if m[0][0] != Msg.PING]
+            msgs = [m for m in batch if type(m[0]) is not Ping]
             if len(msgs) != len(batch):
                 for m in batch:
-                    if m[0][0] == Msg.PING and len(m[0]) > 1:
-                        self._peer_timeout(m[0][1])
+                    if type(m[0]) is Ping and m[0].timeout:
+                        self._peer_timeout(m[0].timeout)
             self._in.put_many(msgs)
 
-    def _peer_timeout(self, value: Any) -> None:
+    def _peer_timeout(self, value: float) -> None:
         """The peer declares it after ``value`` seconds of silence: ping well before."""
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            return
         hb = max(MIN_HEARTBEAT, min(self.heartbeat, value / 4))
         if hb < self.heartbeat:
             log.debug("link to %s: pinging every %gs (the peer's timeout is %gs)",
@@ -201,7 +207,7 @@ class StreamLink(Link):
 
     async def _writer(self) -> str | None:
         out = self._out
-        items: list[Message] = [([Msg.PING, self.timeout], b"")]  # announce our timeout
+        items: list[Message] = [(Ping(self.timeout), b"")]  # announce our timeout
         while True:
             if not items:
                 with trio.CancelScope(deadline=self._last_send + self.heartbeat) as self._idle:
@@ -216,7 +222,7 @@ class StreamLink(Link):
                 elif out.closed is not None:
                     return out.closed
                 else:
-                    items = [([Msg.PING], b"")]
+                    items = [(_PING, b"")]
             frame = encode_batch(items)
             items = []
             self.bytes_out += len(frame)
@@ -224,13 +230,17 @@ class StreamLink(Link):
             self._last_send = trio.current_time()
 
 
+_PING = Ping()
+
+
 @asynccontextmanager
-async def open_stream_link(stream: trio.abc.Stream, peer: str, *,
+async def open_stream_link(stream: trio.abc.Stream, peer: str, schema: Any, *,
                            heartbeat: float = DEFAULT_HEARTBEAT,
                            timeout: float = DEFAULT_TIMEOUT,
                            decoder: FrameDecoder | None = None) -> AsyncIterator[StreamLink]:
     """A running ``StreamLink`` for the duration of the block; closed on exit."""
-    link = StreamLink(stream, peer, heartbeat=heartbeat, timeout=timeout, decoder=decoder)
+    link = StreamLink(stream, peer, schema, heartbeat=heartbeat, timeout=timeout,
+                      decoder=decoder)
     async with trio.open_nursery() as n:
         link.start(n)
         try:

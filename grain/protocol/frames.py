@@ -1,10 +1,12 @@
 """Length-prefixed frames: the unit on every Grain connection.
 
 A frame is ``u32 header_len | u32 payload_len | header | payload`` (big-endian). The header
-is msgpack: ``[messages, payload_lengths]``, a *batch* of messages, each a list whose first
-item is its type (see ``messages``); the payload is the messages' opaque byte payloads
-concatenated, split by ``payload_lengths``. Both lengths are checked against limits before
-anything past the prefix is read, so an oversized or hostile frame costs nothing.
+is msgpack: ``[messages, payload_lengths]``, a *batch* of messages (typed structs from
+``messages``, each an array ``[TAG, fields...]``); the payload is the messages' opaque byte
+payloads concatenated, split by ``payload_lengths``. Both lengths are checked against
+limits before anything past the prefix is read, so an oversized or hostile frame costs
+nothing; the header is decoded and type-checked against the hop's message union in one
+step (msgspec), so no handler ever sees a malformed message.
 
 ``FrameDecoder`` is pure (bytes in, batches out): the socket shells feed it and the fuzz
 tests hammer it.
@@ -16,27 +18,33 @@ import struct
 from collections.abc import Sequence
 from typing import Any
 
-import msgpack
+import msgspec
 
+from ..config import MAX_FRAME_HEADER, MAX_FRAME_PAYLOAD
 from ..errors import ProtocolError
 
 PREFIX = struct.Struct(">II")
-DEFAULT_MAX_HEADER = 16 * 1024 * 1024
-DEFAULT_MAX_PAYLOAD = 1024 * 1024 * 1024
+DEFAULT_MAX_HEADER = MAX_FRAME_HEADER
+DEFAULT_MAX_PAYLOAD = MAX_FRAME_PAYLOAD
 BIG_FRAME = 1024 * 1024   # frames this big are gathered in pieces, joined once
 
-Message = tuple[Sequence[Any], bytes]
-"""One message: (header fields, payload bytes)."""
+Message = tuple[Any, bytes]
+"""One message: (header, payload bytes). The header is a ``messages.Message`` struct (or,
+for raw decoders and hostile tests, any msgpack value)."""
 
-_packb = msgpack.Packer(use_bin_type=True).pack
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def encode_parts(messages: Sequence[Message]) -> list[Any]:
     """One frame carrying every message, as buffers to send in order (prefix and header
     first, then the payloads as they are: no copy of a big payload)."""
-    headers = [m[0] for m in messages]
+    if len(messages) == 1:   # the hot path: one message
+        h, p = messages[0]
+        header = _encode(([h], [len(p)]))
+        return [PREFIX.pack(len(header), len(p)) + header, p] if p else \
+            [PREFIX.pack(len(header), 0) + header]
     payloads = [m[1] for m in messages]
-    header = _packb([headers, [len(p) for p in payloads]])
+    header = _encode(([m[0] for m in messages], [len(p) for p in payloads]))
     return [PREFIX.pack(len(header), sum(map(len, payloads))) + header,
             *(p for p in payloads if len(p))]
 
@@ -46,7 +54,7 @@ def encode_batch(messages: Sequence[Message]) -> bytes:
     return b"".join(encode_parts(messages))
 
 
-def encode(header: Sequence[Any], payload: bytes = b"") -> bytes:
+def encode(header: Any, payload: bytes = b"") -> bytes:
     """One frame carrying one message."""
     return encode_batch(((header, payload),))
 
@@ -54,19 +62,29 @@ def encode(header: Sequence[Any], payload: bytes = b"") -> bytes:
 class FrameDecoder:
     """Incremental frame parser: ``feed(data)`` returns the batches completed so far.
 
-    Raises ``ProtocolError`` on a frame over the limits or a malformed header; after that
-    the connection must be dropped (the decoder's state is undefined).
+    ``schema`` is the union of message types this hop carries (``messages.CLIENT_TO_...``);
+    a frame holding anything else is a ``ProtocolError``. Without a schema headers are
+    returned as plain msgpack values (for tests and tools). Raises ``ProtocolError`` on a
+    frame over the limits or a malformed header; after that the connection must be
+    dropped (the decoder's state is undefined).
     """
 
-    def __init__(self, max_header: int = DEFAULT_MAX_HEADER,
+    def __init__(self, schema: Any = None, max_header: int = DEFAULT_MAX_HEADER,
                  max_payload: int = DEFAULT_MAX_PAYLOAD, big: int = BIG_FRAME) -> None:
         self.max_header = max_header
         self.max_payload = max_payload
         self.big = big
+        self.set_schema(schema)
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None
         self._chunks: list[bytes] | None = None   # the pieces of a big frame
         self._chunked = 0
+
+    def set_schema(self, schema: Any) -> None:
+        """Decode later frames as ``schema`` (after the handshake, the hop's union)."""
+        self._decode = (msgspec.msgpack.Decoder(tuple[list[schema], list[int]]).decode
+                        if schema is not None else msgspec.msgpack.Decoder().decode)
+        self._typed = schema is not None
 
     @property
     def buffered(self) -> int:
@@ -107,7 +125,7 @@ class FrameDecoder:
             payload = memoryview(buf)[pos + hlen:pos + hlen + plen].tobytes() if plen else b""
             pos += hlen + plen
             self._need = None
-            out.append(_split(header, payload))
+            out.append(self._split(header, payload))
         if pos:
             del buf[:pos]
         return out
@@ -123,35 +141,36 @@ class FrameDecoder:
         blob = b"".join(self._chunks)   # the one copy of a big frame
         self._chunks, self._chunked, self._need = None, 0, None
         view = memoryview(blob)
-        out = [_split(bytes(view[:hlen]), view[hlen:need])]
+        out = [self._split(bytes(view[:hlen]), view[hlen:need])]
         rest = blob[need:]
         if rest:
             out += self.feed(rest, None if max_frames is None else max_frames - 1)
         return out
 
-
-def _split(header: bytes, payload: bytes) -> list[Message]:
-    try:
-        decoded = msgpack.unpackb(header, use_list=True, raw=False, strict_map_key=False)
-    except Exception as e:
-        raise ProtocolError(f"malformed frame header: {e}") from None
-    if (not isinstance(decoded, list) or len(decoded) != 2
-            or not isinstance(decoded[0], list) or not isinstance(decoded[1], list)
-            or len(decoded[0]) != len(decoded[1])):
-        raise ProtocolError("malformed frame header: expected [messages, payload lengths]")
-    headers, lengths = decoded
-    if len(headers) == 1:  # the common case: one message, the whole payload
-        h = headers[0]
-        if not isinstance(h, list) or not h or lengths[0] != len(payload):
-            raise ProtocolError("malformed message in frame")
-        return [(h, payload)]
-    msgs: list[Message] = []
-    off = 0
-    for h, n in zip(headers, lengths, strict=True):
-        if not isinstance(h, list) or not h or not isinstance(n, int) or n < 0:
-            raise ProtocolError("malformed message in frame")
-        msgs.append((h, payload[off:off + n]))
-        off += n
-    if off != len(payload):
-        raise ProtocolError("frame payload lengths do not add up")
-    return msgs
+    def _split(self, header: bytes, payload: Any) -> list[Message]:
+        try:
+            decoded = self._decode(header)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise ProtocolError(f"malformed frame header: {e}") from None
+        if not self._typed:
+            if (not isinstance(decoded, list) or len(decoded) != 2
+                    or not isinstance(decoded[0], list) or not isinstance(decoded[1], list)
+                    or not all(isinstance(h, list | dict) and h for h in decoded[0])):
+                raise ProtocolError("malformed frame header: expected [messages, lengths]")
+        headers, lengths = decoded
+        if len(headers) != len(lengths):
+            raise ProtocolError("malformed frame header: messages and lengths differ")
+        if len(headers) == 1:  # the common case: one message, the whole payload
+            if lengths[0] != len(payload):
+                raise ProtocolError("frame payload lengths do not add up")
+            return [(headers[0], payload)]
+        msgs: list[Message] = []
+        off = 0
+        for h, n in zip(headers, lengths, strict=True):
+            if not isinstance(n, int) or n < 0:
+                raise ProtocolError("malformed message in frame")
+            msgs.append((h, payload[off:off + n]))
+            off += n
+        if off != len(payload):
+            raise ProtocolError("frame payload lengths do not add up")
+        return msgs

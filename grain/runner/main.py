@@ -23,12 +23,13 @@ from typing import Any
 
 import trio
 
-from ..client.gvar import _VARS
+from ..context import JOB_VARS as _VARS
 from ..errors import RemoteError, SerializationError
 from ..net.transport import send_nowait
+from ..protocol import messages as m
 from ..protocol import payload as pl
 from ..protocol.frames import FrameDecoder, Message, encode_parts
-from ..protocol.messages import End, Msg
+from ..protocol.messages import End
 from ..resource import from_wire
 
 PR_SET_PDEATHSIG = 1
@@ -53,10 +54,10 @@ class Runner:
         self.all_cpus = frozenset(os.sched_getaffinity(0))
         self.env_set: dict[str, str] = {}
 
-    def _function(self, gfn: int) -> Any:
-        fn = self.fns.get(gfn)
+    def _function(self, key: int) -> Any:
+        fn = self.fns.get(key)
         if fn is None:
-            fn = self.fns[gfn] = pl.loads(self.fn_bytes.pop(gfn))
+            fn = self.fns[key] = pl.loads(self.fn_bytes.pop(key))
         return fn
 
     def _prepare(self, cpus: list[int] | None, env: dict[str, str]) -> None:
@@ -71,10 +72,13 @@ class Runner:
             os.environ.update(env)
             self.env_set = dict(env)
 
-    async def run(self, h: list[Any], payload: bytes) -> Message:
-        jid, alloc_wire, gfn, cpus, env, instance = h[1], h[2], h[3], h[4], h[5], h[6]
+    async def run(self, job: m.RunnerJob, payload: bytes) -> Message:
+        jid, alloc_wire, cpus, env, instance = job.jid, job.alloc, job.cpus, job.env, \
+            job.instance
+        if job.code_path and job.code_path not in sys.path:
+            sys.path.insert(0, job.code_path)
         try:
-            fn = self._function(gfn)
+            fn = self._function(job.key)
             args, kwargs = pl.loads(payload)
         except Exception as e:  # noqa: BLE001
             return _reply(jid, End.SERIALIZATION,
@@ -97,7 +101,7 @@ class Runner:
 
 
 def _reply(jid: int, end: End, message: str, data: bytes = b"") -> Message:
-    return [Msg.DONE, jid, int(end), message], data
+    return m.RunnerDone(jid, int(end), message[:60000]), data
 
 
 def _error_reply(jid: int, e: BaseException) -> Message:
@@ -125,7 +129,7 @@ async def serve(sock: socket.socket) -> None:
     it. Jobs chained behind the current one are already in the socket buffer: the runner
     goes straight on to them."""
     stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    dec = FrameDecoder()
+    dec = FrameDecoder(m.WorkerToRunner)
     runner = Runner()
     inbox: deque[Message] = deque()
     while True:
@@ -144,14 +148,14 @@ async def serve(sock: socket.socket) -> None:
                 inbox.extend(batch)
             continue
         h, payload = inbox.popleft()
-        t = h[0]
-        if t == Msg.RUN:
+        t = type(h)
+        if t is m.RunnerJob:
             await _flush(sock, stream, [await runner.run(h, payload)])
-        elif t == Msg.FUNCTION:
-            runner.fn_bytes[h[1]] = payload
-        elif t == Msg.FORGET_FN:
-            runner.fns.pop(h[1], None)
-            runner.fn_bytes.pop(h[1], None)
+        elif t is m.RunnerFunction:
+            runner.fn_bytes[h.key] = payload
+        elif t is m.RunnerForget:
+            runner.fns.pop(h.key, None)
+            runner.fn_bytes.pop(h.key, None)
 
 
 def main() -> None:

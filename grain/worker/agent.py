@@ -1,11 +1,17 @@
 """The worker agent: takes jobs from an executor link and runs them on pinned runners.
 
 It enforces each job's limits: ``WTime`` (the runner is killed when the time is up, even
-inside C code) and ``Memory`` (the runner's process tree is measured every
-``memory_poll`` seconds and killed when its RSS passes the request plus the margin). A
-killed or crashed runner is replaced; the worker itself never goes down with a job.
-When the executor link is lost, every running job is killed: the executor has already
-retried or failed them elsewhere, and a job must not run twice at once.
+inside C code) and ``Memory`` (the job's processes are measured every ``memory_poll``
+seconds and killed when their RSS passes the request plus the margin). A killed, crashed
+or misbehaving runner (garbage on its socket, a result over the size limit) fails its job
+and is replaced; the worker itself never goes down with a job.
+
+Jobs outlive the executor connection: when the link is lost, running jobs go on and their
+results are kept; when a link comes back (the same executor after a blip, or a restarted
+one), the agent reports what it runs and holds (``Attach``) and sends the held results
+again. A result is forgotten only when the executor says its client has it (``Release``)
+or that the session is over (``EndSession``). On SIGTERM the agent drains: it takes no new
+jobs, lets running ones finish for the drain time, then hands the rest back.
 """
 
 from __future__ import annotations
@@ -14,30 +20,35 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
 import trio
 
+from .. import config
+from ..errors import ProtocolError
 from ..net.link import Link, LinkClosed
-from ..protocol.messages import End, Msg
+from ..protocol import messages as m
+from ..protocol.messages import End
 from ..resource import from_wire
 from .inventory import Inventory
+from .output import OutputLimiter
 from .runners import RunnerDied, RunnerPool, RunnerProcess
 
 log = logging.getLogger("grain.worker")
 
-MEMORY_MARGIN_FRACTION = 0.10
-MEMORY_MARGIN_BYTES = 100 * 1024 ** 2
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "BLIS_NUM_THREADS")
+
+Key = tuple[int, int]   # (session, client job id)
 
 
 def memory_allowance(request_bytes: int) -> int:
     """RSS a job may reach before it is stopped: its request + 10% + 100 MiB (the margin
     covers the runner's own interpreter, ~30-60 MiB)."""
-    return int(request_bytes * (1 + MEMORY_MARGIN_FRACTION)) + MEMORY_MARGIN_BYTES
+    return int(request_bytes * (1 + config.MEMORY_MARGIN_FRACTION)) + \
+        config.MEMORY_MARGIN_BYTES
 
 
 def job_env(cpus: list[int] | None, gpus: list[int] | None) -> dict[str, str]:
@@ -57,109 +68,193 @@ class Lane:
     """Jobs sharing one allocation, run in order on one runner: the first runs, the others
     (chained by the executor) wait in the runner's socket and start the moment it ends."""
 
-    jobs: deque[RunningJob]
+    jobs: deque[Job]
     runner: RunnerProcess | None = None
 
 
-@dataclass(slots=True)
-class RunningJob:
-    """A job this worker was given, from RUN to DONE."""
+@dataclass(eq=False)
+class Job:
+    """A job this worker was given, from Run to Done."""
 
-    gid: int
-    gfn: int
-    messages: list[Any]            # what goes to the runner (RUN, maybe FUNCTION first)
+    sess: int
+    cid: int
+    fid: int
+    user: str
+    name: str
+    jid: int                       # its id on the runner
+    alloc: Any                     # wire form, as the executor sent it
+    payload: bytes
     time_limit: float | None
     memory_limit: int | None
-    cpus: list[int] | None = None
+    cpus: list[int] | None
+    env: dict[str, str]
+    received: float
     runner: RunnerProcess | None = None
     lane: Lane | None = None
     started: float | None = None   # when it became its runner's current job
     cancelled: bool = False
+    handed_back: bool = False
     peak_rss: int = 0
+    output: OutputLimiter = field(default_factory=OutputLimiter)
+
+    @property
+    def key(self) -> Key:
+        return self.sess, self.cid
+
+
+@dataclass
+class Held:
+    """A result kept until the executor says its client has it."""
+
+    done: m.Done
+    payload: bytes
+    user: str
 
 
 class WorkerAgent:
-    """Runs the jobs an executor sends over a link. Reusable across reconnects.
-
-    Each busy runner has a queue: its current job, and at most one job the executor
-    chained behind it (same cores, to start the moment the first ends). Chained jobs are
-    written to the runner's socket at once, so the runner goes straight on to them.
-    """
+    """Runs the jobs executors send. One agent serves link after link (reconnects)."""
 
     def __init__(self, name: str, inventory: Inventory, pool: RunnerPool, *,
-                 memory_poll: float = 0.2) -> None:
+                 memory_poll: float = config.MEMORY_POLL) -> None:
         self.name = name
         self.inventory = inventory
         self.pool = pool
         self.memory_poll = memory_poll
-        self.running: dict[int, RunningJob] = {}
+        self.running: dict[Key, Job] = {}
+        self.held: dict[Key, Held] = {}
         self.lanes: set[Lane] = set()
-        self.fn_bytes: dict[int, bytes] = {}
-        self._env_cache: dict[Any, tuple[list[int] | None, dict[str, str]]] = {}
+        self.fn_bytes: dict[tuple[int, int], bytes] = {}
+        self.bundles: dict[int, str] = {}        # session -> unpacked project code
+        self._env_cache: dict[str, tuple[list[int] | None, dict[str, str]]] = {}
         self._deadlines_changed = trio.Event()
         self._chained: dict[RunnerProcess, list[Any]] = {}
+        self._link: Link | None = None
+        self._nursery: trio.Nursery | None = None
+        self._jids = 0
+        self._idle = trio.Event()
+        self.draining = False
         self.jobs_done = 0
 
     def info(self) -> dict[str, Any]:
         return self.inventory.info(self.name)
 
-    async def serve(self, link: Link, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve one executor link until it closes; then kill what still runs."""
-        self.fn_bytes.clear()  # function ids are per executor connection
-        self._link = link
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """The agent's own tasks (limits, lanes); run for as long as the worker lives."""
         try:
             async with trio.open_nursery() as n:
                 self._nursery = n
                 n.start_soon(self._watch_memory)
                 n.start_soon(self._watch_time)
                 task_status.started()
-                try:
-                    while True:
-                        for h, payload in await link.receive():
-                            self._on_message(h, payload)
-                        self._flush_chained()
-                except LinkClosed as e:
-                    log.warning("worker %s: executor link closed: %s", self.name, e)
-                n.cancel_scope.cancel()
+                await trio.sleep_forever()
         finally:
+            self._nursery = None
             for job in list(self.running.values()):
                 job.cancelled = True
                 if job.runner is not None:
                     job.runner.kill(End.CANCELLED)
-            self.running.clear()
-            self.lanes.clear()
+
+    async def serve(self, link: Link, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve one executor link until it closes. Jobs and held results stay."""
+        assert self._nursery is not None, "start WorkerAgent.run first"
+        self._link = link
+        now = time.monotonic()
+        with contextlib.suppress(LinkClosed):
+            link.send(m.Attach(
+                [m.AttachedJob(j.sess, j.cid, j.fid, j.user, j.alloc,
+                               max(0.0, now - j.received), j.name)
+                 for j in self.running.values()],
+                [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()]))
+            for h in self.held.values():
+                link.send(h.done, h.payload)
+            if self.draining:
+                link.send(m.Draining("the worker is shutting down"))
+        task_status.started()
+        try:
+            while True:
+                for h, payload in await link.receive():
+                    self._on_message(h, payload)
+                self._flush_chained()
+        except LinkClosed as e:
+            log.warning("worker %s: executor link closed: %s; %d jobs go on, their results "
+                        "are kept", self.name, e, len(self.running))
+        finally:
+            if self._link is link:
+                self._link = None
+
+    def _send(self, msg: Any, payload: bytes = b"") -> None:
+        if self._link is not None:
+            with contextlib.suppress(LinkClosed):
+                self._link.send(msg, payload)
 
     # -- messages from the executor ------------------------------------------------
-    def _on_message(self, h: Any, payload: bytes) -> None:
-        t = h[0]
-        if t == Msg.RUN:
-            self._on_run(h, payload)
-        elif t == Msg.FUNCTION:
-            self.fn_bytes[int(h[1])] = payload
-        elif t == Msg.KILL:
-            job = self.running.get(int(h[1]))
+    def _on_message(self, msg: Any, payload: bytes) -> None:
+        t = type(msg)
+        if t is m.Run:
+            self._on_run(msg, payload)
+        elif t is m.Function:
+            self.fn_bytes[(msg.sess, msg.fid)] = payload
+        elif t is m.Kill:
+            job = self.running.get((msg.sess, msg.cid))
             if job is not None:
-                job.cancelled = True
-                if job.runner is not None and job.started is not None:
-                    job.runner.kill(End.CANCELLED)
-                # a job still waiting behind another is killed when its turn comes
-        elif t == Msg.FORGET_FN:
-            self.fn_bytes.pop(int(h[1]), None)
-        elif t != Msg.STATUS:
-            log.warning("worker %s: unexpected message type %r", self.name, t)
+                self._cancel(job)
+        elif t is m.Release:
+            for cid in msg.cids:
+                self.held.pop((msg.sess, cid), None)
+            self._check_idle()
+        elif t is m.DropFunction:
+            self.fn_bytes.pop((msg.sess, msg.fid), None)
+        elif t is m.EndSession:
+            self._end_session(msg.sess)
+        elif t is m.SessionBundle:
+            self._unpack_bundle(msg.sess, msg.digest, payload)
+        elif t is not m.Status:
+            log.warning("worker %s: unexpected %s from the executor", self.name, t.__name__)
 
-    def _on_run(self, h: Any, payload: bytes) -> None:
-        gid, alloc_wire, gfn, limits = int(h[1]), h[2], int(h[3]), h[4]
-        after = h[6] if len(h) > 6 else None
+    def _cancel(self, job: Job) -> None:
+        job.cancelled = True
+        if job.runner is not None and job.started is not None:
+            job.runner.kill(End.CANCELLED)
+        # a job still waiting behind another is dropped when its turn comes
+
+    def _end_session(self, sess: int) -> None:
+        for job in [j for j in self.running.values() if j.sess == sess]:
+            self._cancel(job)
+        for key in [k for k in self.held if k[0] == sess]:
+            del self.held[key]
+        for key in [k for k in self.fn_bytes if k[0] == sess]:
+            del self.fn_bytes[key]
+        self.bundles.pop(sess, None)
+        if self._nursery is not None:
+            self._nursery.start_soon(self.pool.end_session, sess)
+        self._check_idle()
+
+    def _unpack_bundle(self, sess: int, digest: str, data: bytes) -> None:
+        from .bundles import unpack_bundle
         try:
-            cpus, env = self._env_for(alloc_wire)
-        except Exception as e:  # noqa: BLE001 - a bad allocation fails this job only
-            self._reply(gid, End.CRASHED, f"bad allocation on worker {self.name}: {e!r}")
+            self.bundles[sess] = unpack_bundle(digest, data)
+        except (OSError, ValueError) as e:
+            log.warning("worker %s: cannot unpack the project code of session %d: %s",
+                        self.name, sess, e)
+
+    def _on_run(self, msg: m.Run, payload: bytes) -> None:
+        key = (msg.sess, msg.cid)
+        if key in self.running or key in self.held:
+            return   # a duplicate (the executor re-sent it after a blip)
+        if self.draining:
+            self._send(m.Done(msg.sess, msg.cid, int(End.HANDED_BACK), "worker draining"))
             return
-        job = RunningJob(gid, gfn, [([Msg.RUN, gid, alloc_wire, gfn, cpus, env, self.name],
-                                     payload)], limits[0], limits[1], cpus)
-        self.running[gid] = job
-        pred = self.running.get(after) if after is not None else None
+        try:
+            cpus, env = self._env_for(msg.alloc)
+        except Exception as e:  # noqa: BLE001 - a bad allocation fails this job only
+            self._send(m.Done(msg.sess, msg.cid, int(End.CRASHED),
+                              f"bad allocation on worker {self.name}: {e!r}"))
+            return
+        self._jids += 1
+        job = Job(msg.sess, msg.cid, msg.fid, msg.user, msg.name, self._jids, msg.alloc,
+                  payload, msg.time_limit, msg.memory_limit, cpus, env, time.monotonic())
+        self.running[key] = job
+        pred = self.running.get((msg.sess, msg.after)) if msg.after is not None else None
         lane = pred.lane if pred is not None else None
         if lane is not None and lane.jobs and lane.jobs[-1] is pred:
             # chained: it goes straight on after its predecessor, on the same runner
@@ -171,7 +266,8 @@ class WorkerAgent:
             return
         self._open_lane(deque((job,)))
 
-    def _open_lane(self, jobs: deque[RunningJob]) -> None:
+    def _open_lane(self, jobs: deque[Job]) -> None:
+        assert self._nursery is not None
         lane = Lane(jobs)
         for job in jobs:
             job.lane = lane
@@ -179,18 +275,21 @@ class WorkerAgent:
         self._nursery.start_soon(self._run_lane, lane)
 
     # -- runners -------------------------------------------------------------------
-    def _messages_for(self, runner: RunnerProcess, job: RunningJob) -> list[Any]:
+    def _messages_for(self, runner: RunnerProcess, job: Job) -> list[Any]:
         job.runner = runner
-        if job.gfn not in runner.fns:
-            fn = self.fn_bytes.get(job.gfn)
+        out: list[Any] = []
+        if job.fid not in runner.fns:
+            fn = self.fn_bytes.get((job.sess, job.fid))
             if fn is not None:
-                runner.fns.add(job.gfn)
-                return [([Msg.FUNCTION, job.gfn], fn), *job.messages]
-        return job.messages
+                runner.fns.add(job.fid)
+                out.append((m.RunnerFunction(job.fid), fn))
+        out.append((m.RunnerJob(job.jid, job.fid, job.alloc, job.cpus, job.env, self.name,
+                                self.bundles.get(job.sess)), job.payload))
+        return out
 
     def _flush_chained(self) -> None:
         """One write per runner for all the jobs chained onto it by one batch."""
-        if self._chained:
+        if self._chained and self._nursery is not None:
             chained, self._chained = self._chained, {}
             for runner, msgs in chained.items():
                 runner.send_soon(msgs, self._nursery)
@@ -199,55 +298,73 @@ class WorkerAgent:
         """Run a lane's jobs, in order, on one runner pinned to their cores."""
         jobs = lane.jobs
         try:
-            while jobs and (jobs[0].cancelled or jobs[0].gfn not in self.fn_bytes):
+            while jobs and (jobs[0].cancelled or jobs[0].handed_back
+                            or (jobs[0].sess, jobs[0].fid) not in self.fn_bytes):
                 job = jobs.popleft()
-                self._finish(job, [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"]
-                             if job.cancelled else
-                             [Msg.DONE, job.gid, int(End.SERIALIZATION),
-                              f"function {job.gfn} was never sent to worker {self.name}"])
+                if job.cancelled or job.handed_back:
+                    self._finish(job, End.CANCELLED, "cancelled")
+                else:
+                    self._finish(job, End.SERIALIZATION,
+                                 f"function {job.fid} was never sent to worker {self.name}")
             if not jobs:
                 return
             try:
-                runner = await self.pool.acquire(jobs[0].cpus)
+                runner = await self.pool.acquire(jobs[0].cpus, jobs[0].sess)
             except OSError as e:
                 for job in list(jobs):
-                    self._finish(job, [Msg.DONE, job.gid, int(End.CRASHED),
-                                       f"could not start a runner on worker {self.name}: {e}"])
+                    self._finish(job, End.CRASHED,
+                                 f"could not start a runner on worker {self.name}: {e}")
                 return
-            if not any(j.gid in self.running for j in jobs):   # link lost meanwhile
+            if not any(j.key in self.running for j in jobs):   # all gone meanwhile
                 await self.pool.release(runner, True)
                 return
             lane.runner = runner
-            runner.send_soon([m for job in jobs for m in self._messages_for(runner, job)],
+            assert self._nursery is not None
+            runner.send_soon([x for job in jobs for x in self._messages_for(runner, job)],
                              self._nursery)
             self._begin(jobs[0])
             await self._drive(lane, runner)
         finally:
             self.lanes.discard(lane)
 
-    def _begin(self, job: RunningJob) -> None:
+    def _begin(self, job: Job) -> None:
         job.started = time.monotonic()
+        job.payload = b""   # the runner has it
         if job.time_limit:
             self._deadlines_changed.set()
-        if job.cancelled and job.runner is not None:
+        if (job.cancelled or job.handed_back) and job.runner is not None:
             job.runner.kill(End.CANCELLED)
 
     async def _drive(self, lane: Lane, runner: RunnerProcess) -> None:
-        """Read the runner's replies until the lane is empty; handle the runner's death."""
+        """Read the runner's replies until the lane is empty; handle the runner's death,
+        or garbage from it, as the current job's failure."""
         jobs = lane.jobs
         healthy = False
         try:
             while jobs:
-                h, payload = await runner.receive()
-                job = jobs.popleft()
-                self._finish(job, h, payload)
+                msg, payload = await runner.receive()
+                job = jobs[0]
+                if type(msg) is m.RunnerOutput:
+                    if msg.jid == job.jid:
+                        self._output(job, msg.stream, payload, msg.dropped)
+                    continue
+                if msg.jid != job.jid:
+                    raise ProtocolError(f"the runner answered for job {msg.jid} while "
+                                        f"running {job.jid}")
+                jobs.popleft()
+                self._finish(job, End(msg.end), msg.message, payload)
                 if jobs:
                     self._begin(jobs[0])
             healthy = True
-        except RunnerDied as e:
+        except (RunnerDied, ProtocolError) as e:
+            if isinstance(e, ProtocolError):
+                runner.kill(End.CRASHED)
+                why = f"its runner sent garbage to the worker ({e}); the runner was killed"
+            else:
+                why = str(e)
             if jobs:
                 job = jobs.popleft()
-                self._finish(job, *self._death_reply(job, str(e)))
+                self._finish(job, *self._death_reply(job, why))
             if jobs:   # chained behind the dead job: on to a fresh runner, same order
                 for waiting in jobs:
                     waiting.runner = None
@@ -258,18 +375,32 @@ class WorkerAgent:
             lane.runner = None
             await self.pool.release(runner, healthy and runner.kill_reason is None)
 
-    def _finish(self, job: RunningJob, header: Any, payload: bytes = b"") -> None:
-        if self.running.pop(job.gid, None) is None:
+    def _output(self, job: Job, stream: int, data: bytes, dropped: int) -> None:
+        """Relay a job's output, within its budget."""
+        sent, dropped = job.output.admit(data, dropped, time.monotonic())
+        if sent or dropped:
+            self._send(m.JobOutput(job.sess, job.cid, stream, dropped), sent)
+
+    def _finish(self, job: Job, end: End, message: str, payload: bytes = b"") -> None:
+        if self.running.pop(job.key, None) is None:
             return
         self.jobs_done += 1
-        if job.cancelled and header[2] != End.OK:
-            header, payload = [Msg.DONE, job.gid, int(End.CANCELLED), "cancelled"], b""
-        with contextlib.suppress(LinkClosed):
-            self._link.send(header, payload)
+        if job.handed_back and end is not End.OK:
+            end, message, payload = End.HANDED_BACK, "worker draining", b""
+        elif job.cancelled and end is not End.OK:
+            end, message, payload = End.CANCELLED, "cancelled", b""
+        left = job.output.flush_dropped()
+        if left:
+            self._send(m.JobOutput(job.sess, job.cid, 1, left), b"")
+        done = m.Done(job.sess, job.cid, int(end), message)
+        if end is not End.HANDED_BACK:
+            self.held[job.key] = Held(done, payload, job.user)
+        self._send(done, payload)
+        self._check_idle()
 
-    def _reply(self, gid: int, end: End, message: str) -> None:
-        with contextlib.suppress(LinkClosed):
-            self._link.send([Msg.DONE, gid, int(end), message])
+    def _check_idle(self) -> None:
+        if not self.running and not self.held:
+            self._idle.set()
 
     def _env_for(self, alloc_wire: Any) -> tuple[list[int] | None, dict[str, str]]:
         key = repr(alloc_wire)
@@ -278,33 +409,62 @@ class WorkerAgent:
             return cached
         kinds = from_wire(alloc_wire, strict=False).kinds()
         cores = kinds.get("Cores")
-        cpus = self.inventory.real_cpus(cores.c) if cores is not None and cores.c else None
+        cpus = self.inventory.real_cpus(cores.c) if cores is not None and \
+            cores.c else None  # type: ignore[attr-defined]
         gpu = kinds.get("GPU")
-        out = (cpus, job_env(cpus, sorted(gpu.g) if gpu is not None else None))
+        out = (cpus, job_env(cpus, sorted(gpu.g) if gpu is not None  # type: ignore[attr-defined]
+                             else None))
         if len(self._env_cache) < 4096:
             self._env_cache[key] = out
         return out
 
-    def _death_reply(self, job: RunningJob, why: str) -> tuple[list[Any], bytes]:
+    def _death_reply(self, job: Job, why: str) -> tuple[End, str]:
         reason = job.runner.kill_reason if job.runner is not None else None
-        gid = job.gid
-        if reason == End.MEMORY:
-            return ([Msg.DONE, gid, int(End.MEMORY),
-                     f"job used {job.peak_rss / 1024 ** 2:.0f} MiB, past its Memory request of "
-                     f"{job.memory_limit / 1024 ** 3:g} GB (allowed with margin: "
-                     f"{memory_allowance(job.memory_limit) / 1024 ** 2:.0f} MiB), and was "
-                     f"stopped on worker {self.name}"], b"")
+        if reason == End.MEMORY and job.memory_limit is not None:
+            return (End.MEMORY,
+                    f"job used {job.peak_rss / 1024 ** 2:.0f} MiB, past its Memory request of "
+                    f"{job.memory_limit / 1024 ** 3:g} GB (allowed with margin: "
+                    f"{memory_allowance(job.memory_limit) / 1024 ** 2:.0f} MiB), and was "
+                    f"stopped on worker {self.name}")
         if reason == End.TIMEOUT:
-            return ([Msg.DONE, gid, int(End.TIMEOUT),
-                     f"job ran past its time limit of {job.time_limit:g}s (WTime) and was "
-                     f"killed on worker {self.name}"], b"")
+            return (End.TIMEOUT,
+                    f"job ran past its time limit of {job.time_limit:g}s (WTime) and was "
+                    f"killed on worker {self.name}")
         if reason == End.CANCELLED or job.cancelled:
-            return ([Msg.DONE, gid, int(End.CANCELLED), "cancelled"], b"")
-        return ([Msg.DONE, gid, int(End.CRASHED),
-                 f"the process running the job died on worker {self.name}: {why}"], b"")
+            return End.CANCELLED, "cancelled"
+        return End.CRASHED, f"the process running the job died on worker {self.name}: {why}"
+
+    # -- draining --------------------------------------------------------------------
+    async def drain(self, timeout: float = config.DRAIN_TIMEOUT,
+                    release_wait: float = 10.0) -> None:
+        """Stop taking jobs; let running ones finish within ``timeout``; hand the rest back;
+        then wait (briefly) for the executor to take the last results."""
+        self.draining = True
+        self._send(m.Draining("the worker is shutting down"))
+        log.info("worker %s draining: %d jobs running, waiting up to %.0fs", self.name,
+                 len(self.running), timeout)
+        with trio.move_on_after(timeout):
+            while self.running:
+                self._idle = trio.Event()
+                self._check_idle()
+                if not self.running:
+                    break
+                await self._idle.wait()
+        if self.running:
+            log.warning("worker %s: handing back %d unfinished jobs", self.name,
+                        len(self.running))
+            for job in list(self.running.values()):
+                job.handed_back = True
+                if job.runner is not None and job.started is not None:
+                    job.runner.kill(End.CANCELLED)
+        with trio.move_on_after(release_wait):
+            while self.running or (self.held and self._link is not None):
+                self._idle = trio.Event()
+                self._check_idle()
+                await self._idle.wait()
 
     # -- limits --------------------------------------------------------------------
-    def _current_jobs(self) -> list[RunningJob]:
+    def _current_jobs(self) -> list[Job]:
         return [lane.jobs[0] for lane in self.lanes
                 if lane.runner is not None and lane.jobs and lane.jobs[0].started is not None]
 
@@ -314,7 +474,7 @@ class WorkerAgent:
             now = time.monotonic()
             nearest = None
             for job in self._current_jobs():
-                if not job.time_limit or job.runner is None:
+                if not job.time_limit or job.runner is None or job.started is None:
                     continue
                 due = job.started + job.time_limit
                 if due <= now:
@@ -331,11 +491,11 @@ class WorkerAgent:
             for job in self._current_jobs():
                 if job.memory_limit is None or job.runner is None:
                     continue
-                rss = tree_rss(job.runner.pid)
+                rss = job.runner.job_rss()
                 job.peak_rss = max(job.peak_rss, rss)
                 if rss > memory_allowance(job.memory_limit):
-                    log.warning("worker %s: job %d over its memory (%d MiB), stopping it",
-                                self.name, job.gid, rss // 1024 ** 2)
+                    log.warning("worker %s: job %s over its memory (%d MiB), stopping it",
+                                self.name, job.key, rss // 1024 ** 2)
                     job.runner.kill(End.MEMORY)
 
 

@@ -18,8 +18,10 @@ from typing import Any
 
 import trio
 
+from .. import config
 from ..net.transport import send_nowait
 from ..protocol.frames import FrameDecoder, Message, encode_parts
+from ..protocol.messages import RunnerToWorker
 
 log = logging.getLogger("grain.worker")
 
@@ -36,8 +38,12 @@ class RunnerProcess:
         self._pidfd = os.pidfd_open(proc.pid)
         self.sock = sock  # non-blocking once trio wraps it
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        self.decoder = FrameDecoder()
+        # a job's result may be up to MAX_RESULT_BYTES; anything bigger, or anything that is
+        # not a runner's message, is the job's fault: the runner is killed, not the worker
+        self.decoder = FrameDecoder(RunnerToWorker,
+                                    max_payload=config.MAX_RESULT_BYTES + (1 << 20))
         self.fns: set[int] = set()
+        self.session: int | None = None   # the one client session it serves
         self.kill_reason: Any = None
         self._ready: deque[Message] = deque()
         self.cpus: Any = None          # the CPUs of the job it last ran
@@ -73,8 +79,14 @@ class RunnerProcess:
             pass
         self._backlog = None
 
+    def job_rss(self) -> int:
+        """Resident memory of the runner and everything its job started, in bytes."""
+        from .agent import tree_rss
+        return tree_rss(self.proc.pid)
+
     async def receive(self) -> Message:
-        """The runner's next reply (a DONE). Raises ``RunnerDied`` when it exits."""
+        """The runner's next message. Raises ``RunnerDied`` when it exits and
+        ``ProtocolError`` when it sends something that is not a runner's message."""
         while not self._ready:
             await trio.lowlevel.wait_readable(self.sock)
             try:
@@ -132,12 +144,13 @@ class RunnerPool:
     worker more concurrent jobs than its capacity allows)."""
 
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 keep_idle: int = 64) -> None:
-        self.env = dict(os.environ if env is None else env)
+                 keep_idle: int = config.KEEP_IDLE_RUNNERS) -> None:
+        self.env = runner_env(os.environ if env is None else env)
         self.cwd = cwd
         self.keep_idle = keep_idle
         self.idle: list[RunnerProcess] = []
         self.busy: set[RunnerProcess] = set()
+        self.ended: set[int | None] = set()
         self.spawned = 0
 
     async def spawn(self) -> RunnerProcess:
@@ -160,26 +173,42 @@ class RunnerPool:
         for _ in range(n - len(self.idle)):
             self.idle.append(await self.spawn())
 
-    async def acquire(self, cpus: Any = None) -> RunnerProcess:
-        """An idle runner, preferring one last used on the same CPUs (no re-pinning,
-        warm caches), else the most recently used, else a new one."""
-        while self.idle:
-            i = next((k for k in range(len(self.idle) - 1, -1, -1)
-                      if self.idle[k].cpus == cpus), len(self.idle) - 1)
+    async def acquire(self, cpus: Any = None, session: int | None = None) -> RunnerProcess:
+        """An idle runner of ``session`` (a runner never serves two sessions: one user's
+        job cannot tamper with the runner of another's), preferring one last used on the
+        same CPUs (no re-pinning, warm caches), else a fresh one never used."""
+        while True:
+            mine = [k for k in range(len(self.idle))
+                    if self.idle[k].session in (session, None)]
+            if not mine:
+                break
+            i = next((k for k in reversed(mine) if self.idle[k].cpus == cpus
+                      and self.idle[k].session == session),
+                     next((k for k in reversed(mine) if self.idle[k].session == session),
+                          mine[-1]))
             r = self.idle.pop(i)
             if r.proc.poll() is None:
                 self.busy.add(r)
-                r.cpus = cpus
+                r.cpus, r.session = cpus, session
                 return r
             await r.aclose()
         r = await self.spawn()
         self.busy.add(r)
-        r.cpus = cpus
+        r.cpus, r.session = cpus, session
         return r
+
+    async def end_session(self, session: int) -> None:
+        """The session is over: its idle runners go (busy ones go when released)."""
+        self.ended.add(session)
+        gone = [r for r in self.idle if r.session == session]
+        self.idle = [r for r in self.idle if r.session != session]
+        for r in gone:
+            await r.aclose()
 
     async def release(self, r: RunnerProcess, healthy: bool) -> None:
         self.busy.discard(r)
-        if healthy and r.kill_reason is None and len(self.idle) < self.keep_idle:
+        if healthy and r.kill_reason is None and len(self.idle) < self.keep_idle \
+                and r.session not in self.ended:
             self.idle.append(r)
         else:
             await r.aclose()
@@ -192,3 +221,13 @@ class RunnerPool:
         with trio.CancelScope(shield=True):
             for r in everyone:
                 await r.aclose()
+
+
+SECRET_VARS = ("GRAIN_TOKEN", "GRAIN_WORKER_TOKEN")
+
+
+def runner_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The environment runners start with: the worker's, minus Grain's secrets and
+    settings (a job has no business with them)."""
+    return {k: v for k, v in env.items()
+            if k not in SECRET_VARS and not k.startswith("GRAIN_")}

@@ -5,7 +5,7 @@ import os
 
 import trio
 
-from grain.client.api import _serve
+from grain.client.api import local_session
 from grain.client.waitgroup import _RUNTIME, open_waitgroup
 from grain.local import LocalCluster
 from grain.resource import Cores, Node
@@ -23,7 +23,7 @@ def maybe_die(i):
 
 
 async def with_cluster(body, rpw=None):
-    async with LocalCluster(rpw) as lc, _serve(lc.client_link(), {}) as session:
+    async with LocalCluster(rpw) as lc, local_session(lc) as session:
         reset = _RUNTIME.set(session)
         try:
             return await body(lc, session)

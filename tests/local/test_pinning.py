@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import grain
 from grain.resource import Cores, Memory, Node
 
@@ -44,11 +46,17 @@ def test_subprocesses_inherit_the_pinning():
     assert child == str(alloc)
 
 
-def test_memory_only_job_runs_unpinned_in_a_runner():
+def test_requests_without_cores_are_refused_at_submit():
+    """Nothing runs in a runner outside the accounting: a job that asks for no core
+    (memory only, Cores(0)) is refused at once, saying what to ask instead."""
+    from grain.errors import InvalidRequest
+
     async def main():
-        return await grain.exec1(Memory(0.2), report)
-    alloc, affinity, omp, _, pid = grain.run_combine(main)
-    assert alloc is None and affinity == CPUS and pid != os.getpid()
+        for request in (Memory(0.2), Cores(0), Cores(0) & Memory(1)):
+            with pytest.raises(InvalidRequest, match=r"at least Cores\(1\)"):
+                await grain.exec1(request, report)
+        return "ok"
+    assert grain.run_combine(main) == "ok"
 
 
 def test_declared_cores_beyond_the_machine_are_mapped(caplog):

@@ -11,6 +11,7 @@ exchange, and never authenticates a peer that lacks the token.
 from __future__ import annotations
 
 import msgpack
+import msgspec
 import pytest
 import trio
 import trio.testing
@@ -50,7 +51,8 @@ def _check_output(batches: list) -> None:
     for batch in batches:
         assert isinstance(batch, list)
         for header, payload in batch:
-            assert isinstance(header, list) and header
+            assert (isinstance(header, list | dict) and header) or \
+                isinstance(header, msgspec.Struct)
             assert isinstance(payload, bytes)
 
 
@@ -71,8 +73,8 @@ def _feed_all(dec: FrameDecoder, chunks: list[bytes]) -> list:
        st.sampled_from([(64, 64), (65536, 0), (1 << 24, 1 << 30)]))
 def test_decoder_on_random_bytes(inputs: list[bytes], limits: tuple[int, int]) -> None:
     for data in inputs:  # each on its own decoder ...
-        _feed_all(FrameDecoder(*limits), [data])
-    _feed_all(FrameDecoder(*limits), inputs)  # ... and all as one stream
+        _feed_all(FrameDecoder(None, *limits), [data])
+    _feed_all(FrameDecoder(None, *limits), inputs)  # ... and all as one stream
     _count("random_bytes", len(inputs) + 1)
 
 
@@ -108,7 +110,7 @@ def test_decoder_roundtrip_under_any_chunking(batches: list, chunkings: list) ->
 def test_oversized_frames_are_refused_from_the_prefix(prefixes: list, max_header: int,
                                                       max_payload: int) -> None:
     for hlen, plen in prefixes:
-        dec = FrameDecoder(max_header, max_payload)
+        dec = FrameDecoder(None, max_header, max_payload)
         too_big = hlen == 0 or hlen > max_header or plen > max_payload
         try:
             out = dec.feed(PREFIX.pack(hlen, plen))
@@ -156,6 +158,8 @@ auth_bodies = st.dictionaries(
     | st.text(max_size=5), handshake_values, max_size=6)
 first_messages = st.one_of(
     st.tuples(st.sampled_from(["AUTH", "HELLO", "WELCOME", "REFUSE", 2, None]), auth_bodies
+              ).map(lambda t: encode({**t[1], "kind": t[0]})),
+    st.tuples(st.sampled_from(["AUTH", "HELLO", "WELCOME", "REFUSE", 2, None]), auth_bodies
               ).map(lambda t: encode([t[0], t[1]])),
     st.binary(max_size=80),
     st.lists(simple, max_size=3).map(lambda h: encode(h or [0])))
@@ -185,8 +189,8 @@ class _Driver:
         await peer.send_all(data)
         await peer.send_eof()
         try:
-            await handshake.accept(listener_end, TOKEN, "executor", ("client", "worker"),
-                                   timeout=5)
+            await handshake.accept(listener_end, lambda role, user: [("u", TOKEN)],
+                                   "executor", ("client", "worker"), timeout=5)
         except ProtocolError as e:
             return e
         return None

@@ -13,13 +13,17 @@ import trio
 from grain_harness import TOKEN, ExecutorProc, Harness, each_once, run_client, wait_until
 
 from grain.protocol import handshake
-from grain.protocol.frames import PREFIX, encode, encode_batch
-from grain.protocol.messages import PROTOCOL_VERSION, Msg
+from grain.protocol import messages as m
+from grain.protocol.frames import PREFIX, FrameDecoder, encode, encode_batch
+from grain.protocol.messages import PROTOCOL_VERSION
 from grain.resource import Cores, to_wire
 
 pytestmark = pytest.mark.timeout(90)
 
 WIRE = to_wire(Cores(1))
+
+AUTH = {"kind": "AUTH", "version": PROTOCOL_VERSION, "role": "client", "nonce": b"n" * 16,
+        "mac": b"m" * 32}
 
 BEFORE_HANDSHAKE = {
     "http request": (b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n", "refused"),
@@ -28,14 +32,20 @@ BEFORE_HANDSHAKE = {
     "payload during handshake": (PREFIX.pack(8, 1 << 30), "frame payload of"),
     "not msgpack": (PREFIX.pack(1, 0) + b"\xc1", "malformed frame header"),
     "wrong shape": (PREFIX.pack(1, 0) + b"\x07", "malformed frame header"),
-    "submit before auth": (encode([Msg.SUBMIT, 1, WIRE, 1, 0], b"Pxx"), "frame payload of 3"),
-    "short submit before auth": (encode([Msg.SUBMIT, 1, WIRE, 1, 0]),
-                                 "malformed handshake message"),
-    "two-field submit before auth": (encode([Msg.SUBMIT, {}]), "expected AUTH, got '2'"),
-    "two messages in one frame": (encode_batch([(["AUTH", {}], b""), (["AUTH", {}], b"")]),
+    "submit before auth": (encode([2, 1, WIRE, 1, 0], b"Pxx"), "frame payload of 3"),
+    "submit without payload before auth": (encode([2, 1, WIRE, 1, 0]),
+                                           "malformed frame header: Expected `object`"),
+    "a hello back": (encode({"kind": "HELLO", "proto": "grain", "version": PROTOCOL_VERSION,
+                             "role": "client", "nonce": b"n" * 16}), "expected AUTH, got HELLO"),
+    "two messages in one frame": (encode_batch([(AUTH, b""), (AUTH, b"")]),
                                   "unexpected messages during the handshake"),
-    "auth without fields": (encode(["AUTH", {}]), "protocol version mismatch"),
-    "auth not a map": (encode(["AUTH", [1, 2]]), "malformed handshake message"),
+    "auth without fields": (encode({"kind": "AUTH"}), "missing required field"),
+    "auth not a map": (encode(["AUTH", [1, 2]]), "malformed frame header"),
+    "auth of another version": (encode({**AUTH, "version": PROTOCOL_VERSION + 98}),
+                                "protocol version mismatch"),
+    "auth with a forged mac": (encode(AUTH), "wrong or missing token for a client"),
+    "auth as an unknown role": (encode({**AUTH, "role": "admin"}),
+                                "a 'admin' cannot connect here"),
     "truncated then closed": (PREFIX.pack(100, 0) + b"\x92" * 10, "closed during the handshake"),
 }
 
@@ -96,24 +106,36 @@ async def _authenticated(port: int, role: str = "client", info: dict | None = No
     return stream, local
 
 
+WORKER = {"name": "wz", "capacity": WIRE}
+
+
 AFTER_HANDSHAKE = {
     # name: (role, info, bytes sent, what the executor logs)
-    "done from a client": ("client", None, encode([Msg.DONE, 1, 0, "ok"], b"Px"),
-                           "unexpected message type 9 from a client"),
-    "result from a worker": ("worker", {"name": "wz", "capacity": WIRE},
-                             encode([Msg.RESULT, 1, 0, None, "", ""]),
-                             "unexpected message type 4 from a worker"),
-    "short submit": ("client", None, encode([Msg.SUBMIT]), "IndexError"),
-    "submit with a bad id": ("client", None, encode([Msg.SUBMIT, "x", WIRE, 1, 0], b"P"),
-                             "ValueError"),
-    "unknown type": ("client", None, encode([999]), "unexpected message type 999"),
+    "done from a client": ("client", None, encode([9, 7, 1, 0, "ok"], b"Px"),
+                           "malformed frame header: Invalid value 9"),
+    "result from a worker": ("worker", WORKER, encode([4, 1, 0, "", ""]),
+                             "malformed frame header: Invalid value 4"),
+    "short submit": ("client", None, encode([2]), "malformed frame header: Expected `array`"),
+    "submit with a bad id": ("client", None, encode([2, "x", WIRE, 1], b"P"),
+                             "Expected `int`, got `str`"),
+    "submit with a negative id": ("client", None, encode([2, -5, WIRE, 1], b"P"),
+                                  "Expected `int` >= 0"),
+    "unknown type": ("client", None, encode([999]), "Invalid value 999"),
     "huge payload": ("client", None, PREFIX.pack(10, 0xFFFFFFF0), "frame payload of"),
     "huge header": ("client", None, PREFIX.pack(0xFFFFFFF0, 0), "frame header of"),
     "garbage": ("client", None, os.urandom(64) + b"\xff" * 64, "protocol error|frame"),
+    "a second attach": ("worker", WORKER, encode([23]) + encode([23]),
+                        "a worker sent Attach twice"),
     "worker without capacity": ("worker", {"name": "wx"}, b"",
-                                "registered without a capacity"),
-    "worker with a bad capacity": ("worker", {"name": "wy", "capacity": [["Nope", 1]]}, b"",
-                                   "malformed capacity"),
+                                "missing required field `capacity`"),
+    "worker with a capacity of the wrong type": ("worker", {"name": "wy",
+                                                            "capacity": [["Nope", 1]]}, b"",
+                                                 "malformed registration"),
+    "worker with an unknown kind": ("worker", {"name": "wy", "capacity": [["Nope", {}]]}, b"",
+                                    "malformed capacity"),
+    "worker with negative cores": ("worker", {"name": "wy",
+                                              "capacity": [["Cores", {"c": [-1], "N": 1}]]},
+                                   b"", "malformed capacity"),
 }
 
 
@@ -149,7 +171,7 @@ def test_truncated_frame_after_the_handshake(grain_procs: Harness) -> None:
     grain_procs.worker("wa", ex)
 
     async def main() -> None:
-        frame = encode([Msg.DEFINE_FN, 1], b"P" + b"z" * 100)
+        frame = encode(m.DefineFunction(1), b"P" + b"z" * 100)
         stream, _ = await _authenticated(ex.port)
         await stream.send_all(frame[: len(frame) // 2])
         await stream.aclose()
@@ -166,34 +188,52 @@ def test_truncated_frame_after_the_handshake(grain_procs: Harness) -> None:
     _well_behaved_client_runs(ex)
 
 
+BAD_REQUESTS = {
+    # cid: (request, end code, words of the answer)
+    2: ([["Unobtainium", {}]], m.End.UNSCHEDULABLE, "unknown resource kind"),
+    3: ([["Cores", {"N": -1}]], m.End.INVALID, "Cores.N must be an integer"),
+    4: ([["Cores", {"N": 1.5}]], m.End.INVALID, "Cores.N must be an integer"),
+    5: ([["Cores", {"N": 0}]], m.End.INVALID, "at least Cores(1)"),
+    6: ([["Memory", {"m": 2.0, "M": 2.0}]], m.End.INVALID, "at least Cores(1)"),
+    7: ([["Cores", {"N": 1}], ["Memory", {"m": -1000.0, "M": 1.0}]], m.End.INVALID,
+        "Memory.m must be a finite number >= 0"),
+    8: ([["Cores", {"N": 1}], ["WTime", {"T": float("nan"), "softT": 1.0}]], m.End.INVALID,
+        "WTime.T must be a finite number > 0"),
+    9: ([["Cores", {"N": 1}], ["Cores", {"N": 2}]], m.End.INVALID, "appears twice"),
+}
+
+
 def test_bad_requests_get_answers_not_crashes(grain_procs: Harness) -> None:
-    """Well-framed but wrong requests are answered with a job error, and the connection
-    stays up: an unknown function id, an unknown resource kind, a malformed request."""
+    """Well-framed but wrong requests are answered with a job error naming the field, and
+    the connection stays up: an unknown function id, an unknown resource kind, counts
+    that are not positive integers, NaN and negative sizes. Nothing is queued."""
     ex = grain_procs.executor()
     grain_procs.worker("wa", ex)
 
     async def main() -> list:
         stream, _ = await _authenticated(ex.port)
-        from grain.protocol.frames import FrameDecoder
-        dec = FrameDecoder()
+        dec = FrameDecoder(m.ExecutorToClient)
         await stream.send_all(
-            encode([Msg.SUBMIT, 1, WIRE, 42, 0], b"P")
-            + encode([Msg.DEFINE_FN, 1], b"P")
-            + encode([Msg.SUBMIT, 2, [["Unobtainium", 3]], 1, 0], b"P")
-            + encode([Msg.SUBMIT, 3, {"not": "a request"}, 1, 0], b"P"))
+            encode(m.Submit(1, WIRE, 42), b"P") + encode(m.DefineFunction(1), b"P")
+            + b"".join(encode(m.Submit(cid, req, 1), b"P")
+                       for cid, (req, _, _) in BAD_REQUESTS.items()))
         results = []
         with trio.fail_after(10):
-            while len(results) < 3:
+            while len(results) < 1 + len(BAD_REQUESTS):
                 data = await stream.receive_some(65536)
                 assert data, "the executor dropped a client for a bad request"
                 for batch in dec.feed(data):
-                    results += [h for h, _ in batch if h[0] == Msg.RESULT]
+                    results += [h for h, _ in batch if type(h) is m.Result]
         await stream.aclose()
         return results
 
-    results = sorted(trio.run(main), key=lambda h: h[1])
-    assert [(h[1], h[2]) for h in results] == [(1, 8), (2, 7), (3, 7)], results
-    assert "unknown function id 42" in results[0][5]
+    results = {h.cid: h for h in trio.run(main)}
+    assert results[1].end == m.End.SERIALIZATION
+    assert "unknown function id 42" in results[1].message
+    for cid, (_, end, words) in BAD_REQUESTS.items():
+        assert results[cid].end == end and words in results[cid].message, results[cid]
+    st = ex.status()
+    assert st["queue_length"] == 0 and st["running_jobs"] == 0
     _well_behaved_client_runs(ex)
 
 
@@ -202,7 +242,6 @@ def test_version_in_hello_is_the_documented_one(grain_procs: Harness) -> None:
 
     async def main() -> dict:
         stream = await trio.open_tcp_stream("127.0.0.1", ex.port)
-        from grain.protocol.frames import FrameDecoder
         dec = FrameDecoder()
         with trio.fail_after(5):
             while True:
@@ -210,9 +249,9 @@ def test_version_in_hello_is_the_documented_one(grain_procs: Harness) -> None:
                 if b:
                     break
         await stream.aclose()
-        return b[0][0][0][1]
+        return b[0][0][0]
 
     hello = trio.run(main)
-    assert hello["proto"] == "grain" and hello["version"] == PROTOCOL_VERSION
+    assert hello["kind"] == "HELLO" and hello["proto"] == "grain" and hello["version"] == PROTOCOL_VERSION
     assert hello["role"] == "executor" and isinstance(hello["nonce"], bytes)
     assert len(hello["nonce"]) == 16

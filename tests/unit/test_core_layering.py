@@ -4,8 +4,10 @@ import ast
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "grain"
-PURE = ["resource.py", "executor/placement.py", "executor/ledger.py", "protocol/frames.py",
-        "net/endpoints.py", "errors.py", "protocol/messages.py"]
+PURE = ["resource.py", "executor/placement.py", "executor/placement_index.py",
+        "executor/placement_queue.py", "executor/ledger.py", "executor/sessions.py",
+        "protocol/frames.py", "net/endpoints.py", "errors.py", "protocol/messages.py",
+        "auth.py", "worker/output.py"]
 IO = {"trio", "socket", "subprocess", "psutil", "ssl", "asyncio", "urllib.request", "http"}
 
 

@@ -68,3 +68,22 @@ def test_big_frames_decode_the_same_in_any_chunking():
         assert [[(list(h), bytes(p)) for h, p in b] for b in got] == \
             [[(list(h), bytes(p)) for h, p in b] for b in expected]
         assert dec.buffered == 0
+
+
+def test_the_protocol_docs_are_generated_from_the_declarations():
+    """docs/protocol.md's message tables are exactly what the message structs say
+    (regenerate with `python -m grain.protocol.doc --write`)."""
+    from grain.protocol import doc
+    assert doc.current() == doc.render()
+
+
+def test_typed_frames_round_trip_and_refuse_other_hops():
+    from grain.protocol import messages as m
+    msgs = [(m.Submit(1, [("Cores", {"N": 1})], 2, name="f"), b"args"), (m.Ack([1, 2]), b"")]
+    dec = FrameDecoder(m.ClientToExecutor)
+    [batch] = dec.feed(encode_batch(msgs))
+    assert batch == msgs
+    with pytest.raises(ProtocolError, match="Invalid value 9"):
+        FrameDecoder(m.ClientToExecutor).feed(encode(m.Done(1, 2, 0), b"x"))
+    with pytest.raises(ProtocolError, match="NaN|nan|>= 0|float"):
+        FrameDecoder(m.ClientToExecutor).feed(encode([10, float("nan")]))

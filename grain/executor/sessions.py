@@ -1,0 +1,80 @@
+"""The executor's peers: client sessions (which outlive their connections) and workers.
+
+A client session is named by the client (a random 63-bit number it keeps for its whole
+run) and belongs to the user its token named; it survives a lost connection for the
+client's grace, so a client that reconnects (or an executor that restarted and is told
+again) finds its jobs where they were. Pure data and small bookkeeping; no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..net.link import Link
+from ..resource import Resource
+from .ledger import JobRecord
+
+
+@dataclass(slots=True)
+class FunctionEntry:
+    """A client's function: its pickled bytes and how many live jobs name it."""
+
+    data: bytes
+    refs: int = 0
+    forgotten: bool = False    # the client will not name it again
+
+
+@dataclass(slots=True)
+class HeldResult:
+    """A result that arrived while its client was away (or before it came back)."""
+
+    wid: int | None
+    end: int
+    worker: str
+    message: str
+    payload: bytes
+
+
+@dataclass(eq=False)
+class ClientSession:
+    """One client program's session."""
+
+    sess: int
+    user: str
+    name: str
+    link: Link | None
+    jobs: dict[int, JobRecord] = field(default_factory=dict)        # cid -> live job
+    fns: dict[int, FunctionEntry] = field(default_factory=dict)     # fid -> function
+    fn_bytes: int = 0
+    unacked: dict[int, int] = field(default_factory=dict)           # cid -> worker id
+    held: dict[int, HeldResult] = field(default_factory=dict)       # cid -> result
+    bundle: tuple[str, bytes] | None = None                         # (digest, zip)
+    unclaimed: set[int] = field(default_factory=set)   # live at a resume, not resubmitted
+    resumed: bool = True       # False from a restart until the client says it resubmitted
+    disconnected_at: float | None = None
+    connected_at: float = 0.0
+    created_at: float = 0.0
+    said_bye: bool = False     # left on purpose: no grace
+    closing: bool = False      # ended for good; kept only until its running jobs report
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None
+
+
+@dataclass(eq=False)
+class WorkerSession:
+    """One worker connection (a worker that reconnects gets a new one, same name)."""
+
+    wid: int
+    name: str
+    link: Link
+    info: dict[str, Any]
+    capacity: Resource
+    fns: set[tuple[int, int]] = field(default_factory=set)    # (sess, fid) it holds
+    sessions: set[int] = field(default_factory=set)           # sessions that ran here
+    attached: bool = False     # its Attach arrived: it may be given jobs
+    draining: bool = False
+    held: set[tuple[int, int]] = field(default_factory=set)   # results it will resend
+    connected_at: float = 0.0

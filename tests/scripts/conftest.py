@@ -1,0 +1,65 @@
+"""The script tier: user programs run the way users run them, ``python my_sweep.py``.
+
+Their functions and classes live in ``__main__``, they ``import numpy`` at the top, and
+modules beside the script are imported by name. ``run_script`` writes the program (and any
+helper modules) into a fresh directory and runs it in a subprocess with this checkout's
+Grain, returning the completed process; a test asserts on what the program printed (a
+last line of JSON is the usual way to hand results back).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+RunScript = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment: this checkout importable, no Grain settings inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def run_script(tmp_path: Path) -> RunScript:
+    """``run_script(source, files={"mysim.py": "..."}, args=(), env={}, timeout=120,
+    cwd=None)``: write ``main.py`` (and ``files``) into a directory of its own, run
+    ``python main.py`` there (or from ``cwd``), return the completed process."""
+    def run(source: str, *, files: dict[str, str] | None = None, args: tuple[str, ...] = (),
+            env: dict[str, str] | None = None, timeout: float = 120,
+            cwd: Path | None = None, name: str = "main.py") -> subprocess.CompletedProcess[str]:
+        project = tmp_path / "project"
+        project.mkdir(exist_ok=True)
+        for rel, text in (files or {}).items():
+            p = project / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(textwrap.dedent(text))
+        script = project / name
+        script.write_text(textwrap.dedent(source))
+        return subprocess.run([sys.executable, str(script), *args], capture_output=True,
+                              text=True, timeout=timeout, env=script_env(env),
+                              cwd=cwd or project, stdin=subprocess.DEVNULL)
+    return run
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON document on the program's last line of output; fails showing what the
+    program said when it did not finish well."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no output\n{proc.stderr}"
+    return json.loads(lines[-1])

@@ -22,6 +22,7 @@ for extra in (HERE, HERE.parent / "operator"):
 from container_harness import (  # noqa: E402
     Engine,
     EngineUnavailable,
+    ProjectImage,
     close_engine,
     open_engine,
     project_image,
@@ -45,9 +46,21 @@ def engine() -> Iterator[Engine]:
 
 
 @pytest.fixture(scope="session")
-def image(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The project image built from the current sources (cached by their hash)."""
+def project(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> ProjectImage:
+    """The project image built from a snapshot of the current sources (cached by their hash)."""
     try:
         return project_image(engine, tmp_path_factory.mktemp("image"))
     except EngineUnavailable as e:
         pytest.skip(f"container tier: {e}")
+
+
+@pytest.fixture(scope="session")
+def image(project: ProjectImage) -> str:
+    """The project image's tag."""
+    return project.tag
+
+
+@pytest.fixture(scope="session")
+def client_env(project: ProjectImage) -> dict[str, str]:
+    """Environment for user programs on the host: the Grain of the image's snapshot."""
+    return project.client_env()

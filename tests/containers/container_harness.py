@@ -221,7 +221,21 @@ def snapshot_context(dest: Path, wheels: Path) -> str:
     return digest.hexdigest()
 
 
-def project_image(engine: Engine, workdir: Path) -> str:
+@dataclass(frozen=True)
+class ProjectImage:
+    """The image, and the snapshot of the sources it was built from."""
+
+    tag: str
+    sources: Path
+
+    def client_env(self) -> dict[str, str]:
+        """Environment for a client process on the host that runs the snapshot's Grain, so
+        that client and containers are one version even while the tree is being edited."""
+        path = os.pathsep.join([str(self.sources), *filter(None, [os.environ.get("PYTHONPATH")])])
+        return {**os.environ, "PYTHONPATH": path}
+
+
+def project_image(engine: Engine, workdir: Path) -> ProjectImage:
     """The project image for the current sources: built once per change of the sources."""
     base = base_image(engine)
     wheels = wheelhouse()
@@ -240,8 +254,8 @@ def project_image(engine: Engine, workdir: Path) -> str:
         if old != tag:
             engine.run("rmi", old, check=False)
     engine.run("image", "prune", "-f", check=False)
-    shutil.rmtree(context, ignore_errors=True)
-    return tag
+    shutil.rmtree(context / "build", ignore_errors=True)  # the wheelhouse; the sources stay
+    return ProjectImage(tag, context)
 
 
 # -- containers ----------------------------------------------------------------------------------
@@ -294,7 +308,10 @@ class Containers:
     def __enter__(self) -> Containers:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # pytest shows this output with the failure
+            for c in self.started:
+                print(f"--- container {c.name}:\n{c.logs()[-6000:]}")
         ids = [c.cid for c in self.started]
         if ids:
             self.engine.run("rm", "-f", *ids, timeout=120, check=False)

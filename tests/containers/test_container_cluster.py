@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ def start_executor(box: Containers, token: Path, grain_port: int, http_port: int
 
 
 def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: str,
+                                                       client_env: dict[str, str],
                                                        tmp_path: Path) -> None:
     cpus = sorted(os.sched_getaffinity(0))
     nodes = {"node-a": (cpus[0], "1g", 1.0), "node-b": (cpus[-1], "768m", 0.7)}  # 0.75 GiB, floored
@@ -75,7 +77,8 @@ def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: st
 
         out = subprocess.run([sys.executable, str(HERE / "probe_client.py"), "8", "--address",
                               f"grain://127.0.0.1:{grain_port}", "--token-file", str(token)],
-                             capture_output=True, text=True, timeout=180, cwd=tmp_path)
+                             capture_output=True, text=True, timeout=180, cwd=tmp_path,
+                             env=client_env)
         assert out.returncode == 0, out.stderr[-3000:]
         results = json.loads(out.stdout.splitlines()[-1])
 
@@ -93,7 +96,11 @@ def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: st
     assert limits and limits <= {GiB, 768 * 1024 ** 2}, limits  # jobs live in their worker's cgroup
 
 
-@pytest.mark.xfail(strict=True, reason=(
+class NotStarted(AssertionError):
+    """A container exited (or never answered) at start."""
+
+
+@pytest.mark.xfail(strict=True, raises=NotStarted, reason=(
     "grain/protocol/payload.py imports dill at module level, and dill/session.py calls "
     "tempfile.gettempdir() at import, which raises 'No usable temporary directory' when no "
     "temporary directory is writable; pods get an emptyDir at /tmp, a bare `docker run "
@@ -105,4 +112,35 @@ def test_executor_starts_without_a_writable_tmp(engine: Engine, image: str, tmp_
         executor = start_executor(box, token, grain_port, http_port, tmpfs=())
         wait_for(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
                  60, "the executor to answer or exit")
-        assert executor.running() and http_ok(f"http://127.0.0.1:{http_port}/healthz"), executor.logs()
+        if not (executor.running() and http_ok(f"http://127.0.0.1:{http_port}/healthz")):
+            raise NotStarted(executor.logs()[-3000:])
+
+
+class StopTooSlow(AssertionError):
+    """A container did not exit on SIGTERM within the time allowed."""
+
+
+@pytest.mark.xfail(strict=True, raises=StopTooSlow, reason=(
+    "grain executor and grain worker install no SIGTERM handler: as PID 1 of a container (a "
+    "pod) the kernel then ignores SIGTERM, so a pod deletion waits its whole grace period and "
+    "SIGKILLs them (no drain, exit 137). The core's CLI (grain/cli/main.py, _run) needs one"))
+def test_executor_and_worker_exit_on_sigterm(engine: Engine, image: str, tmp_path: Path) -> None:
+    token = token_file(tmp_path / "secret", "sigterm-" + uuid.uuid4().hex)
+    grain_port, http_port = free_port(), free_port()
+    with Containers(engine, image) as box:
+        executor = start_executor(box, token, grain_port, http_port)
+        wait_for(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
+                 60, "the executor's /healthz")
+        worker = box.run("worker", [
+            "worker", "--executor", f"grain://127.0.0.1:{grain_port}", "--name", "w",
+            "--memory", "auto", "--gpus", "none", "--token-file", TOKEN_MOUNT],
+            mounts=[(str(token), TOKEN_MOUNT)], memory="512m")
+        wait_for(lambda: [w["name"] for w in http_json(f"http://127.0.0.1:{http_port}/status")["workers"]]
+                 == ["w"], 60, "the worker to register")
+        for container in (worker, executor):  # an idle worker drains at once; then its executor
+            began = time.monotonic()
+            engine.run("stop", "--time", "10", container.cid, timeout=60)
+            took, code = time.monotonic() - began, container.state()["ExitCode"]
+            if took > 5 or code == 137:
+                raise StopTooSlow(f"{container.name} took {took:.1f}s to stop on SIGTERM "
+                                  f"(exit {code}):\n{container.logs()[-2000:]}")

@@ -14,6 +14,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,37 +39,51 @@ def registered(http_port: int) -> dict[str, dict[str, Any]]:
     return {w["name"]: w for w in http_json(f"http://127.0.0.1:{http_port}/status")["workers"]}
 
 
-def run_probe(tmp_path: Path, api: KMock, token: str | None, count: int) -> list[dict[str, Any]]:
+class ClientFailed(Exception):
+    """The user's program exited with an error (its stderr is the message)."""
+
+
+def run_probe(tmp_path: Path, cluster: Cluster, count: int) -> list[dict[str, Any]]:
     """The user's program, connecting with ``cluster="demo"`` through the emulator."""
     argv = [sys.executable, str(HERE / "probe_client.py"), str(count), "--cluster", "demo",
-            "--namespace", NS, "--kubeconfig", api.kubeconfig(tmp_path / "user-kubeconfig", NS)]
-    if token is not None:
-        (tmp_path / "token").write_text(token)
+            "--namespace", NS, "--kubeconfig",
+            cluster.api.kubeconfig(tmp_path / "user-kubeconfig", NS)]
+    if cluster.token is not None:
+        (tmp_path / "token").write_text(cluster.token)
         argv += ["--token-file", str(tmp_path / "token")]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr[-4000:]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env=cluster.env)
+    if out.returncode != 0:
+        raise ClientFailed(out.stderr[-4000:])
     return list(json.loads(out.stdout.splitlines()[-1]))
 
 
-def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: str,
-                                                       tmp_path: Path) -> None:
+@dataclass
+class Cluster:
+    """A GrainCluster running on the stand-in kubelet."""
+
+    api: KMock
+    kubelet: Kubelet
+    nodes: list[Node]
+    grain_port: int
+    http_port: int
+    token: str | None  # what the client presents (None: discovery reads the user's Secret)
+    env: dict[str, str]  # for user programs: the Grain of the image's snapshot
+
+
+@contextmanager
+def running_cluster(engine: Engine, image: str, client_env: dict[str, str], tmp_path: Path,
+                    spec: dict[str, Any]) -> Iterator[Cluster]:
+    """The operator (a container) and the kubelet stand-in, a GrainCluster with ``spec`` on
+    two one-CPU nodes, Running with both workers registered."""
     cpus = sorted(os.sched_getaffinity(0))
     nodes = [Node("node-a", (cpus[0],)), Node("node-b", (cpus[-1],))]
     grain_port, http_port, liveness = free_port(), free_port(), free_port()
-    spec = {
-        "image": image,
-        # The pods share the host's network here: the ports must be free ones.
-        "executor": {"port": grain_port, "httpPort": http_port},
-        "workers": {"cpus": 1, "memory": "1Gi", "exclusiveCpus": True, "drainTimeoutSeconds": 1},
-        "scheduler": {"retries": 1},
-        # TLS off: `cluster=` does not yet use the CA and server name discovery returns (see
-        # test_discovery_with_tls below); the pods' own TLS is the default everywhere else.
-        "auth": {"tls": {"enabled": False}},
-    }
+    # The pods share the host's network here: their ports must be free ones.
+    spec = {**spec, "image": image, "executor": {"port": grain_port, "httpPort": http_port}}
     with KMock(namespaces=(NS,)) as api, Containers(engine, image) as box:
-        service_host = f"demo-executor.{NS}.svc"
         operator = run_operator(box, api, tmp_path, NS, liveness=liveness,
-                                extra=["--add-host", f"{service_host}:127.0.0.1"])
+                                extra=["--add-host", f"demo-executor.{NS}.svc:127.0.0.1"])
         wait_for(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
                  60, "the operator's liveness endpoint")
         assert operator.running(), operator.logs()
@@ -74,56 +91,132 @@ def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: st
         api.create(GRC, NS, graincluster(spec=spec))
         wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
                  30, "the operator to render the workloads")
-
         with Kubelet(api, box, NS, tmp_path / "pods", nodes=nodes,
                      control_plane=Node("control-plane", tuple(cpus)), grace_cap=3) as kubelet:
             def running() -> bool:
                 kubelet.check()
                 return phase(api) == "Running"
             wait_for(running, 90, "the GrainCluster to be Running on the stand-in kubelet")
-            workers = wait_for(lambda: len(registered(http_port)) == 2 and registered(http_port), 30,
-                               "both workers to register")
-            for node in nodes:
-                # --memory from the pod's 1Gi less the worker's overhead, --cores auto = its cpuset
-                assert workers[node.name]["cpuset"] == list(node.cpus), workers
-                assert workers[node.name]["memory_total_gb"] == 0.75, workers
-
+            wait_for(lambda: len(registered(http_port)) == 2, 30, "both workers to register")
             # WAITS FOR CORE: without per-user tokens the executor knows the workers' token only
             per_user = "--client-tokens" in kubelet._supported(image, "executor")
-            worker_token = base64.b64decode(api.get(SECRETS, NS, "demo-worker-token")["data"]["token"]).decode()  # type: ignore[index]
-            token = None if per_user else worker_token
+            secret = api.get(SECRETS, NS, "demo-worker-token")
+            assert secret is not None
+            token = None if per_user else base64.b64decode(secret["data"]["token"]).decode()
+            yield Cluster(api, kubelet, nodes, grain_port, http_port, token, client_env)
 
-            results = run_probe(tmp_path, api, token, 6)
-            assert api.km.forwards, "the client did not come through the API's port-forward"
-            check_jobs(results, nodes, memory_limit=GiB)
 
-            # A spec change rolls both workloads: the executor's args and the workers' memory.
-            first = {p.name for p in kubelet.pods.values()}
-            api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {
-                "workers": {"memory": "768Mi"}, "scheduler": {"retries": 2}}})
+def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: str,
+                                                       client_env: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    spec = {
+        "workers": {"cpus": 1, "memory": "1Gi", "exclusiveCpus": True, "drainTimeoutSeconds": 1},
+        "scheduler": {"retries": 1},
+        # TLS off: `cluster=` does not yet use the CA and server name discovery returns (see
+        # test_discovery_reaches_a_tls_cluster); test_tls_between_pods runs TLS pod to pod.
+        "auth": {"tls": {"enabled": False}},
+    }
+    with running_cluster(engine, image, client_env, tmp_path, spec) as cluster:
+        api, kubelet, nodes, http_port = cluster.api, cluster.kubelet, cluster.nodes, cluster.http_port
+        workers = registered(http_port)
+        for node in nodes:
+            # --memory from the pod's 1Gi less the worker's overhead, --cores auto = its cpuset
+            assert workers[node.name]["cpuset"] == list(node.cpus), workers
+            assert workers[node.name]["memory_total_gb"] == 0.75, workers
 
-            def rolled() -> bool:
-                kubelet.check()
-                dep, ds = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
-                want = {"Deployment": template_hash(dep["spec"]["template"]),  # type: ignore[index]
-                        "DaemonSet": template_hash(ds["spec"]["template"])}  # type: ignore[index]
-                pods = list(kubelet.pods.values())
-                return (len(pods) == 3 and all(p.ready and p.template_hash == want[p.kind] for p in pods)
-                        and not first & {p.name for p in pods})
-            wait_for(rolled, 120, "every pod to be replaced by a ready one of the new templates")
-            gone = {c.cid for p in kubelet.stopped for c in p.containers}
-            alive = set(engine.run("ps", "-q", "--no-trunc").stdout.split())
-            assert gone and not gone & alive, "replaced pods' containers still run"
-            workers = wait_for(lambda: len(registered(http_port)) == 2 and registered(http_port), 60,
-                               "both new workers to register with the new executor")
-            assert {w["memory_total_gb"] for w in workers.values()} == {0.5}, workers  # 768Mi - 256Mi
-            results = run_probe(tmp_path, api, token, 4)
-            check_jobs(results, nodes, memory_limit=768 * 1024 ** 2)
+        results = run_probe(tmp_path, cluster, 6)
+        assert api.km.forwards, "the client did not come through the API's port-forward"
+        check_jobs(results, nodes, memory_limit=GiB)
 
-            # Deleting the GrainCluster deletes the workloads; the kubelet stops their pods.
-            api.delete(GRC, NS, "demo")
-            wait_for(lambda: not kubelet.pods and not api_list(api, "v1/pods", NS), 60,
-                     "every pod to be stopped")
+        # A spec change rolls both workloads: the executor's args and the workers' memory.
+        first = {p.name for p in kubelet.pods.values()}
+        api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {
+            "workers": {"memory": "768Mi"}, "scheduler": {"retries": 2}}})
+
+        def rolled() -> bool:
+            kubelet.check()
+            dep, ds = api.get(DEPLOYMENTS, NS, "demo-executor"), api.get(DAEMONSETS, NS, "demo-worker")
+            assert dep is not None and ds is not None
+            want = {"Deployment": template_hash(dep["spec"]["template"]),
+                    "DaemonSet": template_hash(ds["spec"]["template"])}
+            pods = list(kubelet.pods.values())
+            return (len(pods) == 3 and all(p.ready and p.template_hash == want[p.kind] for p in pods)
+                    and not first & {p.name for p in pods})
+        wait_for(rolled, 120, "every pod to be replaced by a ready one of the new templates")
+        gone = {c.cid for p in kubelet.stopped for c in p.containers}
+        alive = set(engine.run("ps", "-q", "--no-trunc").stdout.split())
+        assert gone and not gone & alive, "replaced pods' containers still run"
+        workers = wait_for(lambda: len(registered(http_port)) == 2 and registered(http_port), 60,
+                           "both new workers to register with the new executor")
+        assert {w["memory_total_gb"] for w in workers.values()} == {0.5}, workers  # 768Mi - 256Mi
+        check_jobs(run_probe(tmp_path, cluster, 4), nodes, memory_limit=768 * 1024 ** 2)
+
+        # Deleting the GrainCluster deletes the workloads; the kubelet stops their pods.
+        api.delete(GRC, NS, "demo")
+        wait_for(lambda: not kubelet.pods and not api_list(api, "v1/pods", NS), 60,
+                 "every pod to be stopped")
+
+
+def test_tls_between_pods(engine: Engine, image: str, client_env: dict[str, str],
+                          tmp_path: Path) -> None:
+    """The default: TLS. The workers dial the Service's name and verify the executor's
+    certificate with the CA from their mounted Secret; a client that dials the same name with
+    the user's CA runs jobs."""
+    spec = {"workers": {"memory": "1Gi", "drainTimeoutSeconds": 1}}
+    with running_cluster(engine, image, client_env, tmp_path, spec) as cluster:
+        ds = cluster.api.get(DAEMONSETS, NS, "demo-worker")
+        assert ds is not None and "--tls-ca" in ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        user = cluster.api.get(SECRETS, NS, "demo-token")
+        assert user is not None
+        ca = tmp_path / "ca.crt"
+        ca.write_bytes(base64.b64decode(user["data"]["ca.crt"]))
+        token = tmp_path / "client-token"
+        token.write_text(cluster.token or base64.b64decode(user["data"]["token"]).decode())
+        # This process plays a pod of the cluster: the Service's name resolves to loopback.
+        out = subprocess.run(
+            [sys.executable, "-c", RESOLVE_SERVICE, str(HERE / "probe_client.py"), "4", "--address",
+             f"grain://demo-executor.{NS}.svc:{cluster.grain_port}", "--token-file", str(token),
+             "--tls-ca", str(ca)], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+            env=cluster.env)
+        assert out.returncode == 0, out.stderr[-4000:]
+        check_jobs(json.loads(out.stdout.splitlines()[-1]), cluster.nodes, memory_limit=GiB)
+        # and a plain-TCP client is refused: the grain port speaks TLS only
+        with pytest.raises(ClientFailed):
+            subprocess_probe_plain(tmp_path, cluster)
+
+
+def subprocess_probe_plain(tmp_path: Path, cluster: Cluster) -> None:
+    token = tmp_path / "client-token"
+    out = subprocess.run([sys.executable, str(HERE / "probe_client.py"), "1", "--address",
+                          f"grain://127.0.0.1:{cluster.grain_port}", "--token-file", str(token)],
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path, env=cluster.env)
+    if out.returncode != 0:
+        raise ClientFailed(out.stderr[-2000:])
+
+
+@pytest.mark.xfail(strict=True, raises=ClientFailed, reason=(
+    "grain/client/api.py open_session(cluster=...) dials conn.address without TLS: it ignores "
+    "the CA (conn.ca_file) and the server name (conn.server_hostname) that discovery returns, "
+    "so a client cannot reach a GrainCluster with TLS on (the default) through cluster="))
+def test_discovery_reaches_a_tls_cluster(engine: Engine, image: str, client_env: dict[str, str],
+                                         tmp_path: Path) -> None:
+    spec = {"workers": {"memory": "1Gi", "drainTimeoutSeconds": 1}}
+    with running_cluster(engine, image, client_env, tmp_path, spec) as cluster:
+        check_jobs(run_probe(tmp_path, cluster, 2), cluster.nodes,
+                   memory_limit=GiB)
+
+
+#: ``python -c RESOLVE_SERVICE SCRIPT ARGS...``: run SCRIPT with the cluster's Service names
+#: resolving to loopback, as they do inside a pod here.
+RESOLVE_SERVICE = """
+import runpy, socket, sys
+real = socket.getaddrinfo
+def resolve(host, *a, **k):
+    return real("127.0.0.1" if str(host).endswith(".svc") else host, *a, **k)
+socket.getaddrinfo = resolve
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def check_jobs(results: list[dict[str, Any]], nodes: list[Node], memory_limit: int) -> None:

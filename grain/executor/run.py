@@ -61,7 +61,20 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
             print(f"grain executor HTTP on http://{hb.host}:{hb.port}", flush=True)
         await n.start(ex.run)
         n.start_soon(_watch_tokens, credentials, ex)
+        n.start_soon(_exit_on_sigterm, n.cancel_scope)
         task_status.started(bound)
+
+
+async def _exit_on_sigterm(scope: trio.CancelScope) -> None:
+    """SIGTERM (a pod being deleted, ``docker stop``): stop at once. Nothing needs saving:
+    workers keep their jobs and clients their sessions, and both re-attach to the next
+    executor. (As PID 1 of a container a process without a handler ignores SIGTERM.)"""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            print("grain executor: SIGTERM, stopping (workers and clients re-attach to the "
+                  "next executor)", flush=True)
+            scope.cancel()
+            return
 
 
 async def _watch_tokens(credentials: Credentials, ex: Executor, poll: float = 5.0) -> None:

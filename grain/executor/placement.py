@@ -203,6 +203,24 @@ class Placement:
         self._run[gid] = q.qid
         u.running += 1
         self._charge(q, +1)
+        if self.chain_depth:   # jobs that were chained behind it re-attach with it
+            self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
+        return True
+
+    def attach_behind(self, wid: int, gid: int, ahead: int) -> bool:
+        """Record job ``gid`` found waiting on ``wid`` behind job ``ahead`` (attached just
+        before) on its allocation: chained, as ``chain`` would have made it. False when
+        ``ahead`` holds no allocation there."""
+        w = self.workers.get(wid)
+        ch = self._chain_of.get(ahead)
+        if w is None or ch is None or ch.wid != wid or gid in w.running or \
+                gid in self._where or ch.jobs[-1] != ahead:
+            return False
+        ch.jobs.append(gid)
+        self._chain_of[gid] = ch
+        w.running.add(gid)
+        self._run[gid] = ch.queue.qid
+        ch.queue.user.running += 1
         return True
 
     def _account_capacity(self, total: Resource, sign: int) -> None:

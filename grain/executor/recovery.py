@@ -65,8 +65,11 @@ class RecoveryMixin:
             w.held.add((held.sess, held.cid))
             if held.sess not in self.sessions:
                 self._placeholder(held.sess, held.user)
+        attached: dict[tuple[int, int], int] = {}    # (sess, cid) -> gid, this Attach
         for job in msg.running:
-            self._attach_one(w, job)
+            gid = self._attach_one(w, job, attached)
+            if gid is not None:
+                attached[(job.sess, job.cid)] = gid
         for gid in sorted(self.parked.get(w.name, ())):
             rec = self.ledger.get(gid)
             if rec is None or rec.state is not JobState.PARKED:
@@ -82,48 +85,63 @@ class RecoveryMixin:
             self.placement.cordon(w.wid)
         self._worker_changed()
 
-    def _attach_one(self: Executor, w: WorkerSession, job: m.AttachedJob) -> None:
+    def _attach_one(self: Executor, w: WorkerSession, job: m.AttachedJob,
+                    attached: dict[tuple[int, int], int]) -> int | None:
+        """Take one reported job back (or kill it when it is stale); its id, or None."""
         kill = m.Kill(job.sess, job.cid)
+        ahead = attached.get((job.sess, job.after)) if job.after is not None else None
+
+        def take(gid: int, request: Resource, shape: Any) -> bool:
+            if ahead is not None:    # chained: it shares the allocation of the job ahead
+                return self.placement.attach_behind(w.wid, gid, ahead)
+            return self.placement.attach(w.wid, gid, alloc, request, shape, user=job.user)
+
         try:
             alloc = capacity_from_wire(job.alloc)
         except (InvalidResource, UnknownResourceKind) as e:
             log.warning("worker %s reported job %s with a bad allocation (%s): killing it",
                         w.name, (job.sess, job.cid), e)
             _send(w.link, kill)
-            return
+            return None
         s = self.sessions.get(job.sess)
         if s is not None and (s.user != job.user or s.closing):
             _send(w.link, kill)
-            return
+            return None
         rec = s.jobs.get(job.cid) if s is not None else None
         if rec is None:
             if s is not None and s.resumed:
+                log.info("worker %s reported job %s, which its session no longer has: "
+                         "killing it", w.name, (job.sess, job.cid))
                 _send(w.link, kill)   # the session knows all its jobs: this one is stale
-                return
+                return None
             try:
                 request, shape = self._request_for(job.alloc)
             except (InvalidResource, UnknownResourceKind):
                 _send(w.link, kill)
-                return
+                return None
             s = s or self._placeholder(job.sess, job.user)
             now = self.clock()
             rec = self.ledger.adopt(job.sess, job.cid, job.user, job.fid, w.wid, alloc,
                                     request, shape, job.name, now - job.elapsed)
             self._know_user(job.user)
-            if not self.placement.attach(w.wid, rec.gid, alloc, request, shape,
-                                         user=job.user):
+            if not take(rec.gid, request, shape):
+                log.warning("worker %s reported job %s on %s, which is not free there: "
+                            "killing it", w.name, (job.sess, job.cid), alloc)
                 self.ledger.end(rec.gid, ok=False)
                 _send(w.link, kill)
-                return
+                return None
             s.jobs[job.cid] = rec
-            return
+            return rec.gid
         if rec.state is JobState.RUNNING:
             if rec.worker == w.wid:
-                return
+                return rec.gid
             other = self.workers.get(rec.worker) if rec.worker is not None else None
             if other is None or other.name != w.name:
+                log.info("worker %s reported job %s, which runs on %s already: killing "
+                         "this copy", w.name, (job.sess, job.cid),
+                         other.name if other is not None else "?")
                 _send(w.link, kill)   # it runs elsewhere already: this copy goes
-                return
+                return None
             self.release_running(rec)    # the same worker's stale connection
             rec.state = JobState.QUEUED
         elif rec.state is JobState.QUEUED:
@@ -131,15 +149,17 @@ class RecoveryMixin:
             self.undefer(rec)
         else:
             self.unpark(rec)
-        if not self.placement.attach(w.wid, rec.gid, alloc, rec.request, rec.shape,
-                                     user=rec.user):
+        if not take(rec.gid, rec.request, rec.shape):
+            log.warning("worker %s reported job %s on %s, which is not free there: killing "
+                        "it and queueing the job again", w.name, rec.key, alloc)
             _send(w.link, kill)
             rec.state = JobState.QUEUED
             self._enqueue(rec)
-            return
+            return None
         self.ledger.attach(rec.gid, w.wid, alloc)
         _send(s.link if s is not None else None,
               m.Started(rec.cid, w.name, to_wire(alloc)))
+        return rec.gid
 
     def worker_gone(self: Executor, w: WorkerSession) -> None:
         """A worker connection closed: wait for it (its jobs park) or re-run its jobs."""
@@ -289,6 +309,9 @@ class RecoveryMixin:
     def resume_done(self: Executor, s: ClientSession) -> None:
         """The client resubmitted everything it waits for; the rest is stale."""
         s.resumed = True
+        if s.unclaimed:
+            log.info("session of %s resumed without %d of its jobs: cancelling them",
+                     s.name, len(s.unclaimed))
         for cid in sorted(s.unclaimed):
             rec = s.jobs.get(cid)
             if rec is not None:

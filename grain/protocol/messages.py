@@ -239,6 +239,9 @@ class AttachedJob(Struct, array_like=True):
     alloc: ResourceWire
     elapsed: Seconds
     name: Name = ""
+    after: Id | None = None
+    """The job of the same session it waits behind on the same allocation (chained), or
+    None for the job running on it."""
 
 
 class HeldJob(Struct, array_like=True):

@@ -159,12 +159,17 @@ class WorkerAgent:
         assert self._nursery is not None, "start WorkerAgent.run first"
         self._link = link
         now = time.monotonic()
+        running: list[m.AttachedJob] = []
+        for lane in self.lanes:    # in lane order: the running job, then those behind it
+            prev: Job | None = None
+            for j in lane.jobs:
+                running.append(m.AttachedJob(j.sess, j.cid, j.fid, j.user, j.alloc,
+                                             max(0.0, now - j.received), j.name,
+                                             prev.cid if prev is not None else None))
+                prev = j
         with contextlib.suppress(LinkClosed):
             link.send(m.Attach(
-                [m.AttachedJob(j.sess, j.cid, j.fid, j.user, j.alloc,
-                               max(0.0, now - j.received), j.name)
-                 for j in self.running.values()],
-                [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()]))
+                running, [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()]))
             for h in self.held.values():
                 link.send(h.done, h.payload)
             if self.draining:

@@ -63,7 +63,10 @@ class ClientsMixin:
             s = None
         self._know_user(user)
         if s is None:
-            s = ClientSession(sess, user, name, link, connected_at=now, created_at=now)
+            # a resuming client unknown here (this executor restarted): until it says it
+            # has resubmitted everything, what workers report for it may be claimed
+            s = ClientSession(sess, user, name, link, connected_at=now, created_at=now,
+                              resumed=not info.get("resume"))
             self.sessions[sess] = s
             return s
         if s.link is not None and s.link is not link:

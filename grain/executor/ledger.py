@@ -99,6 +99,7 @@ class Ledger:
                         JobState.RUNNING, worker, alloc, attempts=1,
                         submitted_at=started_at, started_at=started_at, orphan=True)
         self.jobs[rec.gid] = rec
+        self.submitted += 1     # a job this executor now answers for
         self.reattached += 1
         return rec
 

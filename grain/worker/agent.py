@@ -20,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,8 +116,10 @@ class WorkerAgent:
     """Runs the jobs executors send. One agent serves link after link (reconnects)."""
 
     def __init__(self, name: str, inventory: Inventory, pool: RunnerPool, *,
-                 memory_poll: float = config.MEMORY_POLL) -> None:
+                 memory_poll: float = config.MEMORY_POLL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
+        self.clock = clock          # for job limits and ages; injectable for simulation
         self.inventory = inventory
         self.pool = pool
         self.memory_poll = memory_poll
@@ -158,7 +161,7 @@ class WorkerAgent:
         """Serve one executor link until it closes. Jobs and held results stay."""
         assert self._nursery is not None, "start WorkerAgent.run first"
         self._link = link
-        now = time.monotonic()
+        now = self.clock()
         running: list[m.AttachedJob] = []
         for lane in self.lanes:    # in lane order: the running job, then those behind it
             prev: Job | None = None
@@ -257,7 +260,7 @@ class WorkerAgent:
             return
         self._jids += 1
         job = Job(msg.sess, msg.cid, msg.fid, msg.user, msg.name, self._jids, msg.alloc,
-                  payload, msg.time_limit, msg.memory_limit, cpus, env, time.monotonic())
+                  payload, msg.time_limit, msg.memory_limit, cpus, env, self.clock())
         self.running[key] = job
         pred = self.running.get((msg.sess, msg.after)) if msg.after is not None else None
         lane = pred.lane if pred is not None else None
@@ -333,7 +336,7 @@ class WorkerAgent:
             self.lanes.discard(lane)
 
     def _begin(self, job: Job) -> None:
-        job.started = time.monotonic()
+        job.started = self.clock()
         job.payload = b""   # the runner has it
         if job.time_limit:
             self._deadlines_changed.set()
@@ -382,7 +385,7 @@ class WorkerAgent:
 
     def _output(self, job: Job, stream: int, data: bytes, dropped: int) -> None:
         """Relay a job's output, within its budget."""
-        sent, dropped = job.output.admit(data, dropped, time.monotonic())
+        sent, dropped = job.output.admit(data, dropped, self.clock())
         if sent or dropped:
             self._send(m.JobOutput(job.sess, job.cid, stream, dropped), sent)
 
@@ -476,7 +479,7 @@ class WorkerAgent:
     async def _watch_time(self) -> None:
         """Kill jobs past their WTime; sleeps until the next deadline (no polling)."""
         while True:
-            now = time.monotonic()
+            now = self.clock()
             nearest = None
             for job in self._current_jobs():
                 if not job.time_limit or job.runner is None or job.started is None:

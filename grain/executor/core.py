@@ -143,10 +143,15 @@ class Executor(ClientsMixin, RecoveryMixin):
 
     def _may_wait(self, request: Resource) -> bool:
         """Wait for capacity when allowed and some worker that could run it may come:
-        none is registered yet, or one that could was seen lately."""
+        none is registered yet, one is still registering, one that could was seen lately,
+        or this executor started only a moment ago (after a restart it cannot know which
+        workers are on their way back)."""
         if self.wait_for_workers <= 0:
             return False
-        return not self.workers or self.recently_seen_fit(request)
+        return (not self.placement.workers
+                or any(not w.attached for w in self.workers.values())
+                or self.clock() < self.started_mono + max(self.settle, self.worker_grace)
+                or self.recently_seen_fit(request))
 
     def _unfit_message(self, request: Resource) -> str:
         if not self.workers:

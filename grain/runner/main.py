@@ -1,28 +1,40 @@
 """The runner process: pinned to a job's cores, runs it, sends back its value or error.
 
-A worker starts runners (``python -m grain.runner FD WORKER_PID``) and keeps them warm; each one runs
-a persistent trio loop (starting one per job would cost more than a no-op job) and takes
-``FUNCTION`` (a pickled function, cached by id) and ``RUN`` messages over a socket pair.
-Before a job runs, the runner pins itself (``sched_setaffinity``) to the job's real CPU
-ids and sets ``OMP_NUM_THREADS`` and friends, so subprocesses the job starts inherit both.
-Plain functions are called directly in the loop; ``async`` ones are awaited.
+A worker starts runners (``python -P -m grain.runner FD WORKER_PID [MAX_RESULT]``: ``-P``
+so that a ``grain/`` folder in the worker's working directory is never imported) and
+keeps them warm; each one runs a persistent trio loop (starting one per job would cost
+more than a no-op job) and takes ``RunnerFunction`` (a pickled function, cached by id),
+``RunnerJob`` and ``RunnerForget`` messages over a socket pair. For each job, in order:
+
+1. its output starts being captured (``output``: fds 1 and 2 are pipes the runner reads);
+2. the runner pins itself (``sched_setaffinity``) to the job's real CPU ids and sets
+   ``OMP_NUM_THREADS`` and friends, *before* anything of the job is unpickled, so that
+   libraries the unpickling imports, and subprocesses the job starts, get both;
+3. function and arguments are unpickled (classes of the client's ``__main__`` are noted,
+   to be sent back by reference: ``payload``), then every native thread pool already
+   loaded is resized to the job's cores (``threads``);
+4. the job runs: plain functions are called directly in the loop, ``async`` ones awaited;
+5. its value or exception is pickled (a result over ``MAX_RESULT_BYTES`` is refused
+   before it is sent: ``End.REFUSED``);
+6. every process the job started is killed and reaped (the runner is their subreaper:
+   ``reaper``), then the job's last output lines and its ``RunnerDone`` leave together.
 """
 
 from __future__ import annotations
 
-import ctypes
 import inspect
 import os
 import select
-import signal
 import socket
 import sys
+import threading
 import traceback
 from collections import deque
 from typing import Any
 
 import trio
 
+from .. import config
 from ..context import JOB_VARS as _VARS
 from ..errors import RemoteError, SerializationError
 from ..net.transport import send_nowait
@@ -31,36 +43,54 @@ from ..protocol import payload as pl
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import End
 from ..resource import from_wire
+from . import reaper
+from .output import OutputCapture
+from .threads import ThreadPools
 
-PR_SET_PDEATHSIG = 1
 
+class Channel:
+    """The runner's socket to its worker. Whole frames are written under a lock: the
+    output thread and the job's thread both send."""
 
-def _die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this runner when its worker dies (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        sock.setblocking(False)
+        self._lock = threading.Lock()
+
+    def send(self, messages: list[Message]) -> None:
+        parts = encode_parts(messages)
+        with self._lock:
+            for rest in send_nowait(self.sock, parts):
+                view = memoryview(rest)
+                while view:
+                    try:
+                        view = view[self.sock.send(view):]
+                    except BlockingIOError:
+                        select.select([], [self.sock], [])
 
 
 class Runner:
     """State kept across jobs: cached functions, current pinning and environment."""
 
-    def __init__(self) -> None:
+    def __init__(self, output: OutputCapture | None = None,
+                 max_result: int = config.MAX_RESULT_BYTES) -> None:
         self.fns: dict[int, Any] = {}
         self.fn_bytes: dict[int, bytes] = {}
         self.pinned: frozenset[int] | None = None
         self.all_cpus = frozenset(os.sched_getaffinity(0))
         self.env_set: dict[str, str] = {}
+        self.pools = ThreadPools()
+        self.output = output
+        self.max_result = max_result
 
     def _function(self, key: int) -> Any:
         fn = self.fns.get(key)
         if fn is None:
-            fn = self.fns[key] = pl.loads(self.fn_bytes.pop(key))
+            fn = self.fns[key] = pl.runner_loads(self.fn_bytes.pop(key))
         return fn
 
-    def _prepare(self, cpus: list[int] | None, env: dict[str, str]) -> None:
+    def _prepare(self, cpus: list[int] | None, env: dict[str, str]) -> int:
+        """Pin and set the environment; return the job's number of cores."""
         want = frozenset(cpus) if cpus else self.all_cpus
         if want != self.pinned:
             os.sched_setaffinity(0, want)
@@ -71,66 +101,73 @@ class Runner:
                     os.environ.pop(k, None)
             os.environ.update(env)
             self.env_set = dict(env)
+        return len(cpus) if cpus else len(want)
 
-    async def run(self, job: m.RunnerJob, payload: bytes) -> Message:
-        jid, alloc_wire, cpus, env, instance = job.jid, job.alloc, job.cpus, job.env, \
-            job.instance
+    async def run(self, job: m.RunnerJob, payload: bytes) -> list[Message]:
+        """Run one job; its last output lines and its ``RunnerDone``, in that order."""
+        if self.output is not None:
+            self.output.begin(job.jid)
+        try:
+            reply = await self._run(job, payload)
+        finally:
+            reaper.reap_descendants()
+            last = self.output.end() if self.output is not None else []
+        return [*last, reply]
+
+    async def _run(self, job: m.RunnerJob, payload: bytes) -> Message:
+        jid = job.jid
+        cores = self._prepare(job.cpus, job.env)   # before unpickling: imports see it
         if job.code_path and job.code_path not in sys.path:
             sys.path.insert(0, job.code_path)
         try:
             fn = self._function(job.key)
-            args, kwargs = pl.loads(payload)
+            args, kwargs = pl.runner_loads(payload)
         except Exception as e:  # noqa: BLE001
             return _reply(jid, End.SERIALIZATION,
                           f"cannot unpickle the job's function or arguments on the worker: "
                           f"{type(e).__name__}: {e}")
-        self._prepare(cpus, env)
-        _VARS["res"].set(from_wire(alloc_wire, strict=False))
-        _VARS["instance"].set(instance)
+        self.pools.fit(cores)
+        _VARS["res"].set(from_wire(job.alloc, strict=False))
+        _VARS["instance"].set(job.instance)
         try:
             value = fn(*args, **kwargs)
             if inspect.isawaitable(value):
                 value = await value
         except Exception as e:  # noqa: BLE001 - the job's own error goes back to the client
-            return _error_reply(jid, e)
+            return self._error_reply(jid, e)
         try:
-            data = pl.dumps(value, "the job's result")
+            data = pl.runner_dumps(value, "the job's result", limit=self.max_result)
+        except pl.TooLarge as e:
+            return _reply(jid, End.REFUSED,
+                          f"{e} (MAX_RESULT_BYTES); return less, or write it to shared "
+                          f"storage and return its path")
         except SerializationError as e:
             return _reply(jid, End.SERIALIZATION, str(e))
         return _reply(jid, End.OK, "", data)
+
+    def _error_reply(self, jid: int, e: BaseException) -> Message:
+        tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
+        e.__traceback__ = None
+        try:
+            data = pl.runner_dumps((e, tb), "the job's exception", limit=self.max_result)
+            pl.loads(data)  # an exception that pickles but will not unpickle is common
+        except Exception:  # noqa: BLE001
+            data = pl.runner_dumps((RemoteError(f"{type(e).__qualname__}: {e}"[:60000]), tb))
+        return _reply(jid, End.RAISED, f"{type(e).__name__}: {e}", data)
 
 
 def _reply(jid: int, end: End, message: str, data: bytes = b"") -> Message:
     return m.RunnerDone(jid, int(end), message[:60000]), data
 
 
-def _error_reply(jid: int, e: BaseException) -> Message:
-    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__))
-    e.__traceback__ = None
-    try:
-        data = pl.dumps((e, tb), "the job's exception")
-        pl.loads(data)  # an exception that pickles but will not unpickle is common
-    except Exception:  # noqa: BLE001
-        data = pl.dumps((RemoteError(f"{type(e).__qualname__}: {e}"), tb))
-    return _reply(jid, End.RAISED, f"{type(e).__name__}: {e}", data)
-
-
-async def _flush(sock: socket.socket, stream: trio.SocketStream, replies: list[Message]) -> None:
-    parts = encode_parts(replies)
-    replies.clear()
-    for rest in send_nowait(sock, parts):
-        await stream.send_all(rest)
-
-
-async def serve(sock: socket.socket) -> None:
+async def serve(channel: Channel, runner: Runner) -> None:
     """Run jobs as they arrive, in order, one at a time; raw non-blocking socket calls on
     the hot path (fewer scheduler round trips per job). Each reply is sent before the next
     job starts, so a job that kills the runner can never take a finished job's result with
     it. Jobs chained behind the current one are already in the socket buffer: the runner
     goes straight on to them."""
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    sock = channel.sock
     dec = FrameDecoder(m.WorkerToRunner)
-    runner = Runner()
     inbox: deque[Message] = deque()
     while True:
         if not inbox:
@@ -150,7 +187,7 @@ async def serve(sock: socket.socket) -> None:
         h, payload = inbox.popleft()
         t = type(h)
         if t is m.RunnerJob:
-            await _flush(sock, stream, [await runner.run(h, payload)])
+            channel.send(await runner.run(h, payload))
         elif t is m.RunnerFunction:
             runner.fn_bytes[h.key] = payload
         elif t is m.RunnerForget:
@@ -159,12 +196,19 @@ async def serve(sock: socket.socket) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    reaper.die_with_parent()
     if len(sys.argv) > 2 and os.getppid() != int(sys.argv[2]):
         return  # the worker died before the death signal was armed: nobody to serve
+    reaper.become_subreaper()
     fd = int(sys.argv[1])
-    sock = socket.socket(fileno=fd)
+    max_result = int(sys.argv[3]) if len(sys.argv) > 3 else config.MAX_RESULT_BYTES
+    channel = Channel(socket.socket(fileno=fd))
+    output = OutputCapture(channel.send)
     try:
-        trio.run(serve, sock)
+        trio.run(serve, channel, Runner(output, max_result))
     except KeyboardInterrupt:
         pass
+    except BaseException:
+        # the runner's own failure goes to the worker's log, not into a job's output
+        os.write(output.log_fd, traceback.format_exc().encode(errors="replace"))
+        raise SystemExit(1) from None

@@ -1,7 +1,12 @@
 """Warm runner processes: started once, reused for job after job, replaced when they die.
 
-Each runner is ``python -m grain.runner FD`` in its own session (so a kill takes the job's
-subprocesses too), talking to its worker over a socket pair. One job at a time.
+Each runner is ``python -P -m grain.runner FD WORKER_PID MAX_RESULT`` in its own session,
+talking to its worker over a socket pair; one job at a time. ``-P``: the runner never
+imports from the worker's working directory (a ``grain/`` folder there would shadow Grain
+itself); the import path comes from the environment only (the embedded cluster passes the
+user's own ``sys.path`` on purpose). A runner is the subreaper of everything its jobs
+start: it kills their processes after each job, and ``RunnerProcess.kill`` kills its whole
+tree (setsid daemons included) when a job is stopped from outside.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .. import config
 from ..net.transport import send_nowait
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import RunnerToWorker
+from ..runner import reaper
 
 log = logging.getLogger("grain.worker")
 
@@ -33,15 +39,16 @@ class RunnerDied(Exception):
 class RunnerProcess:
     """One warm runner process and its socket."""
 
-    def __init__(self, proc: subprocess.Popen, sock: socket.socket) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket,
+                 max_result: int = config.MAX_RESULT_BYTES) -> None:
         self.proc = proc
         self._pidfd = os.pidfd_open(proc.pid)
         self.sock = sock  # non-blocking once trio wraps it
         self.stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-        # a job's result may be up to MAX_RESULT_BYTES; anything bigger, or anything that is
-        # not a runner's message, is the job's fault: the runner is killed, not the worker
-        self.decoder = FrameDecoder(RunnerToWorker,
-                                    max_payload=config.MAX_RESULT_BYTES + (1 << 20))
+        # a job's result may be up to max_result (the runner refuses bigger ones itself);
+        # anything bigger, or anything that is not a runner's message, is the job's fault:
+        # the runner is killed, not the worker
+        self.decoder = FrameDecoder(RunnerToWorker, max_payload=max_result + (1 << 20))
         self.fns: set[int] = set()
         self.session: int | None = None   # the one client session it serves
         self.kill_reason: Any = None
@@ -80,9 +87,9 @@ class RunnerProcess:
         self._backlog = None
 
     def job_rss(self) -> int:
-        """Resident memory of the runner and everything its job started, in bytes."""
-        from .agent import tree_rss
-        return tree_rss(self.proc.pid)
+        """Resident memory of the runner and everything its current job started, in bytes
+        (what earlier jobs started is gone: the runner kills it after each job)."""
+        return reaper.tree_rss(self.proc.pid)
 
     async def receive(self) -> Message:
         """The runner's next message. Raises ``RunnerDied`` when it exits and
@@ -121,9 +128,12 @@ class RunnerProcess:
         return f"the runner exited with code {code}"
 
     def kill(self, reason: Any = None) -> None:
-        """SIGKILL the runner's whole session (the job and anything it started)."""
+        """SIGKILL the runner and everything its job started: its descendants (daemons
+        that left its session included: the runner is their subreaper) and its session."""
         if self.kill_reason is None:
             self.kill_reason = reason
+        if self.proc.returncode is None:
+            reaper.kill_tree(self.proc.pid)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -144,9 +154,11 @@ class RunnerPool:
     worker more concurrent jobs than its capacity allows)."""
 
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 keep_idle: int = config.KEEP_IDLE_RUNNERS) -> None:
+                 keep_idle: int = config.KEEP_IDLE_RUNNERS,
+                 max_result: int = config.MAX_RESULT_BYTES) -> None:
         self.env = runner_env(os.environ if env is None else env)
         self.cwd = cwd
+        self.max_result = max_result
         self.keep_idle = keep_idle
         self.idle: list[RunnerProcess] = []
         self.busy: set[RunnerProcess] = set()
@@ -159,14 +171,16 @@ class RunnerPool:
             # Spawned from this (the trio) thread, not a helper thread: the runner's
             # PR_SET_PDEATHSIG fires when the thread that forked it exits, and trio's
             # helper threads come and go.
+            # -P: nothing is imported from the working directory (see the module's doc)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "grain.runner", str(child.fileno()), str(os.getpid())],
+                [sys.executable, "-P", "-m", "grain.runner", str(child.fileno()),
+                 str(os.getpid()), str(self.max_result)],
                 pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
                 cwd=self.cwd, stdin=subprocess.DEVNULL)
         finally:
             child.close()
         self.spawned += 1
-        return RunnerProcess(proc, parent)
+        return RunnerProcess(proc, parent, self.max_result)
 
     async def warm(self, n: int) -> None:
         """Start ``n`` idle runners ahead of the first jobs."""

@@ -1,8 +1,9 @@
 """Fixtures of the container tier: the engine and the project image, once per session.
 
 The tier runs wherever a container engine can be had (as root: a private dockerd that
-scripts/container-engine.sh starts, and stops again at the end of the session if it started
-it); elsewhere every test that needs it skips with the reason. The operator tests' KMock
+scripts/container-engine.sh starts; test sessions running side by side share it, and the last
+one to finish stops it if a test session started it); elsewhere every test that needs it
+skips with the reason. The operator tests' KMock
 harness (tests/operator/kmock_harness.py) is imported from its directory, not copied.
 """
 
@@ -37,7 +38,7 @@ def engine() -> Iterator[Engine]:
         eng = open_engine()
     except EngineUnavailable as e:
         pytest.skip(f"container tier: {e}")
-    remove_labelled(eng)  # containers a killed earlier run left behind
+    remove_labelled(eng)  # containers of sessions that were killed
     try:
         yield eng
     finally:

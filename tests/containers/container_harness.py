@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -27,7 +29,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +126,48 @@ def docker_cli() -> str | None:
     return "/usr/bin/docker" if os.access("/usr/bin/docker", os.X_OK) else shutil.which("docker")
 
 
+# Several test sessions may share the private engine at once (engineers running the tier and
+# the whole suite side by side). Each registers itself (a file named after its pid) under a
+# lock; the last session to leave stops the engine if a test session started it. Containers
+# carry their session's pid, so a session removes only its own, and those of dead sessions.
+RUN_DIR = Path(os.environ.get("GRAIN_ENGINE_RUN", "/run/grain-test"))
+SESSIONS = RUN_DIR / "sessions"
+STARTED_MARK = RUN_DIR / "started-by-tests"
+SESSION_LABEL = f"{LABEL}.session"
+
+
+@contextlib.contextmanager
+def _sessions_lock() -> Iterator[None]:
+    SESSIONS.mkdir(parents=True, exist_ok=True)
+    with open(RUN_DIR / "sessions.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _live_sessions() -> set[int]:
+    """Pids of the sessions registered and still running (stale entries are dropped)."""
+    live = set()
+    for entry in SESSIONS.glob("*"):
+        if entry.name.isdigit() and _alive(int(entry.name)):
+            live.add(int(entry.name))
+        else:
+            entry.unlink(missing_ok=True)
+    return live
+
+
 def open_engine() -> Engine:
     """An engine for the tier, or EngineUnavailable saying why not."""
     if not os.path.exists("/proc/self/cgroup"):
@@ -141,26 +185,49 @@ def open_engine() -> Engine:
         return Engine(docker, host, started=False)
     if shutil.which("dockerd") is None and not os.access("/usr/sbin/dockerd", os.X_OK):
         raise EngineUnavailable("no dockerd: scripts/system-deps.sh installs docker.io")
-    proc = subprocess.run([str(SCRIPTS / "container-engine.sh"), "start"], capture_output=True,
-                          text=True, timeout=120, check=False, env={**os.environ, "DOCKER": docker})
-    if proc.returncode != 0:
-        raise EngineUnavailable(f"dockerd did not start here: {proc.stderr.strip()[-1500:]}")
-    out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
-    started = proc.stdout.startswith("started")
+    with _sessions_lock():
+        proc = subprocess.run([str(SCRIPTS / "container-engine.sh"), "start"], capture_output=True,
+                              text=True, timeout=120, check=False,
+                              env={**os.environ, "DOCKER": docker, "GRAIN_ENGINE_RUN": str(RUN_DIR)})
+        if proc.returncode != 0:
+            raise EngineUnavailable(f"dockerd did not start here: {proc.stderr.strip()[-1500:]}")
+        out = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+        started = proc.stdout.startswith("started")
+        if started:
+            STARTED_MARK.touch()
+        (SESSIONS / str(os.getpid())).touch()
     return Engine(docker, out["DOCKER_HOST"], started=started, storage=out.get("STORAGE", ""))
 
 
 def close_engine(engine: Engine) -> None:
-    """Stop the engine if this run started it (its image store stays, as the cache)."""
-    if engine.started:
+    """Leave the engine; the last session out stops it if a test session started it (its image
+    store stays, as the cache). An engine this tier did not start is never stopped."""
+    if os.geteuid() != 0:
+        return
+    with _sessions_lock():
+        (SESSIONS / str(os.getpid())).unlink(missing_ok=True)
+        if _live_sessions() or not STARTED_MARK.exists():
+            return
         subprocess.run([str(SCRIPTS / "container-engine.sh"), "stop"], capture_output=True,
-                       text=True, timeout=120, check=False, env=engine.env())
+                       text=True, timeout=120, check=False,
+                       env={**engine.env(), "GRAIN_ENGINE_RUN": str(RUN_DIR)})
+        STARTED_MARK.unlink(missing_ok=True)
 
 
-def remove_labelled(engine: Engine, value: str | None = None) -> None:
-    """Remove the tier's containers (all, or those of one run)."""
-    selector = f"label={LABEL}" + (f"={value}" if value else "")
-    ids = engine.run("ps", "-aq", "--filter", selector).stdout.split()
+def alone(engine: Engine) -> bool:
+    """Whether no other test session uses the engine now."""
+    if os.geteuid() != 0:
+        return True
+    with _sessions_lock():
+        return _live_sessions() <= {os.getpid()}
+
+
+def remove_labelled(engine: Engine) -> None:
+    """Remove this session's containers, and those of sessions that are gone."""
+    out = engine.run("ps", "-a", "--filter", f"label={SESSION_LABEL}", "--format",
+                     f'{{{{.ID}}}} {{{{.Label "{SESSION_LABEL}"}}}}').stdout
+    ids = [cid for cid, pid in (line.split() for line in out.splitlines() if len(line.split()) == 2)
+           if not pid.isdigit() or int(pid) == os.getpid() or not _alive(int(pid))]
     if ids:
         engine.run("rm", "-f", *ids, timeout=120, check=False)
 
@@ -249,11 +316,13 @@ def project_image(engine: Engine, workdir: Path) -> ProjectImage:
         engine.run("build", "--network", "none", "--build-arg", f"BASE_IMAGE={base}",
                    "--build-arg", "OFFLINE=1", "-t", tag, str(context), timeout=1200,
                    env={**engine.env(), "DOCKER_BUILDKIT": "0"})
-    # Older builds of the tier are dropped (their layers shared with this one stay as cache).
-    for old in engine.run("images", IMAGE_REPO, "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
-        if old != tag:
-            engine.run("rmi", old, check=False)
-    engine.run("image", "prune", "-f", check=False)
+    # Older builds of the tier are dropped (their layers shared with this one stay as cache),
+    # unless another session may be running containers from them.
+    if alone(engine):
+        for old in engine.run("images", IMAGE_REPO, "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
+            if old != tag:
+                engine.run("rmi", old, check=False)
+        engine.run("image", "prune", "-f", check=False)
     shutil.rmtree(context / "build", ignore_errors=True)  # the wheelhouse; the sources stay
     return ProjectImage(tag, context)
 
@@ -315,7 +384,10 @@ class Containers:
         ids = [c.cid for c in self.started]
         if ids:
             self.engine.run("rm", "-f", *ids, timeout=120, check=False)
-        remove_labelled(self.engine, self.run_id)  # also any a failed `run` left half-made
+        # also any a failed `run` left half-made
+        half = self.engine.run("ps", "-aq", "--filter", f"label={LABEL}={self.run_id}").stdout.split()
+        if half:
+            self.engine.run("rm", "-f", *half, timeout=120, check=False)
 
     def run(self, name: str, args: Sequence[str], *, image: str | None = None,
             entrypoint: Sequence[str] | None = None, env: dict[str, str] | None = None,
@@ -328,7 +400,7 @@ class Containers:
         ``entrypoint`` replaces the image's, as a pod's ``command`` does."""
         full = f"grain-test-{name}-{self.run_id}"
         argv = ["run", "-d", "--name", full, "--label", f"{LABEL}={self.run_id}",
-                "--network", "host"]
+                "--label", f"{SESSION_LABEL}={os.getpid()}", "--network", "host"]
         if hardened:
             argv += ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
         for path in tmpfs:

@@ -1,0 +1,198 @@
+"""Progress bars for wait groups: one live display per program, one row per wait group.
+
+A wait group with at least ``config.PROGRESS_MIN_JOBS`` children gets a row: done/total,
+failed, running (counted from the session's ``Started`` events), rate and ETA. Nested wait
+groups share the one display (rich's ``Live``), so they never fight over the screen; a
+row disappears when its group ends while others go on, and the last rows stay on screen
+when everything has ended. Nothing is drawn when stdout is not a terminal, with
+``run_combine(progress=False)`` or ``GRAIN_PROGRESS=0``.
+
+The board redraws from a trio task a few times a second (no thread); counters are plain
+integers that wait groups bump as their children start and end.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import trio
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+from .. import config
+
+MAX_ROWS = 10
+"""Rows shown at once; more groups wait for a row to free."""
+REFRESH_SECONDS = 0.25
+
+
+class _CountsColumn(ProgressColumn):
+    """``3 running · 1 failed`` (failed only when there are some)."""
+
+    def render(self, task: Task) -> Text:
+        text = Text(f"{task.fields.get('running', 0)} running")
+        failed = task.fields.get("failed", 0)
+        if failed:
+            text.append(" · ")
+            text.append(f"{failed} failed", style="red")
+        return text
+
+
+class _RateColumn(ProgressColumn):
+    """Jobs ended per second (rich's speed estimate over the last half minute)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        if speed is None:
+            return Text("– jobs/s", style="progress.data.speed")
+        return Text(f"{speed:.3g} jobs/s", style="progress.data.speed")
+
+
+class GroupProgress:
+    """One wait group's counts. The wait group calls ``added``, ``started``, ``ended``
+    and ``close``; the board turns them into a row."""
+
+    __slots__ = ("board", "name", "total", "done", "failed", "running", "closed", "task")
+
+    def __init__(self, board: ProgressBoard, name: str) -> None:
+        self.board = board
+        self.name = name
+        self.total = 0
+        self.done = 0
+        self.failed = 0
+        self.running = 0
+        self.closed = False
+        self.task: TaskID | None = None
+
+    def added(self) -> None:
+        self.total += 1
+
+    def started(self) -> None:
+        self.running += 1
+
+    def ended(self, ok: bool, was_running: bool) -> None:
+        if was_running:
+            self.running -= 1
+        if ok:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def close(self) -> None:
+        """The group ended: no more changes; its row goes at the next redraw."""
+        self.closed = True
+        self.running = 0
+
+
+class ProgressBoard:
+    """The program's one progress display (a no-op unless ``console`` is a terminal)."""
+
+    def __init__(self, console: Console | None = None, *,
+                 min_jobs: int = config.PROGRESS_MIN_JOBS, max_rows: int = MAX_ROWS) -> None:
+        self.console = console if console is not None else Console()
+        self.enabled = self.console.is_terminal
+        self.min_jobs = min_jobs
+        self.max_rows = max_rows
+        self._groups: list[GroupProgress] = []     # open groups, and closed ones with rows
+        self._progress: Progress | None = None
+
+    def group(self, name: str) -> GroupProgress | None:
+        """Counters for a new wait group (``None`` when nothing is drawn)."""
+        if not self.enabled:
+            return None
+        g = GroupProgress(self, name)
+        self._groups.append(g)
+        return g
+
+    def _start(self) -> Progress:
+        # While the display is live, the program's own prints and jobs' output lines go
+        # through it (above the rows) instead of tearing them; only when it draws on the
+        # real stdout, and stderr only when that is a terminal too.
+        redirect = self.console.file in (sys.stdout, sys.__stdout__)
+        p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                     _CountsColumn(), _RateColumn(), TimeElapsedColumn(),
+                     TextColumn("eta"), TimeRemainingColumn(),
+                     console=self.console, auto_refresh=False, transient=False,
+                     redirect_stdout=redirect, redirect_stderr=redirect and _is_tty(sys.stderr))
+        p.start()
+        return p
+
+    def refresh(self) -> None:
+        """Bring the rows up to date and redraw; start the display when a group is big
+        enough, stop it (leaving the last rows on screen) when every row's group ended."""
+        if not self.enabled:
+            return
+        shown = [g for g in self._groups if g.task is not None]
+        for g in self._groups:
+            if g.task is None and not g.closed and g.total >= self.min_jobs \
+                    and len(shown) < self.max_rows:
+                if self._progress is None:
+                    self._progress = self._start()
+                g.task = self._progress.add_task(g.name, total=g.total, failed=0, running=0)
+                shown.append(g)
+        p = self._progress
+        if p is None:
+            self._groups = [g for g in self._groups if not g.closed]
+            return
+        for g in shown:
+            assert g.task is not None
+            p.update(g.task, total=g.total, completed=g.done + g.failed,
+                     running=g.running, failed=g.failed)
+        open_rows = [g for g in shown if not g.closed]
+        if open_rows:
+            for g in shown:
+                if g.closed:           # others go on: its row makes room
+                    assert g.task is not None
+                    p.remove_task(g.task)
+            self._groups = [g for g in self._groups if not g.closed]
+            p.refresh()
+        else:
+            p.refresh()
+            p.stop()                   # the final rows stay on screen
+            self._progress = None
+            self._groups = [g for g in self._groups if not g.closed]
+            for g in self._groups:
+                g.task = None
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        """Redraw a few times a second until cancelled."""
+        task_status.started()
+        if not self.enabled:
+            return
+        try:
+            while True:
+                self.refresh()
+                await trio.sleep(REFRESH_SECONDS)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Draw the last state and give the terminal back (stdout/stderr restored)."""
+        if self._progress is not None:
+            for g in self._groups:
+                g.close()
+            try:
+                self.refresh()
+            finally:
+                if self._progress is not None:
+                    self._progress.stop()
+                    self._progress = None
+
+
+def _is_tty(f: object) -> bool:
+    try:
+        return bool(f is not None and f.isatty())  # type: ignore[attr-defined]
+    except (ValueError, OSError, AttributeError):
+        return False

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import types
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from types import FunctionType, ModuleType
@@ -89,9 +90,9 @@ def _refusal(what: str, root: Any, obj: Any) -> SerializationError:
 
 
 # -- classes of the client's __main__, by reference on the way back ------------------------
-_client_classes: dict[str, type] = {}
-"""In a runner: classes of the client's ``__main__`` that arrived by value, by qualified
-name (the latest definition wins, as in the client's module)."""
+_client_classes: weakref.WeakSet[type] = weakref.WeakSet()
+"""In a runner: the classes of the client's ``__main__`` that arrived by value. Known by
+identity: dill may set a class's ``__qualname__`` only after building it."""
 
 
 def _nameable(qualname: str) -> bool:
@@ -102,9 +103,8 @@ def _remembering(create: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap one of dill's class constructors so that the runner remembers the class."""
     def create_and_remember(*args: Any) -> Any:
         cls = create(*args)
-        if isinstance(cls, type) and cls.__module__ == "__main__" \
-                and _nameable(cls.__qualname__):
-            _client_classes[cls.__qualname__] = cls
+        if isinstance(cls, type) and cls.__module__ == "__main__":
+            _client_classes.add(cls)
         return cls
     return create_and_remember
 
@@ -123,11 +123,11 @@ class _RunnerUnpickler(pickle.Unpickler):
 
 
 def _from_main(qualname: str) -> Any:
-    """Reconstructor of a class sent by reference: the program's own ``__main__.<name>``
-    (in the client), or the class as the runner received it (in a runner)."""
-    cls = _client_classes.get(qualname)
-    if cls is not None:
-        return cls
+    """Reconstructor of a class sent by reference: the class as the runner received it
+    (in a runner), or the program's own ``__main__.<name>`` (in the client)."""
+    for cls in list(_client_classes):   # in a runner (checking its own reply)
+        if cls.__qualname__ == qualname:
+            return cls
     obj: Any = sys.modules.get("__main__")
     try:
         for part in qualname.split("."):
@@ -141,8 +141,8 @@ def _from_main(qualname: str) -> Any:
 
 def _by_reference(obj: Any) -> Any:
     """``_from_main`` reduction of a class that came from the client's ``__main__``."""
-    if isinstance(obj, type) and obj.__module__ == "__main__" \
-            and _client_classes.get(obj.__qualname__) is obj:
+    if isinstance(obj, type) and obj.__module__ == "__main__" and obj in _client_classes \
+            and _nameable(obj.__qualname__):
         return _from_main, (obj.__qualname__,)
     return None
 
@@ -212,7 +212,7 @@ class _StdPickler(pickle.Pickler):
                 if ref is not None:
                     return ref
                 if not isinstance(obj, type | FunctionType) \
-                        and _client_classes.get(type(obj).__qualname__) is type(obj):
+                        and _by_reference(type(obj)) is not None:
                     return NotImplemented   # its class goes by reference
             raise _NeedsDill
         return NotImplemented

@@ -1,4 +1,13 @@
-"""Payload pickling: stdlib pickle when it can, dill for __main__ and closures."""
+"""Payload pickling: stdlib pickle when it can, dill for __main__ and closures; objects that
+cannot be copied are refused; classes of the client's __main__ come back by reference."""
+
+import io
+import pickle
+import socket
+import sys
+import threading
+import weakref
+from dataclasses import dataclass
 
 import pytest
 
@@ -47,3 +56,150 @@ def test_main_references_are_found_exactly_not_by_scanning_bytes():
     data = pl.dumps([1, Local()])
     assert b"dill._dill" in bytes(data), "an instance of a __main__ class goes by value"
     assert pl.loads(data)[1].x == 1
+
+
+# -- objects that cannot be copied meaningfully are refused, naming them ----------------------
+LOCK = threading.Lock()
+
+
+def _uses_global_lock():
+    with LOCK:
+        return 1
+
+
+@pytest.mark.parametrize("make, words", [
+    (threading.Lock, "a threading lock"),
+    (threading.RLock, "a threading lock"),
+    (threading.Event, "a threading lock"),          # holds a Condition, which holds a lock
+    (lambda: open(__file__), "an open file"),        # noqa: SIM115
+    (socket.socket, "a socket"),
+    (lambda: (x for x in range(3)), "a generator"),
+])
+def test_objects_that_cannot_be_copied_are_refused_in_arguments(make, words):
+    """stdlib pickle path: the object sits in the arguments, two levels down."""
+    obj = make()
+    try:
+        with pytest.raises(SerializationError, match=words) as e:
+            pl.dumps(((1, {"k": obj}), {}), "an argument of job f")
+        assert "an argument of job f" in str(e.value)
+        assert "[0][1]['k']" in str(e.value), "the message says where the object is"
+    finally:
+        getattr(obj, "close", lambda: None)()
+
+
+def test_a_lock_held_by_a_closure_is_refused_on_the_dill_path():
+    """dill pickles locks (and files) without complaint: the closure of a lambda goes
+    through dill, and the lock in it must still be refused."""
+    held = threading.Lock()
+    held.acquire()
+    fn = lambda: held.locked()  # noqa: E731
+    with pytest.raises(SerializationError, match=r"refers to a threading lock <locked.*"
+                                                 r"variable held of .*lambda"):
+        pl.dumps(fn, "the job function")
+
+
+def test_a_global_lock_of_the_script_is_named():
+    """A function of the user's script travels by value with the globals it uses; a
+    function of an importable module goes by reference (the runner imports the module and
+    has its own lock, which is fine)."""
+    script = {"__name__": "__main__", "LOCK": threading.Lock()}
+    exec("def work():\n    with LOCK:\n        return 1\n", script)  # noqa: S102
+    with pytest.raises(SerializationError, match=r"global LOCK of work"):
+        pl.dumps(script["work"], "the job function")
+    assert pl.loads(pl.dumps(_uses_global_lock))() == 1
+
+
+def test_an_open_file_in_a_main_class_instance_is_refused_on_the_dill_path(tmp_path):
+    class Holder:
+        def __init__(self, f):
+            self.f = f
+    Holder.__module__ = "__main__"   # forces the dill path
+    with open(tmp_path / "x", "w") as f:
+        with pytest.raises(SerializationError, match=r"an open file .*\(\[0\]\.f\)"):
+            pl.dumps([Holder(f)], "an argument")
+
+
+def test_in_memory_files_are_copied_with_their_contents():
+    assert pl.loads(pl.dumps(io.BytesIO(b"abc"))).read() == b"abc"
+    assert pl.loads(pl.dumps(io.StringIO("abc"))).read() == "abc"
+
+
+def test_the_same_refusals_apply_to_a_runners_results():
+    with pytest.raises(SerializationError, match="a threading lock"):
+        pl.runner_dumps({"lock": threading.Lock()}, "the job's result")
+
+
+# -- the size limit --------------------------------------------------------------------------
+def test_a_payload_over_its_limit_is_refused_without_being_built():
+    big = b"x" * (8 << 20)
+    with pytest.raises(pl.TooLarge, match=r"the job's result is over the size limit of 1 MiB"):
+        pl.runner_dumps([big], "the job's result", limit=1 << 20)
+    assert pl.loads(pl.runner_dumps([b"x" * 1000], limit=1 << 20)) == [b"x" * 1000]
+
+
+# -- classes of the client's __main__ come back as themselves ---------------------------------
+@pytest.fixture
+def client_main(monkeypatch):
+    """A stand-in for the user's script: classes whose module is ``__main__`` and that the
+    ``__main__`` module really holds (as in a program run as ``python main.py``)."""
+    main = sys.modules["__main__"]
+
+    @dataclass
+    class Result:
+        n: int
+
+    class Outer:
+        class Inner(Exception):
+            pass
+
+    for cls, qual in ((Result, "Result"), (Outer, "Outer"), (Outer.Inner, "Outer.Inner")):
+        cls.__module__ = "__main__"
+        cls.__qualname__ = qual
+    monkeypatch.setattr(main, "Result", Result, raising=False)
+    monkeypatch.setattr(main, "Outer", Outer, raising=False)
+    monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())
+    return Result, Outer
+
+
+def _as_if_in_a_runner(data: bytes):
+    """Unpickle as a runner does (its __main__ is not the user's)."""
+    return pl.runner_loads(data)
+
+
+def test_main_classes_go_to_the_runner_by_value_and_come_back_by_reference(client_main,
+                                                                           monkeypatch):
+    Result, Outer = client_main
+    sent = pl.dumps(((Result(1), Outer.Inner("bad")), {}))
+    assert b"dill._dill" in bytes(sent), "the runner has no __main__.Result: by value"
+    (r, e), _ = _as_if_in_a_runner(sent)
+    assert type(r) is not Result and type(r).__qualname__ == "Result"   # a copy, there
+    back = pl.runner_dumps((r, e), "the job's result")
+    assert b"dill" not in bytes(back), "by reference: stdlib pickle, no class body"
+    assert b"_from_main" in bytes(back)
+    monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())      # now, the client's process
+    r2, e2 = pl.loads(back)
+    assert type(r2) is Result and r2 == Result(1)
+    assert type(e2) is Outer.Inner and e2.args == ("bad",)
+    assert pickle.loads(pickle.dumps([r2])) == [Result(1)], "the user can pickle it"
+
+
+def test_classes_defined_in_a_function_still_go_by_value(client_main, monkeypatch):
+    def factory():
+        class Local:
+            pass
+        return Local
+    Local = factory()
+    Local.__module__ = "__main__"
+    obj = Local()
+    obj.x = 5
+    (back_obj,), _ = _as_if_in_a_runner(pl.dumps(((obj,), {})))
+    back = pl.runner_dumps(back_obj)
+    assert b"_from_main" not in bytes(back)
+    monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())
+    assert pl.loads(back).x == 5
+
+
+def test_a_main_class_the_client_does_not_have_fails_clearly(monkeypatch):
+    monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())
+    with pytest.raises(pickle.UnpicklingError, match="class NoSuchThing of the script"):
+        pl._from_main("NoSuchThing")

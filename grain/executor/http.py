@@ -1,113 +1,312 @@
-"""The executor's HTTP endpoints: ``/healthz``, ``/status`` (JSON), ``/metrics`` (Prometheus).
+"""The executor's HTTP side: the web page, ``/status``, ``/events``, ``/metrics``, ``/healthz``.
 
-Metrics are read from the executor's counters at scrape time by a custom collector, so the
-job hot path pays nothing for them. The HTTP side is deliberately tiny: GET only, one
-request per connection, bounded request size and time.
+- ``/`` is a live view of the cluster (plain HTML, CSS and JavaScript shipped in the
+  package, ``grain/executor/web/``; no build step, nothing fetched from elsewhere). It
+  reads the same document as ``/status``, pushed by ``/events`` (server-sent events).
+- ``/status`` is the JSON status document (``status.build_status``), built per request.
+- ``/events`` sends that document once a second as an event stream. One document is built
+  per interval however many pages watch, and each stream holds only a reference to it.
+- ``/metrics`` is Prometheus text, read from the executor's counters at scrape time by a
+  custom collector (``METRICS`` declares every family; docs/interfaces.md lists them).
+
+Hardening: GET and HEAD only; a request's head is read within ``REQUEST_TIMEOUT`` seconds
+and ``MAX_REQUEST`` bytes (a request body is never read); at most ``max_connections``
+connections and ``max_streams`` event streams at once, each stream ends after
+``stream_seconds`` (browsers reconnect by themselves) and is dropped when its reader
+stops reading; the static files are a fixed set loaded at start (a path is looked up in a
+dict, never joined to a directory); every response says its content type and
+``nosniff``, the page a strict Content-Security-Policy.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..net import transport
 from ..net.endpoints import Endpoint, parse_endpoint
+from . import history
 from .core import Executor
 
 log = logging.getLogger("grain.executor")
 
 MAX_REQUEST = 8192
+REQUEST_TIMEOUT = 5.0
+#: a write that a reader does not take within this long ends its connection
+SEND_TIMEOUT = 10.0
+
+#: the web page's files: URL path -> (file in grain/executor/web, content type)
+STATIC = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/index.html": ("index.html", "text/html; charset=utf-8"),
+    "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/static/chart.js": ("chart.js", "text/javascript; charset=utf-8"),
+    "/static/style.css": ("style.css", "text/css; charset=utf-8"),
+    "/favicon.svg": ("favicon.svg", "image/svg+xml"),
+}
+PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
+ROUTES = "/ /status /events /metrics /healthz"
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """One metric family: its name as exposed, its type, help and labels."""
+
+    name: str
+    kind: str          # "counter" or "gauge"
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+#: every family /metrics exposes (counters with their ``_total`` suffix, as scraped)
+METRICS: tuple[MetricDef, ...] = (
+    MetricDef("grain_jobs_submitted_total", "counter", "Jobs submitted"),
+    MetricDef("grain_jobs_started_total", "counter", "Job starts (retries count again)"),
+    MetricDef("grain_jobs_finished_total", "counter", "Jobs that ended with a value"),
+    MetricDef("grain_jobs_failed_total", "counter", "Jobs that ended with an error"),
+    MetricDef("grain_jobs_cancelled_total", "counter", "Jobs cancelled"),
+    MetricDef("grain_jobs_retried_total", "counter", "Jobs re-queued after a worker loss"),
+    MetricDef("grain_queue_length", "gauge", "Jobs waiting"),
+    MetricDef("grain_running_jobs", "gauge", "Jobs running"),
+    MetricDef("grain_cores_in_use", "gauge", "Cores allocated to running jobs"),
+    MetricDef("grain_cores_total", "gauge", "Cores registered"),
+    MetricDef("grain_workers", "gauge", "Workers connected"),
+    MetricDef("grain_clients", "gauge", "Clients connected"),
+    MetricDef("grain_placement_seconds_total", "counter",
+              "Total time jobs waited from submission to start"),
+    MetricDef("grain_placements_total", "counter", "Jobs placed"),
+    MetricDef("grain_user_running_jobs", "gauge", "Jobs running, per user", ("user",)),
+    MetricDef("grain_user_queued_jobs", "gauge", "Jobs waiting, per user", ("user",)),
+    MetricDef("grain_user_cores_in_use", "gauge", "Cores held by a user's jobs", ("user",)),
+    MetricDef("grain_user_share", "gauge",
+              "A user's dominant share of the cluster (0..1)", ("user",)),
+)
+
+
+def _family(d: MetricDef, value: float | None = None) -> CounterMetricFamily | GaugeMetricFamily:
+    if d.kind == "counter":
+        return CounterMetricFamily(d.name.removesuffix("_total"), d.help, value=value)
+    if d.labels:
+        return GaugeMetricFamily(d.name, d.help, labels=list(d.labels))
+    return GaugeMetricFamily(d.name, d.help, value=value)
 
 
 class ExecutorCollector:
-    """Prometheus collector over an ``Executor``'s live state."""
+    """Prometheus collector over an ``Executor``'s live state: O(workers + users)."""
 
     def __init__(self, executor: Executor) -> None:
         self.x = executor
 
+    def values(self) -> dict[str, float]:
+        """The unlabelled metrics' values, by exposed name."""
+        x, led = self.x, self.x.ledger
+        total = free = 0
+        for st in x.placement.workers.values():
+            cfree, ctot = st.free.stat().get("Cores", (0, 0))
+            total, free = total + int(ctot), free + int(cfree)
+        return {
+            "grain_jobs_submitted_total": led.submitted,
+            "grain_jobs_started_total": led.started,
+            "grain_jobs_finished_total": led.finished,
+            "grain_jobs_failed_total": led.failed,
+            "grain_jobs_cancelled_total": led.cancelled,
+            "grain_jobs_retried_total": led.retried,
+            "grain_queue_length": len(x.placement),
+            "grain_running_jobs": sum(len(s.running) for s in x.placement.workers.values()),
+            "grain_cores_in_use": total - free,
+            "grain_cores_total": total,
+            "grain_workers": len(x.workers),
+            "grain_clients": sum(1 for s in x.sessions.values() if s.link is not None),
+            "grain_placement_seconds_total": x.placement_seconds_sum,
+            "grain_placements_total": x.placement_count,
+        }
+
     def collect(self) -> Iterator[Metric]:
-        led = self.x.ledger
-        for name, value, doc in (
-                ("grain_jobs_submitted", led.submitted, "Jobs submitted"),
-                ("grain_jobs_started", led.started, "Job starts (retries count again)"),
-                ("grain_jobs_finished", led.finished, "Jobs that ended with a value"),
-                ("grain_jobs_failed", led.failed, "Jobs that ended with an error"),
-                ("grain_jobs_cancelled", led.cancelled, "Jobs cancelled"),
-                ("grain_jobs_retried", led.retried, "Jobs re-queued after a worker loss")):
-            yield CounterMetricFamily(name, doc, value=value)
-        st = self.x.status()
-        yield GaugeMetricFamily("grain_queue_length", "Jobs waiting", value=st["queue_length"])
-        yield GaugeMetricFamily("grain_running_jobs", "Jobs running", value=st["running_jobs"])
-        yield GaugeMetricFamily("grain_cores_in_use", "Cores allocated to running jobs",
-                                value=st["cores"]["total"] - st["cores"]["free"])
-        yield GaugeMetricFamily("grain_cores_total", "Cores registered", value=st["cores"]["total"])
-        yield GaugeMetricFamily("grain_workers", "Workers connected", value=len(st["workers"]))
-        yield GaugeMetricFamily("grain_clients", "Clients connected", value=st["clients"])
-        yield CounterMetricFamily("grain_placement_seconds",
-                                  "Total time jobs waited from submission to start",
-                                  value=self.x.placement_seconds_sum)
-        yield CounterMetricFamily("grain_placements", "Jobs placed",
-                                  value=self.x.placement_count)
+        values = self.values()
+        users = self.x.placement.user_stats()
+        per_user = {
+            "grain_user_running_jobs": lambda s: s.running,
+            "grain_user_queued_jobs": lambda s: s.queued,
+            "grain_user_cores_in_use": lambda s: s.cores,
+            "grain_user_share": lambda s: s.share,
+        }
+        for d in METRICS:
+            if d.labels:
+                fam = _family(d)
+                assert isinstance(fam, GaugeMetricFamily)
+                for name, st in sorted(users.items()):
+                    fam.add_metric([name], per_user[d.name](st))
+                yield fam
+            else:
+                yield _family(d, values[d.name])
 
 
-def _response(status: str, body: bytes, ctype: str) -> bytes:
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-            f"Connection: close\r\n\r\n")
-    return head.encode() + body
+def _head(status: str, ctype: str, length: int | None, extra: str = "") -> bytes:
+    size = f"Content-Length: {length}\r\n" if length is not None else ""
+    return (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n{size}"
+            f"X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n"
+            f"{extra}Connection: close\r\n\r\n").encode()
+
+
+def _response(status: str, body: bytes, ctype: str, extra: str = "",
+              head_only: bool = False) -> bytes:
+    return _head(status, ctype, len(body), extra) + (b"" if head_only else body)
+
+
+def _text(status: str, text: str, extra: str = "", head_only: bool = False) -> bytes:
+    return _response(status, text.encode(), "text/plain; charset=utf-8", extra, head_only)
+
+
+def load_static() -> dict[str, tuple[bytes, str]]:
+    """The page's files, read once from the package: URL path -> (bytes, content type)."""
+    web = importlib.resources.files(__package__ or "grain.executor").joinpath("web")
+    return {path: (web.joinpath(fname).read_bytes(), ctype)
+            for path, (fname, ctype) in STATIC.items()}
 
 
 class HttpServer:
-    """Serves an executor's health, status and metrics."""
+    """Serves an executor's web page, status, event stream, metrics and health."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, *, max_connections: int = 64,
+                 max_streams: int = 16, stream_interval: float = 1.0,
+                 stream_seconds: float = 300.0) -> None:
         self.executor = executor
+        self.history = history.attach(executor)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(ExecutorCollector(executor))
+        self.static = load_static()
+        self.max_connections = max_connections
+        self.max_streams = max_streams
+        self.stream_interval = stream_interval
+        self.stream_seconds = stream_seconds
+        self.connections = 0
+        self.streams = 0
+        self._doc: tuple[float, bytes] | None = None   # (when built, the status JSON)
         self.bound: Endpoint | None = None
 
-    def route(self, path: str) -> bytes:
-        path = path.split("?", 1)[0]
-        if path == "/healthz":
-            return _response("200 OK", b"ok\n", "text/plain")
-        if path == "/status":
-            return _response("200 OK", json.dumps(self.executor.status()).encode(),
-                             "application/json")
-        if path == "/metrics":
-            return _response("200 OK", generate_latest(self.registry),
-                             "text/plain; version=0.0.4")
-        return _response("404 Not Found", b"not found: try /healthz /status /metrics\n",
-                         "text/plain")
+    # -- documents -------------------------------------------------------------------
+    def status_json(self) -> bytes:
+        """A freshly built status document."""
+        return json.dumps(self.executor.status(), separators=(",", ":")).encode()
 
+    def shared_status(self) -> bytes:
+        """The status document for event streams: rebuilt at most once per half interval,
+        shared by every stream."""
+        now = trio.current_time()
+        if self._doc is None or now - self._doc[0] >= self.stream_interval / 2:
+            self._doc = (now, self.status_json())
+        return self._doc[1]
+
+    def route(self, path: str, head_only: bool = False) -> bytes:
+        """The whole response to a GET (or HEAD) of ``path`` (not ``/events``)."""
+        path = path.split("?", 1)[0]
+        static = self.static.get(path)
+        if static is not None:
+            body, ctype = static
+            policy = f"Content-Security-Policy: {PAGE_POLICY}\r\n" if ctype.startswith(
+                "text/html") else ""
+            return _response("200 OK", body, ctype,
+                             policy + "Cache-Control: no-cache\r\n", head_only)
+        if path == "/healthz":
+            return _text("200 OK", "ok\n", head_only=head_only)
+        if path == "/status":
+            return _response("200 OK", self.status_json(), "application/json",
+                             "Cache-Control: no-store\r\n", head_only)
+        if path == "/metrics":
+            return _response("200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST,
+                             "Cache-Control: no-store\r\n", head_only)
+        return _text("404 Not Found", f"not found: try {ROUTES}\n", head_only=head_only)
+
+    # -- serving ---------------------------------------------------------------------
     async def serve(self, address: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``address`` (``HOST:PORT``) and serve until cancelled; also samples
+        the executor's utilization once a second for the history."""
         ep = parse_endpoint(address if "://" in address else "grain://" + address, 8080)
         listeners, self.bound = await transport.open_listeners(ep)
-        log.info("executor HTTP on http://%s:%d (/healthz /status /metrics)",
-                 self.bound.host, self.bound.port)
-        task_status.started(self.bound)
-        await transport.serve(listeners, self._handle)
+        log.info("executor HTTP on http://%s:%d (%s)", self.bound.host, self.bound.port,
+                 ROUTES)
+        async with trio.open_nursery() as n:
+            n.start_soon(self.history.sample_forever, self.executor)
+            task_status.started(self.bound)
+            await transport.serve(listeners, self._handle)
 
     async def _handle(self, stream: trio.abc.Stream) -> None:
+        if self.connections >= self.max_connections:
+            await trio.aclose_forcefully(stream)   # over the cap: cheapest refusal
+            return
+        self.connections += 1
         try:
-            with trio.move_on_after(5):
-                data = b""
-                while b"\r\n\r\n" not in data and len(data) < MAX_REQUEST:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        return
-                    data += chunk
-                line = data.split(b"\r\n", 1)[0].decode("latin-1").split()
-                if len(line) < 2 or line[0] not in ("GET", "HEAD"):
-                    await stream.send_all(_response("400 Bad Request", b"GET only\n",
-                                                    "text/plain"))
-                    return
-                await stream.send_all(self.route(line[1]))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            await self._serve_one(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError,
+                OSError):
             pass
         finally:
+            self.connections -= 1
             await trio.aclose_forcefully(stream)
+
+    async def _serve_one(self, stream: trio.abc.Stream) -> None:
+        data = b""
+        with trio.move_on_after(REQUEST_TIMEOUT):
+            while b"\r\n\r\n" not in data:
+                if len(data) >= MAX_REQUEST:
+                    with trio.fail_after(SEND_TIMEOUT):
+                        await stream.send_all(_text("431 Request Header Fields Too Large",
+                                                    "request head too large\n"))
+                    return
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                data += chunk
+        if b"\r\n\r\n" not in data:
+            return   # too slow: closed without an answer
+        line = data.split(b"\r\n", 1)[0].decode("latin-1").split()
+        if len(line) != 3 or not line[2].startswith("HTTP/") or not line[1].startswith("/"):
+            response = _text("400 Bad Request", "bad request line\n")
+        elif line[0] not in ("GET", "HEAD"):
+            response = _text("405 Method Not Allowed", "GET or HEAD only\n",
+                             "Allow: GET, HEAD\r\n")
+        elif line[1].split("?", 1)[0] == "/events":
+            await self._events(stream, head_only=line[0] == "HEAD")
+            return
+        else:
+            response = self.route(line[1], head_only=line[0] == "HEAD")
+        with trio.fail_after(SEND_TIMEOUT):
+            await stream.send_all(response)
+
+    async def _events(self, stream: trio.abc.Stream, head_only: bool) -> None:
+        """A server-sent event stream: the status document every ``stream_interval``."""
+        if self.streams >= self.max_streams:
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(_text("503 Service Unavailable",
+                                            "too many event streams; poll /status\n",
+                                            "Retry-After: 5\r\n"))
+            return
+        head = _head("200 OK", "text/event-stream; charset=utf-8", None,
+                     "Cache-Control: no-store\r\n")
+        if head_only:
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(head)
+            return
+        self.streams += 1
+        try:
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(head + b"retry: 2000\n\n")
+            with trio.move_on_after(self.stream_seconds):
+                while True:
+                    # the JSON is one line (no newline inside), as an event's data must be
+                    body = self.shared_status()
+                    with trio.fail_after(SEND_TIMEOUT):
+                        await stream.send_all(b"event: status\ndata: " + body + b"\n\n")
+                    await trio.sleep(self.stream_interval)
+        finally:
+            self.streams -= 1

@@ -1,22 +1,120 @@
 """The executor's status document: what ``/status``, ``grain status`` and the web page show.
 
-Built on demand from the executor's live state (nothing is kept for it on the job path).
-The fields are documented in docs/interfaces.md.
+Built on demand from the executor's live state (nothing is kept for it on the job path,
+except the ``history`` observer's per-second counters). The fields are documented in
+docs/interfaces.md. Cost: O(workers + running jobs + users × request shapes), never
+O(queued jobs): a million queued jobs are summed per user and shape, not listed.
+
+A core map names each running job by its function (as errors name it), its user and its
+client *by name* (``host:pid``). The client's session id is left out on purpose: it is
+what a client that lost its connection presents to take its session back.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from ..resource import Resource
+from . import history
+from .ledger import JobRecord
 
 if TYPE_CHECKING:
     from .core import Executor
 
+#: the most cores listed in the core maps of one document; past it, the remaining
+#: workers say ``core_map_truncated`` (a document must stay cheap to build and to send)
+CORE_MAP_LIMIT = 8192
+
+
+def describe_request(request: Resource) -> str:
+    """A request as people write it: ``Cores(2) & Memory(1.5)``."""
+    parts = []
+    for kind, p in request.kinds().items():
+        if kind == "Cores":
+            parts.append(f"Cores({getattr(p, 'N', '?')})")
+        elif kind == "Memory":
+            parts.append(f"Memory({getattr(p, 'm', 0):g})")
+        elif kind == "GPU":
+            parts.append(f"GPU({getattr(p, 'G', '?')})")
+        elif kind == "WTime":
+            parts.append(f"WTime({getattr(p, 'T', '?')})")
+        else:
+            parts.append(repr(p))
+    return " & ".join(parts) or "nothing"
+
+
+def _ids(alloc: Resource | None, kind: str, attr: str) -> list[int]:
+    part = alloc.kinds().get(kind) if alloc is not None else None
+    return sorted(getattr(part, attr, ()) or ()) if part is not None else []
+
+
+def _core_maps(ex: Executor, now: float) -> dict[int, tuple[dict[str, Any], bool]]:
+    """Per worker id: (core id -> what runs there, truncated). Jobs chained behind a
+    running one (waiting on its cores) are counted on that job's entry as ``queued_behind``."""
+    # placement keeps which jobs wait behind which (chains); read, never written here
+    chains: dict[int, Any] = getattr(ex.placement, "_chain_of", {})
+    out: dict[int, tuple[dict[str, Any], bool]] = {}
+    budget = CORE_MAP_LIMIT
+    for wid, st in ex.placement.workers.items():
+        cores: dict[str, Any] = {}
+        truncated = False
+        for gid in st.running:
+            rec: JobRecord | None = ex.ledger.jobs.get(gid)
+            if rec is None or rec.alloc is None:
+                continue
+            ch = chains.get(gid)
+            if ch is not None and ch.jobs and ch.jobs[0] != gid:
+                continue   # waiting behind another job on the same cores
+            ids = _ids(rec.alloc, "Cores", "c")
+            if len(ids) > budget:
+                truncated = True
+                continue
+            budget -= len(ids)
+            s = ex.sessions.get(rec.sess)
+            entry = {
+                "job": rec.name,
+                "user": rec.user,
+                "session": s.name if s is not None else "",
+                "running_s": round(max(0.0, now - rec.started_at), 3),
+                "queued_behind": len(ch.jobs) - 1 if ch is not None else 0,
+            }
+            for c in ids:
+                cores[str(c)] = entry
+        out[wid] = ({k: cores[k] for k in sorted(cores, key=int)}, truncated)
+    return out
+
+
+def _queues(ex: Executor, now: float) -> dict[str, list[dict[str, Any]]]:
+    """Per user: one entry per request shape with jobs queued, oldest first."""
+    out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    # O(users × shapes): placement's per-user queues, read through their counts and heads
+    users: dict[str, Any] = getattr(ex.placement, "_users", {})
+    for name, u in users.items():
+        for q in u.queues.values():
+            if q.live <= 0:
+                continue
+            head = q.peek()
+            rec = ex.ledger.jobs.get(head) if head is not None else None
+            out.setdefault(name, []).append((head or 0, {
+                "request": describe_request(q.shape.request),
+                "queued": q.live,
+                "next": rec.name if rec is not None else "",
+                "waiting_s": round(max(0.0, now - rec.submitted_at), 3)
+                if rec is not None else 0.0,
+            }))
+    return {name: [e for _, e in sorted(entries, key=lambda x: x[0])]
+            for name, entries in out.items()}
+
 
 def build_status(ex: Executor) -> dict[str, Any]:
-    """The JSON document served at /status."""
+    """The JSON document served at /status (fields: docs/interfaces.md)."""
+    now = ex.clock()
+    hist = history.attach(ex)
+    hist.sample_executor(ex)
+    maps = _core_maps(ex, now)
     workers = []
     tc = fc = 0
     tm = fm = 0.0
@@ -28,6 +126,7 @@ def build_status(ex: Executor) -> dict[str, Any]:
         cfree, ctot = stat.get("Cores", (0, 0))
         mfree, mtot = stat.get("Memory", (0, 0))
         tc, fc, tm, fm = tc + ctot, fc + cfree, tm + mtot, fm + mfree
+        cmap, truncated = maps.get(w.wid, ({}, False))
         workers.append({
             "name": w.name, "address": w.link.peer,
             "cores_total": ctot, "cores_free": cfree,
@@ -38,21 +137,32 @@ def build_status(ex: Executor) -> dict[str, Any]:
             "gpus": w.info.get("gpus", []),
             "capacity": repr(st.total),
             "draining": w.draining,
+            "core_ids": _ids(st.total, "Cores", "c"),
+            "core_map": cmap,
+            "core_map_truncated": truncated,
+            "connected_s": round(max(0.0, now - w.connected_at), 3),
         })
     users = []
-    connected = {s.user for s in ex.sessions.values()}
+    sessions_of = Counter(s.user for s in ex.sessions.values())
+    queues = _queues(ex, now)
     for name, st in sorted(ex.placement.user_stats().items()):
-        if not (st.queued or st.running or name in connected):
+        if not (st.queued or st.running or name in sessions_of):
             continue
+        done, failed = hist.user_totals(name)
         users.append({"name": name, "weight": st.weight,
                       "running_jobs": st.running, "queued_jobs": st.queued,
                       "cores_in_use": st.cores, "memory_in_use_gb": round(st.memory, 3),
                       "share": round(st.share, 4),
-                      "max_cores": st.max_cores, "max_queued": st.max_queued})
+                      "weighted_share": round(st.weighted_share, 4),
+                      "max_cores": st.max_cores, "max_queued": st.max_queued,
+                      "finished_jobs": done, "failed_jobs": failed,
+                      "sessions": sessions_of.get(name, 0),
+                      "queue": queues.get(name, [])})
     led = ex.ledger
     return {
         "version": __version__,
         "name": ex.name,
+        "time": round(time.time(), 3),
         "uptime_s": round(time.time() - ex.started_at, 3),
         "queue_length": len(ex.placement),
         "clients": sum(1 for s in ex.sessions.values() if s.link is not None),
@@ -67,4 +177,6 @@ def build_status(ex: Executor) -> dict[str, Any]:
         "workers": workers,
         "users": users,
         "recovering": ex.recovery_status(),
+        "history": hist.series(),
+        "failures": hist.recent_failures(),
     }

@@ -91,7 +91,7 @@ def test_http_status_metrics_and_health_follow_the_jobs(grain_procs: Harness,
     req = urllib.request.Request(ex.http + "/status", method="POST", data=b"x")
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(req, timeout=3)  # noqa: S310
-    assert e.value.code == 400
+    assert e.value.code == 405
 
 
 def test_grain_status_table_json_and_http(grain_procs: Harness) -> None:

@@ -3,6 +3,7 @@
 #   iproute2     the network-namespace tests (ip netns, veth pairs)
 #   docker.io    the container tier (tests/containers): dockerd, containerd, runc, the docker CLI
 #   debootstrap  the container tier's stand-in base image (scripts/base-image.sh)
+#   chromium     the browser tier (tests/browser): the executor's web page in headless Chromium
 # Idempotent: installs only what is missing, and does nothing when everything is there.
 # Without root it installs nothing and says which tests will skip. Debian/Ubuntu only.
 set -euo pipefail
@@ -12,6 +13,7 @@ command -v ip >/dev/null 2>&1 || need+=(iproute2)
 # daemon) does not count as an engine.
 { command -v dockerd >/dev/null 2>&1 || [ -x /usr/sbin/dockerd ]; } || need+=(docker.io)
 { command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ]; } || need+=(debootstrap)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" != 0 ]; then
   echo "system-deps: missing ${need[*]} and not root; the tests needing them will skip" >&2

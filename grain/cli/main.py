@@ -206,21 +206,37 @@ def worker(executor_addr: str | None, listen: str | None, name: str | None, core
 @click.option("--token-file", type=click.Path(dir_okay=False), default=None)
 @click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
+@click.option("--watch", is_flag=True,
+              help="Redraw the tables in place every --interval seconds, until Ctrl-C.")
+@click.option("--interval", default=1.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0.1), help="With --watch: seconds between redraws.")
+@click.option("--count", default=None, type=click.IntRange(min=1), metavar="N",
+              help="With --watch: stop after N redraws.")
 def status(executor_addr: str | None, http_url: str | None, cluster: str | None,
            namespace: str | None, token_file: str | None, tls_ca: str | None,
-           as_json: bool) -> None:
-    """Show workers, cores free/total, memory, running jobs, queue and clients."""
-    from .status import fetch_status, render_status
+           as_json: bool, watch: bool, interval: float, count: int | None) -> None:
+    """Show workers, cores free/total, memory, running jobs, queue, clients and users."""
+    from .status import render_status, status_source, watch_status
     executor_addr = executor_addr or (None if (http_url or cluster) else
                                       os.environ.get("GRAIN_ADDRESS"))
     if not (executor_addr or http_url or cluster):
         raise click.UsageError("give --executor grain://HOST:PORT, --http URL or --cluster NAME")
+    if watch and as_json:
+        raise click.UsageError("--watch draws tables; use --json without it")
     token = read_token(token_file, required=False)
+    where = executor_addr or http_url or f"GrainCluster {cluster}"
     try:
-        doc = fetch_status(executor=executor_addr, http=http_url, cluster=cluster,
-                           namespace=namespace, token=token, tls_ca=tls_ca)
+        with status_source(executor=executor_addr, http=http_url, cluster=cluster,
+                           namespace=namespace, token=token, tls_ca=tls_ca) as fetch:
+            doc = fetch()   # the first fetch fails loudly, as without --watch
+            if watch:
+                try:
+                    watch_status(fetch, interval=interval, count=count,
+                                 errors=(OSError, GrainError, TimeoutError))
+                except KeyboardInterrupt:
+                    pass
+                return
     except (OSError, GrainError, TimeoutError) as e:
-        where = executor_addr or http_url or f"GrainCluster {cluster}"
         click.echo(f"error: cannot get the status of {where}: {e}", err=True)
         sys.exit(1)
     if as_json:

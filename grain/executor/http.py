@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..net import transport
@@ -56,6 +56,8 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "connect-src 'self'; base-uri 'none'; form-action 'none'; "
                "frame-ancestors 'none'")
 ROUTES = "/ /status /events /metrics /healthz"
+#: what ``generate_latest`` writes (prometheus_client's CONTENT_TYPE_LATEST has moved on)
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ class HttpServer:
             return _response("200 OK", self.status_json(), "application/json",
                              "Cache-Control: no-store\r\n", head_only)
         if path == "/metrics":
-            return _response("200 OK", generate_latest(self.registry), CONTENT_TYPE_LATEST,
+            return _response("200 OK", generate_latest(self.registry), METRICS_TYPE,
                              "Cache-Control: no-store\r\n", head_only)
         return _text("404 Not Found", f"not found: try {ROUTES}\n", head_only=head_only)
 
@@ -259,9 +261,8 @@ class HttpServer:
         with trio.move_on_after(REQUEST_TIMEOUT):
             while b"\r\n\r\n" not in data:
                 if len(data) >= MAX_REQUEST:
-                    with trio.fail_after(SEND_TIMEOUT):
-                        await stream.send_all(_text("431 Request Header Fields Too Large",
-                                                    "request head too large\n"))
+                    await self._refuse(stream, _text("431 Request Header Fields Too Large",
+                                                     "request head too large\n"))
                     return
                 chunk = await stream.receive_some(4096)
                 if not chunk:
@@ -271,17 +272,31 @@ class HttpServer:
             return   # too slow: closed without an answer
         line = data.split(b"\r\n", 1)[0].decode("latin-1").split()
         if len(line) != 3 or not line[2].startswith("HTTP/") or not line[1].startswith("/"):
-            response = _text("400 Bad Request", "bad request line\n")
+            await self._refuse(stream, _text("400 Bad Request", "bad request line\n"))
         elif line[0] not in ("GET", "HEAD"):
-            response = _text("405 Method Not Allowed", "GET or HEAD only\n",
-                             "Allow: GET, HEAD\r\n")
+            await self._refuse(stream, _text("405 Method Not Allowed", "GET or HEAD only\n",
+                                             "Allow: GET, HEAD\r\n"))
         elif line[1].split("?", 1)[0] == "/events":
             await self._events(stream, head_only=line[0] == "HEAD")
-            return
         else:
-            response = self.route(line[1], head_only=line[0] == "HEAD")
+            with trio.fail_after(SEND_TIMEOUT):
+                await stream.send_all(self.route(line[1], head_only=line[0] == "HEAD"))
+
+    @staticmethod
+    async def _refuse(stream: trio.abc.Stream, response: bytes) -> None:
+        """Send an error, then read (and drop) what the peer still sends, briefly: closing
+        a socket with unread bytes resets it, and the peer would lose the answer."""
         with trio.fail_after(SEND_TIMEOUT):
             await stream.send_all(response)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        with trio.move_on_after(1.0):
+            drained = 0
+            while drained < 4 * MAX_REQUEST:
+                chunk = await stream.receive_some(MAX_REQUEST)
+                if not chunk:
+                    break
+                drained += len(chunk)
 
     async def _events(self, stream: trio.abc.Stream, head_only: bool) -> None:
         """A server-sent event stream: the status document every ``stream_interval``."""

@@ -75,6 +75,7 @@ def _core_maps(ex: Executor, now: float) -> dict[int, tuple[dict[str, Any], bool
             budget -= len(ids)
             s = ex.sessions.get(rec.sess)
             entry = {
+                "id": rec.gid,
                 "job": rec.name,
                 "user": rec.user,
                 "session": s.name if s is not None else "",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +14,15 @@ from pathlib import Path
 import netjobs
 import pytest
 import trio
-from grain_harness import TOKEN, Harness, each_once, free_port, run_client, wait_until
+from grain_harness import (
+    TOKEN,
+    ExecutorProc,
+    Harness,
+    each_once,
+    free_port,
+    run_client,
+    wait_until,
+)
 
 import grain
 from grain.cli.status import fetch_over_grain
@@ -175,3 +184,330 @@ def test_passive_worker_jobs_submitted_at_once_wait_for_it(grain_procs: Harness)
 def _listening(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# -- the web view's data: core maps, queues, history, failures; metrics per user ----------
+
+USER_PROGRAM = '''
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import grain
+from grain import Cores
+
+address, token_file, stop, jobs, fail = sys.argv[1:6]
+
+
+def {fn}(stop, i):
+    while not os.path.exists(stop):
+        time.sleep(0.02)
+    return int(np.int64(i))
+
+
+def explode(frame):
+    raise ValueError(f"bad frame {{frame}}")
+
+
+async def main():
+    if fail == "1":
+        try:
+            await grain.exec1(Cores(1), explode, 7)
+        except ValueError as e:
+            print("failed as expected:", e, flush=True)
+    async with grain.open_waitgroup() as wg:
+        for i in range(int(jobs)):
+            wg.submit(Cores(1), {fn}, stop, i)
+    print(json.dumps(wg.results), flush=True)
+
+
+if __name__ == "__main__":
+    token = open(token_file).read().strip()
+    grain.run_combine(main, address=address, token=token, heartbeat=0.5, timeout=2)
+'''
+
+
+def _two_users(h: Harness) -> tuple[dict[str, Path], Path]:
+    """Tokens by role: users alice and bob, and the workers' secret."""
+    tokens = {"alice": "alice-token-0123456789", "bob": "bob-token-9876543210"}
+    (h.tmp / "clients").write_text("".join(f"{u} {t}\n" for u, t in tokens.items()))
+    files = {}
+    for user, tok in tokens.items():
+        files[user] = h.tmp / f"{user}.token"
+        files[user].write_text(tok + "\n")
+    worker = h.tmp / "worker.token"
+    worker.write_text("worker-secret-abcdef\n")
+    return files, worker
+
+
+def _start_user(h: Harness, ex: ExecutorProc, token: Path, user: str, fn: str, jobs: int,
+                fail: bool) -> tuple[subprocess.Popen, Path]:
+    """``python main.py`` of ``user``: ``jobs`` jobs of ``fn`` (in ``__main__``) that run
+    until the returned stop file exists, after one failing job when ``fail``."""
+    d = h.tmp / user
+    d.mkdir()
+    (d / "main.py").write_text(USER_PROGRAM.format(fn=fn))
+    stop = h.tmp / f"stop-{user}"
+    proc = h.python(d / "main.py", ex.address, str(token), str(stop), str(jobs),
+                    "1" if fail else "0", log=user)
+    return proc, stop
+
+
+def _user(st: dict, name: str) -> dict:
+    return next((u for u in st["users"] if u["name"] == name), {})
+
+
+def test_status_shows_core_maps_queues_history_failures_and_user_metrics(
+        grain_procs: Harness) -> None:
+    h = grain_procs
+    tokens, worker_token = _two_users(h)
+    ex = h.executor(extra=["--client-tokens", str(h.tmp / "clients"),
+                           "--worker-token-file", str(worker_token)])
+    h.worker("wa", ex, cores="0", token_file=worker_token)
+    h.worker("wb", ex, cores="1", token_file=worker_token)
+    bob, bob_stop = _start_user(h, ex, tokens["bob"], "bob", "fit_model", 1, fail=False)
+    ex.wait_status(lambda st: _user(st, "bob").get("running_jobs") == 1, 30, "bob's job")
+    alice, alice_stop = _start_user(h, ex, tokens["alice"], "alice", "simulate", 3, fail=True)
+    st = ex.wait_status(lambda st: _user(st, "alice").get("queued_jobs") == 2
+                        and _user(st, "alice").get("running_jobs") == 1, 30,
+                        "alice's first job to run and two to queue")
+
+    # each core says which job (by function), of which user and client, for how long
+    maps = {w["name"]: w["core_map"] for w in st["workers"]}
+    assert {w["name"]: w["core_ids"] for w in st["workers"]} == {"wa": [0], "wb": [1]}
+    held = {(e["job"], e["user"]) for m in maps.values() for e in m.values()}
+    assert held == {("simulate", "alice"), ("fit_model", "bob")}
+    by_user = {e["user"]: e for m in maps.values() for e in m.values()}
+    assert by_user["bob"]["session"].endswith(f":{bob.pid}")
+    assert by_user["alice"]["session"].endswith(f":{alice.pid}")
+    assert by_user["bob"]["queued_behind"] == 0 and by_user["bob"]["running_s"] >= 0
+    first = by_user["bob"]["running_s"]
+    ex.wait_status(lambda s: any(e["user"] == "bob" and e["running_s"] > first
+                                 for w in s["workers"] for e in w["core_map"].values()),
+                   10, "bob's job's running time to grow")
+    # the queue per user, by request shape, with the function of the next job in line
+    (q,) = _user(st, "alice")["queue"]
+    assert (q["request"], q["queued"], q["next"]) == ("Cores(1)", 2, "simulate")
+    assert q["waiting_s"] >= 0 and _user(st, "bob")["queue"] == []
+    assert _user(st, "alice")["share"] == 0.5 and _user(st, "alice")["sessions"] == 1
+    # the failure, with its error; the history counted it
+    (f,) = st["failures"]
+    assert (f["job"], f["user"], f["end"]) == ("explode", "alice", "raised")
+    assert f["error"] == "ValueError: bad frame 7" and f["worker"] in ("wa", "wb")
+    assert f["ran_s"] is not None and f["ran_s"] >= 0 and f["attempts"] == 1
+    hist = st["history"]
+    assert len(hist["finished"]) == len(hist["cores_busy"]) == 600
+    assert sum(hist["failed"]) == 1 and sum(hist["started"]) == 3
+    assert hist["cores_busy"][-1] == 2 and hist["cores_total"][-1] == 2
+    assert hist["queued"][-1] == 2 and abs(hist["end"] - st["time"]) <= 2
+    assert _user(st, "alice")["failed_jobs"] == 1
+    # per-user gauges
+    m = ex.metrics()
+    assert m['grain_user_running_jobs{user="alice"}'] == 1
+    assert m['grain_user_queued_jobs{user="alice"}'] == 2
+    assert m['grain_user_cores_in_use{user="bob"}'] == 1
+    assert m['grain_user_queued_jobs{user="bob"}'] == 0
+    assert m['grain_user_share{user="alice"}'] == 0.5
+
+    bob_stop.write_text("")
+    alice_stop.write_text("")
+    assert bob.wait(60) == 0 and alice.wait(60) == 0
+    st = ex.wait_idle()
+    assert sum(st["history"]["finished"]) == 4 and sum(st["history"]["failed"]) == 1
+    assert all(w["core_map"] == {} for w in st["workers"])
+    m = ex.metrics()
+    assert m['grain_user_running_jobs{user="alice"}'] == 0
+    assert m['grain_user_cores_in_use{user="bob"}'] == 0
+
+
+# -- HTTP hardening --------------------------------------------------------------------------
+
+def _raw(ex: ExecutorProc, request: bytes, limit: float = 10.0) -> bytes:
+    """Send raw bytes to the HTTP port; everything the executor answers until it closes."""
+    with socket.create_connection(("127.0.0.1", ex.http_port), timeout=limit) as s:
+        s.sendall(request)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def _parse(resp: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_http_serves_the_page_files_with_their_types_and_nothing_else(
+        grain_procs: Harness) -> None:
+    import importlib.resources
+    ex = grain_procs.executor()
+    web = importlib.resources.files("grain.executor").joinpath("web")
+    for path, fname, ctype in (("/", "index.html", "text/html; charset=utf-8"),
+                               ("/static/app.js", "app.js", "text/javascript; charset=utf-8"),
+                               ("/static/chart.js", "chart.js",
+                                "text/javascript; charset=utf-8"),
+                               ("/static/style.css", "style.css", "text/css; charset=utf-8"),
+                               ("/favicon.svg", "favicon.svg", "image/svg+xml")):
+        code, headers, body = _parse(_raw(ex, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()))
+        assert code == 200 and headers["content-type"] == ctype, (path, headers)
+        assert body == web.joinpath(fname).read_bytes()
+        assert headers["x-content-type-options"] == "nosniff"
+    code, headers, _ = _parse(_raw(ex, b"GET / HTTP/1.1\r\n\r\n"))
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    for path, ctype in (("/status", "application/json"), ("/healthz", "text/plain"),
+                        ("/metrics", "text/plain; version=0.0.4")):
+        code, headers, _ = _parse(_raw(ex, f"GET {path} HTTP/1.0\r\n\r\n".encode()))
+        assert code == 200 and headers["content-type"].startswith(ctype), (path, headers)
+    # HEAD: the same head, no body
+    code, headers, body = _parse(_raw(ex, b"HEAD / HTTP/1.1\r\n\r\n"))
+    assert code == 200 and body == b""
+    assert int(headers["content-length"]) == len(web.joinpath("index.html").read_bytes())
+    # no way out of the fixed set of files
+    for path in ("/static/../status", "/static/../../../../etc/passwd",
+                 "/static/%2e%2e/%2e%2e/etc/passwd", "/static//app.js", "/static/app.js/..",
+                 "/web/index.html", "/grain/executor/http.py", "/static/", "/static/http.py",
+                 "/..%2f..%2fetc%2fpasswd", "/index.html/../../etc/passwd"):
+        code, headers, body = _parse(_raw(ex, f"GET {path} HTTP/1.1\r\n\r\n".encode()))
+        assert code == 404, path
+        assert b"root:" not in body and b"import" not in body
+    # other methods, malformed and oversized requests
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "TRACE", "PATCH"):
+        code, headers, _ = _parse(_raw(ex, f"{method} /status HTTP/1.1\r\n\r\n".encode()))
+        assert code == 405 and headers["allow"] == "GET, HEAD", method
+    for bad in (b"GARBAGE\r\n\r\n", b"GET nohost HTTP/1.1\r\n\r\n", b"GET / FTP/1\r\n\r\n",
+                b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\r\n\r\n"):
+        assert _parse(_raw(ex, bad))[0] == 400, bad
+    big = b"GET / HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 20000 + b"\r\n\r\n"
+    assert _parse(_raw(ex, big))[0] == 431
+    # a peer that says nothing is hung up on (bounded time), and costs nothing after
+    with socket.create_connection(("127.0.0.1", ex.http_port), timeout=20) as s:
+        assert s.recv(10) == b""
+    assert ex.get("/healthz") == "ok\n"
+
+
+def _open_stream(ex: ExecutorProc) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", ex.http_port), timeout=10)
+    s.sendall(b"GET /events HTTP/1.1\r\nAccept: text/event-stream\r\n\r\n")
+    return s
+
+
+def _read_event(s: socket.socket, buf: bytearray) -> bytes:
+    while b"\n\n" not in buf[buf.find(b"event:"):] or b"event:" not in buf:
+        chunk = s.recv(65536)
+        assert chunk, "the stream ended"
+        buf += chunk
+    start = buf.find(b"event:")
+    end = buf.find(b"\n\n", start)
+    event = bytes(buf[start:end])
+    del buf[:end + 2]
+    return event
+
+
+def test_events_stream_the_status_and_are_capped(grain_procs: Harness) -> None:
+    ex = grain_procs.executor()
+    grain_procs.worker("wa", ex, cores="0")
+    s = _open_stream(ex)
+    buf = bytearray()
+    try:
+        while b"\r\n\r\n" not in buf:
+            buf += s.recv(65536)
+        head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+        assert b"Content-Type: text/event-stream" in head and b"no-store" in head
+        buf = bytearray(rest)
+        seen = []
+        for _ in range(2):   # the document, again a moment later (uptime has grown)
+            event = _read_event(s, buf)
+            name, data = event.split(b"\n", 1)
+            assert name == b"event: status" and data.startswith(b"data: ")
+            doc = json.loads(data[len(b"data: "):])
+            assert STATUS_FIELDS <= set(doc) and [w["name"] for w in doc["workers"]] == ["wa"]
+            seen.append(doc["uptime_s"])
+        assert seen[1] > seen[0]
+        # at most 16 streams at once: the 17th is refused, and may come back later
+        more = [_open_stream(ex) for _ in range(15)]
+        try:
+            for m in more:   # each one is being served (its head arrived)
+                assert m.recv(64).startswith(b"HTTP/1.1 200")
+            code, headers, body = _parse(_raw(ex, b"GET /events HTTP/1.1\r\n\r\n"))
+            assert code == 503 and b"poll /status" in body and headers["retry-after"] == "5"
+        finally:
+            for m in more:
+                m.close()
+        wait_until(lambda: _parse(_raw(ex, b"HEAD /events HTTP/1.1\r\n\r\n"))[0] == 200, 10,
+                   "a stream slot to free up")
+    finally:
+        s.close()
+
+
+# -- the docs say what the code does ----------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+def _doc_table_names(text: str, heading: str) -> list[str]:
+    """The first column's `names` of the table under ``heading``."""
+    section = text.split(heading, 1)[1]
+    names = []
+    for line in section.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("| `"):
+            names.append(line.split("`")[1])
+    return names
+
+
+def test_the_metrics_table_in_the_docs_is_the_codes() -> None:
+    from prometheus_client import generate_latest
+
+    from grain.executor.core import Executor
+    from grain.executor.http import METRICS, HttpServer
+    documented = _doc_table_names((DOCS / "interfaces.md").read_text(), "### Metrics")
+    assert documented == [d.name for d in METRICS]
+    ex = Executor()
+    ex.placement.set_user("alice")
+    text = generate_latest(HttpServer(ex).registry).decode()
+    exposed = [ln.split()[0].split("{")[0] for ln in text.splitlines()
+               if ln and not ln.startswith("#")]
+    assert exposed == documented
+    rows = {r.split("`")[1]: r for r in (DOCS / "interfaces.md").read_text().splitlines()
+            if r.startswith("| `grain_")}
+    for d in METRICS:
+        assert f"| {d.kind} |" in rows[d.name], d.name
+        assert ("`user`" in rows[d.name]) == bool(d.labels), d.name
+
+
+def test_every_status_field_is_documented(grain_procs: Harness) -> None:
+    """The fields of a real status document (with a job running, one queued, one failed)
+    all appear in docs/interfaces.md."""
+    ex = grain_procs.executor()
+    grain_procs.worker("wa", ex, cores="0")
+    marks = str(grain_procs.tmp / "marks")
+
+    async def main() -> None:
+        await each_once({0: (Cores(1), boom, ())})
+        async with trio.open_nursery() as n:
+            n.start_soon(each_once, {i: (Cores(1), netjobs.mark_and_sleep,
+                                         (marks, f"s{i}", 1.0)) for i in range(2)})
+            with trio.fail_after(10):
+                while not netjobs.markers(marks):
+                    await trio.sleep(0.05)
+            seen["status"] = ex.status()
+
+    seen: dict = {}
+    run_client(ex, main)
+    st = seen["status"]
+    docs = (DOCS / "interfaces.md").read_text()
+    section = docs.split("### The status document", 1)[1].split("## Kubernetes", 1)[0]
+    fields = set(st) | set(st["history"]) | set(st["jobs"]) | set(st["failures"][0])
+    fields |= set(st["workers"][0]) | set(next(iter(st["workers"][0]["core_map"].values())))
+    fields |= set(st["users"][0]) | set(st["users"][0]["queue"][0])
+    missing = sorted(f for f in fields if f"`{f}`" not in section and f"`{f}[]`" not in section)
+    assert not missing, f"undocumented /status fields: {missing}"

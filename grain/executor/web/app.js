@@ -199,7 +199,7 @@
         cell.style.background = "hsl(" + hue(j.user) + ", 55%, 52%)";
         cell.appendChild(el("span", "cjob", j.job));
         cell.title = j.job + " · " + j.user + " · " + j.session + " · " + duration(j.running_s);
-        const key = j.job + "\u0000" + j.user + "\u0000" + j.session + "\u0000" + j.running_s;
+        const key = j.id;
         if (!jobs.has(key)) jobs.set(key, Object.assign({cores: []}, j));
         jobs.get(key).cores.push(id);
       } else {

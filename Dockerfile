@@ -22,8 +22,9 @@ FROM ${BASE_IMAGE} AS build
 ARG OFFLINE=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 # Third-party dependencies first, in their own layers: they change only with constraints.txt
-# (or the wheelhouse). The glob makes build/wheelhouse optional: it matches nothing when absent.
-COPY constraints.txt build/wheelhous[e] /wheelhouse/
+# (or the wheelhouse). The globs make build/wheelhouse optional: they match nothing when it is
+# absent (a glob only in the last part fails in BuildKit when build/ itself is missing).
+COPY constraints.txt buil[d]/wheelhous[e] /wheelhouse/
 RUN if [ "$OFFLINE" = 1 ]; then set -- --no-index --find-links /wheelhouse; fi \
  && python3 -m venv /opt/grain \
  && /opt/grain/bin/pip install "$@" --requirement /wheelhouse/constraints.txt

@@ -84,7 +84,8 @@ def test_offline_build_installs_only_from_the_wheelhouse() -> None:
         assert 'if [ "$OFFLINE" = 1 ]; then set -- --no-index --find-links /wheelhouse; fi' in run
         assert all('install "$@"' in part for part in run.split("pip ")[1:] if part.startswith("install"))
     # the wheelhouse is optional in the context (a glob that may match nothing)
-    assert any(re.search(r"\bbuild/wheelhous\[e\] /wheelhouse/", c) for c in _all("COPY"))
+    # (every part a glob: BuildKit fails on a missing parent directory of a glob)
+    assert any(re.search(r"\bbuil\[d\]/wheelhous\[e\] /wheelhouse/", c) for c in _all("COPY"))
 
 
 def test_final_stage_copies_only_the_environment() -> None:

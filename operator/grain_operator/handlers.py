@@ -172,12 +172,19 @@ def build_registry(config: OperatorConfig) -> kopf.OperatorRegistry:
 
     @kopf.timer(*resource, id="resync", interval=config.resync_seconds, initial_delay=config.resync_seconds,
                 registry=registry)
-    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, **_: Any) -> None:
-        with locks.of(body):
-            try:
-                reconcile(body, patch, memo.kube, config, logger, in_handler=False)
-            except ApiException as exc:  # the next tick tries again; say why meanwhile
-                logger.warning("resync: %s", error_text(exc))
+    def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, logger: Logger, **kwargs: Any) -> None:
+        # A tick that finds a reconcile of this GrainCluster running skips: that one does the
+        # work, and a timer blocked on the lock would hold one of kopf's few threads and delay
+        # the object's deletion (kopf waits for its timer to exit before deleting).
+        lock = locks.of(body)
+        if kwargs.get("stopped") or not lock.acquire(blocking=False):
+            return
+        try:
+            reconcile(body, patch, memo.kube, config, logger, in_handler=False)
+        except ApiException as exc:  # the next tick tries again; say why meanwhile
+            logger.warning("resync: %s", error_text(exc))
+        finally:
+            lock.release()
 
     @kopf.on.delete(*resource, id="delete-children", registry=registry)
     def delete_children(body: kopf.Body, memo: kopf.Memo, logger: Logger, **_: Any) -> None:

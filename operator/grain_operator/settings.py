@@ -78,6 +78,7 @@ def kopf_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.peering.standalone = True
     settings.posting.level = logging.INFO
     settings.posting.reporting_component = "grain-operator"
-    # The handlers are synchronous (the official client): they run in kopf's thread pool.
-    settings.execution.max_workers = 4
+    # The handlers are synchronous (the official client): they run in kopf's thread pool, and
+    # spend their time waiting for the API server, so the pool is larger than the CPU count.
+    settings.execution.max_workers = 16
     return settings

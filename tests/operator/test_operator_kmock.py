@@ -326,8 +326,9 @@ def test_status_shows_users_and_recovery(api: Any, run_operator: Any, status_ser
         wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker")
                  and api.get(SECRETS, NS, "demo-user-bob"), 15, "the children")
         play_controllers(api)
-        st = wait_for(lambda: (grc(api).get("status") or {}).get("recovering") and grc(api)["status"], 15,
-                      "the recovery to be shown")
+        st = wait_for(lambda: (grc(api).get("status") or {}).get("recovering")
+                      and grc(api)["status"]["phase"] != "Pending" and grc(api)["status"], 15,
+                      "the recovery to be shown on an available executor")
         assert st["recovering"] == "waiting for workers: node-1"
         assert st["phase"] == "Degraded" and cond(grc(api), "Recovering")["status"] == "True"
         assert [(u["name"], u["secretName"], u["runningJobs"], u["queuedJobs"], u["coresInUse"], u["share"])

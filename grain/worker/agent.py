@@ -95,6 +95,7 @@ class Job:
     started: float | None = None   # when it became its runner's current job
     cancelled: bool = False
     handed_back: bool = False
+    session_over: bool = False     # EndSession came: its result is nobody's to hold
     peak_rss: int = 0
     output: OutputLimiter = field(default_factory=OutputLimiter)
 
@@ -227,6 +228,7 @@ class WorkerAgent:
 
     def _end_session(self, sess: int) -> None:
         for job in [j for j in self.running.values() if j.sess == sess]:
+            job.session_over = True
             self._cancel(job)
         for key in [k for k in self.held if k[0] == sess]:
             del self.held[key]
@@ -401,7 +403,9 @@ class WorkerAgent:
         if left:
             self._send(m.JobOutput(job.sess, job.cid, 1, left), b"")
         done = m.Done(job.sess, job.cid, int(end), message)
-        if end is not End.HANDED_BACK:
+        # held until Release; but a job that ends after its session did is nobody's
+        # (no client will ack it, and the executor has forgotten the session)
+        if end is not End.HANDED_BACK and not job.session_over:
             self.held[job.key] = Held(done, payload, job.user)
         self._send(done, payload)
         self._check_idle()

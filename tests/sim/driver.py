@@ -1,0 +1,119 @@
+"""Drive a ``SimWorld`` step by step from synchronous code (a hypothesis state machine).
+
+The world runs in ``trio.run`` with a ``MockClock`` on a thread of its own; each call
+from the test thread runs one step inside that run and returns once every task is blocked
+again. Time moves only in ``advance``: there the clock autojumps (threshold 0) over idle
+stretches; everywhere else the threshold is infinite, so the clock stands still while the
+test thread thinks. Scheduling is deterministic: hypothesis seeds trio's scheduler.
+
+Any exception that escapes a production task (the executor, an agent, a session) ends the
+run; the next call re-raises it as ``WorldCrashed``: that is a bug found.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio
+import trio.testing
+
+from grain.testing.world import SimParams, SimWorld
+
+T = TypeVar("T")
+
+
+class WorldCrashed(AssertionError):
+    """A production task raised: the whole simulated cluster stopped."""
+
+
+class Driver:
+    """``Driver(params)`` starts the world; ``call``/``run`` step it; ``close`` ends it."""
+
+    def __init__(self, params: SimParams) -> None:
+        self.clock = trio.testing.MockClock()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.CancelScope | None = None
+        self.world: SimWorld | None = None
+        self._params = params
+        self._thread = threading.Thread(target=self._main, name="sim-world", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        self._check()
+
+    def _main(self) -> None:
+        try:
+            trio.run(self._amain, clock=self.clock)
+        except BaseException as e:  # noqa: BLE001 - handed to the test thread
+            self._error = e
+        finally:
+            self._ready.set()
+
+    async def _amain(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        async with trio.open_nursery() as n:
+            self._stop = n.cancel_scope
+            self.world = SimWorld(self._params)
+            await n.start(self.world.run)
+            await trio.testing.wait_all_tasks_blocked()
+            self._ready.set()
+            await trio.sleep_forever()
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise WorldCrashed(f"the simulated cluster crashed: {self._error!r}") \
+                from self._error
+        if self._token is None:
+            raise WorldCrashed("the simulated cluster did not start")
+
+    def call(self, step: Callable[[SimWorld], Awaitable[T]]) -> T:
+        """Run ``await step(world)`` in the world, then let everything settle (no time
+        passes)."""
+        self._check()
+
+        async def run() -> T:
+            assert self.world is not None
+            value = await step(self.world)
+            await trio.testing.wait_all_tasks_blocked()
+            return value
+        try:
+            return trio.from_thread.run(run, trio_token=self._token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            self._thread.join()
+            self._check()
+            raise
+
+    def run(self, fn: Callable[[SimWorld], T]) -> T:
+        """``fn(world)`` (synchronous) in the world, then settle."""
+        async def step(world: SimWorld) -> T:
+            return fn(world)
+        return self.call(step)
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` of mock time pass, everything running as it would."""
+        async def step(world: SimWorld) -> None:
+            self.clock.autojump_threshold = 0
+            try:
+                await trio.sleep(seconds)
+            finally:
+                self.clock.autojump_threshold = math.inf
+        self.call(step)
+
+    def close(self) -> None:
+        """Stop the world (every task is cancelled) and wait for its thread."""
+        if self._error is None and self._stop is not None and self._thread.is_alive():
+            try:
+                trio.from_thread.run_sync(self._stop.cancel, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+
+    def __enter__(self) -> Driver:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

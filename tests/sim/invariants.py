@@ -1,0 +1,239 @@
+"""What must hold in the simulated cluster, checked after every step and at the end.
+
+Each check reads the world's records (what each client saw, ``world.ends`` and
+``world.abandoned``), the runners' ground truth (``world.log``: every start of every job,
+where, on which CPUs, and how it ended) and the executor's own state, and raises
+``Violation`` naming the job and what went wrong.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+from grain import errors
+from grain.executor.ledger import JobState
+from grain.testing.fake_runners import Run
+from grain.testing.jobs import JobFailed, TempError
+from grain.testing.world import SimWorker, SimWorld
+from grain.worker.agent import memory_allowance
+
+BOUND = 5.0
+"""Mock seconds within which a whole, healthy cluster carries a cancellation to the
+runner (a few link hops and a sweep)."""
+
+
+class Violation(AssertionError):
+    """An invariant does not hold."""
+
+
+def fail(what: str) -> None:
+    raise Violation(what)
+
+
+def check_step(world: SimWorld) -> None:
+    """The invariants that hold at every instant."""
+    check_client_ends(world)
+    check_runs(world)
+    check_cores(world)
+    check_cancelled_stop(world)
+    check_results(world)
+    check_executor(world)
+
+
+# -- what the client saw -----------------------------------------------------------------
+def check_client_ends(world: SimWorld) -> None:
+    """Every job ends at most once in its client, never after the client stopped waiting
+    for it, and how it ended is explained by what it does and what happened to it."""
+    for token, ends in world.ends.items():
+        if len(ends) > 1:
+            fail(f"job {token} ended {len(ends)} times in its client: {ends}")
+        gave_up = world.abandoned.get(token)
+        if gave_up is not None and ends and ends[0].at >= gave_up[0]:
+            fail(f"job {token} ended in its client at {ends[0].at:g} ({ends[0].value!r}), "
+                 f"after its wait group stopped waiting for it at {gave_up[0]:g}")
+        if ends:
+            _check_outcome(world, token, ends[0].ok, ends[0].value)
+
+
+def _check_outcome(world: SimWorld, token: int, ok: bool, value: Any) -> None:
+    spec = world.specs[token]
+    runs = world.log.runs.get(token, [])
+    if ok:
+        if value != spec.value or spec.raises or spec.crash or spec.hang:
+            fail(f"job {token} ({spec}) returned {value!r}")
+        return
+    request = world.requests[token]
+    kinds = request.kinds()
+    wtime = kinds.get("WTime")
+    mem = kinds.get("Memory")
+    faults = any(_faulted_after(world, r) for r in runs)
+    explained = {
+        JobFailed: spec.raises,
+        TempError: any(r.how == "temp" for r in runs),
+        errors.RunnerCrashed: any(r.how == "crashed" for r in runs),
+        errors.JobTimeout: wtime is not None and (spec.hang or spec.duration >= wtime.T),
+        errors.MemoryLimitExceeded: mem is not None
+        and spec.rss > memory_allowance(int(mem.m * 1024 ** 3)),
+        errors.WorkerLost: faults or any(w.outages for w in world.workers),
+        errors.ExecutorLost: any(c.session is not None and c.session._closed is not None
+                                 for c in world.clients),
+        errors.Unschedulable: not any(w.inventory.capacity.request(request)
+                                      for w in world.workers)
+        or any(w.outages for w in world.workers),
+    }
+    for cls, why in explained.items():
+        if isinstance(value, cls):
+            if not why:
+                fail(f"job {token} ({spec}, {request}) failed with {value!r}, which "
+                     f"nothing that happened explains; its runs: {runs}")
+            return
+    fail(f"job {token} ({spec}) failed with an unexpected {value!r}; its runs: {runs}")
+
+
+def _worker(world: SimWorld, name: str) -> SimWorker:
+    return next(w for w in world.workers if w.name == name)
+
+
+def _faulted_after(world: SimWorld, run: Run, until: float | None = None) -> bool:
+    """Did the run's worker go away (crash, partition, drain) after the run started?"""
+    w = _worker(world, run.worker)
+    end = until if until is not None else float("inf")
+    return any(run.started <= start <= end for start, _, _ in w.outages) or \
+        any(run.started <= t <= end for t in w.drains)
+
+
+# -- what ran where ----------------------------------------------------------------------
+def check_runs(world: SimWorld) -> None:
+    """A job never runs twice at once, and never starts again, unless its worker was lost
+    (or drained), or its client retried it after a temporary error."""
+    for token, runs in world.log.runs.items():
+        live = [r for r in runs if r.ended is None and not _faulted_after(world, r)]
+        if len(live) > 1:
+            fail(f"job {token} is running twice at once on workers that were never lost: "
+                 f"{live}")
+        for prev, nxt in itertools.pairwise(runs):
+            if prev.how in ("temp", "died"):
+                continue
+            if _faulted_after(world, prev, nxt.started):
+                continue
+            fail(f"job {token} started again at {nxt.started:g} on {nxt.worker} although "
+                 f"its previous run ({prev}) was not lost with its worker")
+
+
+def check_cores(world: SimWorld) -> None:
+    """No core is ever allocated twice: on each worker, the jobs executing now hold
+    disjoint CPUs within its capacity, and memory within its capacity."""
+    for w in world.workers:
+        runs = [r for r in world.log.executing() if r.worker == w.name]
+        seen: dict[int, int] = {}
+        for r in runs:
+            for cpu in r.cpus:
+                if cpu in seen:
+                    fail(f"CPU {cpu} of worker {w.name} runs jobs {seen[cpu]} and "
+                         f"{r.token} at once")
+                if not 0 <= cpu < w.cores:
+                    fail(f"job {r.token} runs on CPU {cpu}, not one of worker {w.name}'s")
+                seen[cpu] = r.token
+        mem = sum(r.memory for r in runs)
+        if mem > w.memory + 1e-9:
+            fail(f"worker {w.name} runs jobs holding {mem} GB of its {w.memory} GB")
+
+
+def check_cancelled_stop(world: SimWorld) -> None:
+    """A job its client cancelled stops, and its cores return, within ``BOUND`` of the
+    cancellation once the cluster is whole."""
+    healthy = world.healthy_since()
+    if healthy is None:
+        return
+    now = world.now()
+    for token, (at, why) in world.abandoned.items():
+        if why != "cancelled" or now - max(at, healthy) <= BOUND:
+            continue
+        for r in world.log.runs.get(token, ()):
+            if r.ended is None:
+                fail(f"job {token} was cancelled at {at:g} and still runs at {now:g} on "
+                     f"worker {r.worker}, CPUs {list(r.cpus)}: {r}")
+        ex = world.executor
+        key = world.cids.get(token)
+        if ex is not None and key is not None:
+            s = ex.sessions.get(key[0])
+            if s is not None and key[1] in s.jobs:
+                fail(f"job {token} was cancelled at {at:g} and the executor still holds it "
+                     f"at {now:g}: {s.jobs[key[1]]}")
+
+
+def check_results(world: SimWorld) -> None:
+    """A wait group that finished gives its jobs' values in submission order; one that
+    failed raises one of its jobs' errors."""
+    for c in world.clients:
+        for g in c.wgs:
+            if g.outcome == "results":
+                want = [world.specs[t].value for t in g.tokens]
+                if g.results != want:
+                    fail(f"wait group {c.name}/{g.index} gave {g.results}, expected {want}")
+            elif g.outcome == "error":
+                errs = [e.value for t in g.tokens for e in world.ends.get(t, ())
+                        if not e.ok]
+                leaves = _leaves(g.error)
+                if not all(any(x is e for e in errs) for x in leaves):
+                    fail(f"wait group {c.name}/{g.index} raised {g.error!r}, not one of its "
+                         f"jobs' errors {errs}")
+
+
+def _leaves(e: BaseException | None) -> list[BaseException]:
+    if isinstance(e, BaseExceptionGroup):
+        return [x for sub in e.exceptions for x in _leaves(sub)]
+    return [e] if e is not None else []
+
+
+# -- the executor's books ----------------------------------------------------------------
+def check_executor(world: SimWorld) -> None:
+    """The executor's sessions, ledger, placement and recovery agree with each other, and
+    each worker's free cores plus the cores of its running jobs are its capacity."""
+    ex = world.executor
+    if ex is None:
+        return
+    for s in ex.sessions.values():
+        for cid, rec in s.jobs.items():
+            if ex.ledger.jobs.get(rec.gid) is not rec or rec.key != (s.sess, cid):
+                fail(f"session {s.sess} holds job {cid} ({rec}) that the ledger does not")
+    pl = ex.placement
+    for rec in ex.ledger.jobs.values():
+        s = ex.sessions.get(rec.sess)
+        if s is None or s.jobs.get(rec.cid) is not rec:
+            fail(f"the ledger holds job {rec.key} ({rec.state}) that no session does")
+        if rec.state is JobState.RUNNING:
+            ws = pl.workers.get(rec.worker) if rec.worker is not None else None
+            if ws is None or rec.gid not in ws.running:
+                fail(f"job {rec.key} is RUNNING on worker {rec.worker}, which placement "
+                     f"does not know it on")
+        elif rec.state is JobState.QUEUED:
+            if not pl.is_queued(rec.gid) and rec.gid not in ex.deferred:
+                fail(f"job {rec.key} is QUEUED but neither queued nor held back")
+        elif rec.gid not in ex.parked.get(rec.parked_on or "", ()):
+            fail(f"job {rec.key} is PARKED on {rec.parked_on} but not waiting for it")
+    for wid, ws in pl.workers.items():
+        held: dict[int, frozenset[int]] = {}    # allocation -> its cores
+        for gid in ws.running:
+            rec = ex.ledger.jobs.get(gid)
+            if rec is None or rec.state is not JobState.RUNNING or rec.worker != wid:
+                fail(f"placement has job {gid} running on worker {ws.name}; the ledger "
+                     f"says {rec}")
+            assert rec is not None and rec.alloc is not None
+            chain = pl._chain_of.get(gid)    # chained jobs share one allocation
+            held[id(chain) if chain is not None else gid] = _cores(rec.alloc)
+        used: set[int] = set()
+        for cores in held.values():
+            if used & cores:
+                fail(f"worker {ws.name}: allocations overlap on {sorted(used & cores)}")
+            used |= cores
+        free, total = _cores(ws.free), _cores(ws.total)
+        if free & used or (free | used) != total:
+            fail(f"worker {ws.name}: free cores {sorted(free)} and cores of running jobs "
+                 f"{sorted(used)} are not its {sorted(total)}")
+
+
+def _cores(res: Any) -> frozenset[int]:
+    c = res.kinds().get("Cores")
+    return frozenset(c.c) if c is not None else frozenset()

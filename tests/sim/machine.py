@@ -1,0 +1,313 @@
+"""The hypothesis state machine: programs and faults against a simulated cluster.
+
+Each rule is one step of a client program (open a wait group, submit, leave the block,
+cancel it, start or finish a program) or one fault (a runner crashes, a worker is cut off
+or dies and comes back with or without its jobs, the executor restarts, a client is cut
+off within or past its grace, a link slows down, a worker drains), or lets mock time pass.
+After every step the invariants of ``invariants.check_step`` are checked; ``settle`` heals
+every fault and checks that the cluster recovers; ``teardown`` ends every program and
+checks that the executor forgets everything.
+
+Objects are picked by index modulo how many there are: shrinking then removes steps and
+lowers numbers, and a failing example reads as a short program.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hypothesis.strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from grain.resource import Cores, Memory, Resource, WTime
+from grain.testing.jobs import JobSpec
+from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorld
+
+from .driver import Driver
+from .invariants import BOUND, Violation, check_step, fail
+
+SHAPES: dict[str, Resource] = {
+    "c1": Cores(1),
+    "c2": Cores(2),
+    "c1m1": Cores(1) & Memory(1),
+    "c1t3": Cores(1) & WTime(3),
+    "c4": Cores(4),                   # fits only a 4-core worker
+    "c9": Cores(9),                   # fits no worker: unschedulable
+}
+# what a job does (make_spec); failures are rarer than successes, as in real programs
+KINDS = ["ok"] * 6 + ["prints", "temp1", "temp2", "temp_hang", "hang", "raises", "temp9",
+                      "crash", "hog"]
+SHAPE_MIX = ["c1"] * 5 + ["c2"] * 2 + ["c1m1", "c1t3", "c4", "c9"]
+DURATIONS = [0.0, 0.001, 0.05, 0.5, 2.0, 10.0, 30.0]
+MAX_JOBS = 40
+
+
+def make_spec(token: int, kind: str, duration: float, value: int) -> JobSpec:
+    return JobSpec(token, duration=duration, value=value, raises=kind == "raises",
+                   temp_failures={"temp1": 1, "temp2": 2, "temp9": 9,
+                                  "temp_hang": 1}.get(kind, 0),
+                   crash=kind == "crash", hang=kind in ("hang", "temp_hang"),
+                   prints=3 if kind == "prints" else 0,
+                   rss=4 * 1024 ** 3 if kind == "hog" else 0)
+
+
+params_strategy = st.builds(
+    SimParams,
+    workers=st.lists(st.sampled_from([(1, 2.0), (2, 4.0), (4, 8.0)]), min_size=1,
+                     max_size=3).map(tuple),
+    latency=st.sampled_from([0.0, 0.0, 0.001, 0.02]),
+    retries=st.sampled_from([0, 1, 2]),
+    worker_grace=st.sampled_from([5.0, 30.0]),
+    client_grace=st.sampled_from([10.0, 60.0]),
+    reconnect_grace=st.sampled_from([10.0, 60.0]),
+    wait_for_workers=st.sampled_from([30.0, 600.0]),
+)
+
+
+class ClusterMachine(RuleBasedStateMachine):
+    """Programs and faults; the invariants after every step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.d: Driver | None = None
+        self.jobs = 0
+
+    # -- helpers -------------------------------------------------------------------------
+    @property
+    def world(self) -> SimWorld:
+        assert self.d is not None and self.d.world is not None
+        return self.d.world
+
+    def live_clients(self) -> list[SimClient]:
+        return [c for c in self.world.clients if c.state == "up" and c.session is not None
+                and c.session._closed is None]
+
+    def open_groups(self) -> list[SimWaitGroup]:
+        return [g for c in self.live_clients() for g in c.wgs
+                if not g.done and not g.closing and g.wg is not None]
+
+    @staticmethod
+    def pick(items: list[Any], i: int) -> Any:
+        return items[i % len(items)] if items else None
+
+    # -- the cluster ---------------------------------------------------------------------
+    @initialize(params=params_strategy)
+    def start(self, params: SimParams) -> None:
+        self.d = Driver(params)
+        self.d.call(lambda w: w.new_client("alice"))
+
+    def teardown(self) -> None:
+        if self.d is None:
+            return
+        try:
+            if sys.exc_info()[0] is None:   # a step failed: report that, not the rest
+                self.finish_everything()
+        finally:
+            self.d.close()
+
+    @invariant()
+    def invariants_hold(self) -> None:
+        if self.d is not None:
+            self.d.run(check_step)
+
+    # -- client programs -----------------------------------------------------------------
+    @precondition(lambda self: len(self.world.clients) < 3)
+    @rule(user=st.sampled_from(["alice", "bob"]))
+    def new_client(self, user: str) -> None:
+        if self.world.executor is not None:
+            self.d.call(lambda w: w.new_client(user))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 5))
+    def open_waitgroup(self, i: int) -> None:
+        c = self.pick(self.live_clients(), i)
+        if c is not None and sum(not g.done for g in c.wgs) < 3:
+            self.d.call(lambda w: w.open_waitgroup(c))  # type: ignore[union-attr]
+
+    @precondition(lambda self: self.jobs < MAX_JOBS)
+    @rule(i=st.integers(0, 5), kind=st.sampled_from(KINDS),
+          duration=st.sampled_from(DURATIONS), shape=st.sampled_from(SHAPE_MIX),
+          n=st.integers(1, 4))
+    def submit(self, i: int, kind: str, duration: float, shape: str, n: int) -> None:
+        """``n`` jobs alike into a wait group of a client (one is opened if it has none)."""
+        c = self.pick(self.live_clients(), i)
+        if c is None:
+            return
+        groups = [g for g in self.open_groups() if g.client is c]
+        g = self.pick(groups, i) or self.d.call(lambda w: w.open_waitgroup(c))  # type: ignore[union-attr]
+
+        def go(w: SimWorld) -> None:
+            for _ in range(n):
+                t = w.next_token()
+                w.submit(g, make_spec(t, kind, duration, 1000 + t), SHAPES[shape])
+        self.jobs += n
+        self.d.run(go)  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 5))
+    def close_waitgroup(self, i: int) -> None:
+        g = self.pick(self.open_groups(), i)
+        if g is not None:
+            self.d.run(lambda w: w.close_waitgroup(g))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 5))
+    def cancel_waitgroup(self, i: int) -> None:
+        groups = [g for c in self.live_clients() for g in c.wgs if not g.done]
+        g = self.pick(groups, i)
+        if g is not None:
+            self.d.run(lambda w: w.cancel_waitgroup(g))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 5))
+    def finish_client(self, i: int) -> None:
+        """A program whose wait groups are all done returns: goodbye."""
+        done = [c for c in self.live_clients() if all(g.done for g in c.wgs)]
+        c = self.pick(done, i)
+        if c is not None:
+            self.d.call(lambda w: w.finish_client(c))  # type: ignore[union-attr]
+
+    # -- time --------------------------------------------------------------------------
+    @rule(dt=st.sampled_from([0.0005, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 40.0]))
+    def advance(self, dt: float) -> None:
+        self.d.advance(dt)  # type: ignore[union-attr]
+
+    # -- faults ------------------------------------------------------------------------
+    @rule(i=st.integers(0, 7))
+    def crash_runner(self, i: int) -> None:
+        runs = self.world.log.executing()
+        r = self.pick(runs, i)
+        if r is not None:
+            self.d.run(lambda w: w.crash_runner(r.runner))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 2), silent=st.booleans(),
+          heal_after=st.sampled_from([0.5, 2.0, 10.0, 60.0, None]))
+    def partition_worker(self, i: int, silent: bool, heal_after: float | None) -> None:
+        w = self.pick(self.world.workers, i)
+        self.d.run(lambda world: world.partition_worker(w, silent, heal_after))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 2), restart_after=st.sampled_from([0.0, 1.0, 5.0, 60.0, None]))
+    def crash_worker(self, i: int, restart_after: float | None) -> None:
+        w = self.pick(self.world.workers, i)
+
+        def go(world: SimWorld) -> None:
+            world.crash_worker(w)
+            if restart_after is not None:
+                world.restart_worker(w, restart_after)
+        self.d.run(go)  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 2), timeout=st.sampled_from([0.0, 1.0, 10.0, 60.0]),
+          restart_after=st.sampled_from([1.0, 30.0, None]))
+    def drain_worker(self, i: int, timeout: float, restart_after: float | None) -> None:
+        w = self.pick(self.world.workers, i)
+
+        def go(world: SimWorld) -> None:
+            world.drain_worker(w, timeout)
+            if restart_after is not None:
+                world.restart_worker(w, timeout + world.p.drain_release_wait
+                                     + restart_after)
+        self.d.run(go)  # type: ignore[union-attr]
+
+    @rule(downtime=st.sampled_from([0.0, 0.5, 3.0, 20.0]))
+    def restart_executor(self, downtime: float) -> None:
+        def go(world: SimWorld) -> None:
+            world.stop_executor()
+            world.start_executor(downtime)
+        self.d.run(go)  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 2), heal_after=st.sampled_from([0.5, 5.0, 30.0, 100.0, None]))
+    def partition_client(self, i: int, heal_after: float | None) -> None:
+        c = self.pick(self.live_clients(), i)
+        if c is not None:
+            self.d.run(lambda w: w.partition_client(c, heal_after))  # type: ignore[union-attr]
+
+    @rule(i=st.integers(0, 2))
+    def crash_client(self, i: int) -> None:
+        c = self.pick(self.live_clients(), i)
+        if c is not None:
+            self.d.run(lambda w: w.crash_client(c))  # type: ignore[union-attr]
+
+    @rule(party=st.integers(0, 5), extra=st.sampled_from([0.05, 0.3, 1.0]),
+          duration=st.sampled_from([1.0, 5.0, 20.0]))
+    def slow_link(self, party: int, extra: float, duration: float) -> None:
+        parties = [f"worker:{w.name}" for w in self.world.workers] + \
+            [f"client:{c.name}" for c in self.world.clients]
+        p = self.pick(parties, party)
+        self.d.run(lambda w: w.slow_link(p, extra, duration))  # type: ignore[union-attr]
+
+    # -- recovery ----------------------------------------------------------------------
+    @rule()
+    def settle(self) -> None:
+        """Heal every fault and wait out every grace: the cluster must recover."""
+        d = self.d
+        assert d is not None
+        d.run(lambda w: w.heal_all())
+        p = self.world.p
+        d.advance(max(p.client_grace, p.worker_grace, p.settle, p.reconnect_grace)
+                  + 2 * BOUND)
+        d.run(check_settled)
+
+    def finish_everything(self) -> None:
+        """Every program leaves its blocks (cancelling what never ends), says goodbye;
+        then the executor, the workers and the runners hold nothing."""
+        d = self.d
+        assert d is not None
+        self.settle()
+        d.run(lambda w: [w.close_waitgroup(g) for c in w.clients for g in c.wgs
+                         if not g.done])
+        for _ in range(20):
+            if all(g.done for c in self.world.clients for g in c.wgs):
+                break
+            d.advance(30.0)
+        d.run(lambda w: [w.cancel_waitgroup(g) for c in w.clients for g in c.wgs
+                         if not g.done])
+        for c in list(self.world.clients):
+            d.call(lambda w, c=c: w.finish_client(c))
+        d.advance(2 * BOUND)
+        d.run(check_forgotten)
+
+
+def check_settled(world: SimWorld) -> None:
+    """After every fault healed and every grace passed: nothing the clients stopped
+    waiting for (or got a result for) still runs, and the executor holds only the jobs
+    of programs that still wait for them."""
+    waiting = set()
+    for c in world.clients:
+        for g in c.wgs:
+            if c.state == "up" and not g.done:
+                waiting |= {t for t in g.tokens if t not in world.ends}
+    for r in world.log.executing():
+        if r.token not in waiting:
+            why = "ended in its client" if r.token in world.ends else \
+                f"abandoned ({world.abandoned.get(r.token)})"
+            fail(f"job {r.token} still runs on {r.worker} after the cluster settled, "
+                 f"though it {why}: {r}")
+    ex = world.executor
+    assert ex is not None
+    live = {c.sid for c in world.clients if c.state == "up"}
+    for s in ex.sessions.values():
+        if s.sess not in live and (s.jobs or s.link is not None):
+            fail(f"the executor still holds session {s.sess} of a program that ended: "
+                 f"{len(s.jobs)} jobs")
+
+
+def check_forgotten(world: SimWorld) -> None:
+    """Every program ended: every job ended exactly once in its client (or its wait group
+    stopped waiting for it), and nobody holds anything any more."""
+    for c in world.clients:
+        for g in c.wgs:
+            for t in g.tokens:
+                if (t in world.ends) == (t in world.abandoned):
+                    fail(f"job {t} of {c.name}/{g.index}: ended {world.ends.get(t)}, "
+                         f"abandoned {world.abandoned.get(t)}")
+    ex = world.executor
+    assert ex is not None
+    if ex.sessions or ex.ledger.jobs or len(ex.placement):
+        fail(f"the executor still holds sessions {list(ex.sessions)} and jobs "
+             f"{[r.key for r in ex.ledger.jobs.values()]} after every program ended")
+    for w in world.workers:
+        if w.agent is not None and w.up and (w.agent.running or w.agent.held):
+            fail(f"worker {w.name} still holds jobs {list(w.agent.running)} and results "
+                 f"{list(w.agent.held)} after every program ended")
+    if world.log.executing():
+        fail(f"jobs still run after every program ended: {world.log.executing()}")
+
+
+__all__ = ["ClusterMachine", "Violation"]

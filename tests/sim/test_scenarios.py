@@ -1,0 +1,70 @@
+"""Directed scenarios on the simulated cluster: the stand-ins behave as the real parts
+do, and each bug the state machine found stays fixed (the shrunk program, written out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from grain.resource import Cores
+from grain.testing.jobs import JobSpec
+from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorld
+
+from .driver import Driver
+from .invariants import check_step
+from .machine import check_forgotten
+
+
+@pytest.fixture
+def sim() -> Iterator[Driver]:
+    with Driver(SimParams(workers=((2, 4.0),), latency=0.001)) as d:
+        yield d
+
+
+def start(d: Driver) -> tuple[SimClient, SimWaitGroup]:
+    c = d.call(lambda w: w.new_client("alice"))
+    g = d.call(lambda w: w.open_waitgroup(c))
+    return c, g
+
+
+def submit(d: Driver, g: SimWaitGroup, **spec: object) -> int:
+    def go(w: SimWorld) -> int:
+        t = w.next_token()
+        assert w.submit(g, JobSpec(t, value=t, **spec), Cores(1))  # type: ignore[arg-type]
+        return t
+    return d.run(go)
+
+
+def test_results_come_back_in_submission_order(sim: Driver) -> None:
+    c, g = start(sim)
+    tokens = [submit(sim, g, duration=d) for d in (3.0, 1.0, 2.0, 0.5)]
+    sim.run(lambda w: w.close_waitgroup(g))
+    sim.advance(10)
+    assert g.outcome == "results" and g.results == tokens
+    sim.run(check_step)
+
+
+def test_a_cancelled_group_kills_its_running_jobs(sim: Driver) -> None:
+    c, g = start(sim)
+    t = submit(sim, g, hang=True)
+    sim.advance(1)
+    assert [r.token for r in sim.world.log.executing()] == [t]  # type: ignore[union-attr]
+    sim.run(lambda w: w.cancel_waitgroup(g))
+    sim.advance(1)
+    assert sim.world.log.executing() == []  # type: ignore[union-attr]
+    assert sim.world.log.runs[t][0].how == "killed:CANCELLED"  # type: ignore[union-attr]
+
+
+def test_a_job_ending_after_its_session_leaves_no_result_on_the_worker(sim: Driver) -> None:
+    """Found by the state machine: a program cancels a running job and says goodbye at
+    once; the job's end reaches the worker after EndSession, and the worker held its
+    result forever (nobody would Release it)."""
+    c, g = start(sim)
+    submit(sim, g, hang=True)
+    sim.advance(1)
+    sim.run(lambda w: w.cancel_waitgroup(g))
+    sim.call(lambda w: w.finish_client(c))
+    sim.advance(5)
+    sim.run(check_forgotten)

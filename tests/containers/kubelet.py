@@ -163,6 +163,12 @@ class Kubelet:
         if self.errors:
             raise AssertionError(f"the stand-in kubelet failed: {self.errors[0]!r}") from self.errors[0]
 
+    def snapshot(self) -> tuple[list[Pod], list[Pod]]:
+        """The pods running and the pods stopped so far, copied under the loop's lock (the
+        test's thread reads them while the control loop changes them)."""
+        with self._lock:
+            return list(self.pods.values()), list(self.stopped)
+
     def logs(self) -> str:
         """Every running pod's container output (for failure messages)."""
         return "\n".join(f"--- pod {p.name} ({c.name}):\n{c.logs()[-4000:]}"

@@ -92,7 +92,7 @@ def running_cluster(engine: Engine, image: str, client_env: dict[str, str], tmp_
         wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
                  30, "the operator to render the workloads")
         with Kubelet(api, box, NS, tmp_path / "pods", nodes=nodes,
-                     control_plane=Node("control-plane", tuple(cpus)), grace_cap=3) as kubelet:
+                     control_plane=Node("control-plane", tuple(cpus))) as kubelet:
             def running() -> bool:
                 kubelet.check()
                 return phase(api) == "Running"
@@ -129,7 +129,7 @@ def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: st
         check_jobs(results, nodes, memory_limit=GiB)
 
         # A spec change rolls both workloads: the executor's args and the workers' memory.
-        first = {p.name for p in kubelet.pods.values()}
+        first = {p.name for p in kubelet.snapshot()[0]}
         api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {
             "workers": {"memory": "768Mi"}, "scheduler": {"retries": 2}}})
 
@@ -139,11 +139,11 @@ def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: st
             assert dep is not None and ds is not None
             want = {"Deployment": template_hash(dep["spec"]["template"]),
                     "DaemonSet": template_hash(ds["spec"]["template"])}
-            pods = list(kubelet.pods.values())
+            pods = kubelet.snapshot()[0]
             return (len(pods) == 3 and all(p.ready and p.template_hash == want[p.kind] for p in pods)
                     and not first & {p.name for p in pods})
         wait_for(rolled, 120, "every pod to be replaced by a ready one of the new templates")
-        gone = {c.cid for p in kubelet.stopped for c in p.containers}
+        gone = {c.cid for p in kubelet.snapshot()[1] for c in p.containers}
         alive = set(engine.run("ps", "-q", "--no-trunc").stdout.split())
         assert gone and not gone & alive, "replaced pods' containers still run"
         workers = wait_for(lambda: len(registered(http_port)) == 2 and registered(http_port), 60,
@@ -153,7 +153,7 @@ def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: st
 
         # Deleting the GrainCluster deletes the workloads; the kubelet stops their pods.
         api.delete(GRC, NS, "demo")
-        wait_for(lambda: not kubelet.pods and not api_list(api, "v1/pods", NS), 60,
+        wait_for(lambda: not kubelet.snapshot()[0] and not api_list(api, "v1/pods", NS), 60,
                  "every pod to be stopped")
 
 

@@ -392,12 +392,17 @@ def build_inventory(declared: Resource | None = None, *, cpus: list[int] | None 
     if warning:
         log.warning("%s", warning)
     dm = kinds.get("Memory")
-    if dm is None and memory_gb is None:
-        memory_gb = usable_memory_gb(machine_memory_bytes(), limits.memory_bytes)
+    offered: float
+    if dm is not None:
+        offered = float(dm.M)
+    elif memory_gb is not None:
+        offered = memory_gb
+    else:
+        offered = usable_memory_gb(machine_memory_bytes(), limits.memory_bytes)
         if limits.memory_bytes is not None and limits.memory_bytes < machine_memory_bytes():
             log.info("memory: %.1f GB, the limit of cgroup %s (the machine has %.1f GB)",
-                     memory_gb, limits.memory_dir, machine_memory_bytes() / 1024 ** 3)
-    parts.append(Memory(dm.M if dm is not None else memory_gb))
+                     offered, limits.memory_dir, machine_memory_bytes() / 1024 ** 3)
+    parts.append(Memory(offered))
     gpu_ids = gpus if gpus is not None else []
     if "GPU" in kinds:
         gpu_ids = sorted(kinds["GPU"].g)

@@ -56,7 +56,9 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
         wait_for(lambda: all(api.get(res, NS, name) for res, name in children), 30,
                  "the operator in its container to create the children")
         for res, name in children:
-            refs = api.get(res, NS, name)["metadata"]["ownerReferences"]  # type: ignore[index]
+            child = api.get(res, NS, name)
+            assert child is not None, (res, name)
+            refs = child["metadata"]["ownerReferences"]
             assert [(r["kind"], r["name"], r.get("controller")) for r in refs] == [
                 ("GrainCluster", "demo", True)], (res, name, refs)
         deployment = api.get(DEPLOYMENTS, NS, "demo-executor")
@@ -67,7 +69,8 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
         wait_for(lambda: (api.get(GRC, NS, "demo") or {}).get("status", {}).get("phase") == "Running",
                  30, "the GrainCluster to be reported Running")
         assert status_server.hits > 0  # it read the executor's /status from inside the container
-        assert "grain.dev/finalizer" in api.get(GRC, NS, "demo")["metadata"]["finalizers"]  # type: ignore[index]
+        grc = api.get(GRC, NS, "demo")
+        assert grc is not None and "grain.dev/finalizer" in grc["metadata"]["finalizers"]
 
         api.delete(GRC, NS, "demo")
         wait_for(lambda: api.get(GRC, NS, "demo") is None, 30,

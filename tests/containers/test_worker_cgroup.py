@@ -10,6 +10,7 @@ cgroups are removed afterwards. No container engine is involved.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -65,9 +66,13 @@ def cgroups() -> Iterator[tuple[Path, Path]]:
     finally:
         for d in made:
             # The worker and its runners are gone once stopped; wait for the kernel to agree.
-            wait_for(lambda d=d: not (d / "cgroup.procs").read_text().split(), 20,
-                     f"{d} to be empty")
+            wait_for(functools.partial(empty, d), 20, f"{d} to be empty")
             d.rmdir()
+
+
+def empty(cgroup: Path) -> bool:
+    """Whether no process is left in ``cgroup``."""
+    return not (cgroup / "cgroup.procs").read_text().split()
 
 
 def test_worker_offers_its_cgroup_memory(cgroups: tuple[Path, Path], tmp_path: Path) -> None:

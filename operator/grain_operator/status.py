@@ -140,19 +140,28 @@ def _number(value: Any, kind: type[int] | type[float] = int) -> Any:
 
 
 def recovering_text(value: Any) -> str | None:
-    """The executor's ``recovering`` object as one line; None when it is not recovering."""
+    """The executor's ``recovering`` object as one line; None when it is not recovering.
+
+    ``{"waiting_for_workers": {"node-1": 3}, "jobs_held_back": 0, "sessions_waiting_for_their_client": 2}``
+    -> ``waiting for workers: node-1 (3); sessions waiting for their client: 2`` (zeros left out).
+    """
     if not value:
         return None
     if isinstance(value, str):
         return value
-    if isinstance(value, dict):
-        parts = []
-        for key, item in value.items():
-            if isinstance(item, list):
-                item = ", ".join(map(str, item[:10])) + (f" (+{len(item) - 10})" if len(item) > 10 else "")
-            parts.append(f"{key.replace('_', ' ')}: {item}")
-        return "; ".join(parts) or "recovering"
-    return "recovering"
+    if not isinstance(value, dict):
+        return "recovering"
+    parts = []
+    for key, item in value.items():
+        if not item:
+            continue
+        if isinstance(item, dict):
+            shown = [f"{k} ({v})" for k, v in list(item.items())[:10]]
+            item = ", ".join(shown) + (f" (+{len(item) - 10} more)" if len(item) > 10 else "")
+        elif isinstance(item, list):
+            item = ", ".join(map(str, item[:10])) + (f" (+{len(item) - 10} more)" if len(item) > 10 else "")
+        parts.append(f"{str(key).replace('_', ' ')}: {item}")
+    return "; ".join(parts) or "recovering"
 
 
 def user_statuses(users: list[tuple[str, str, float]], reported: Any) -> list[UserStatus]:

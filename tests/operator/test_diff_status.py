@@ -236,10 +236,12 @@ def test_users_and_their_share_from_the_executor() -> None:
 
 
 def test_recovering_executor_is_degraded_and_says_what_it_waits_for() -> None:
-    rec = {"since_s": 12, "waiting_for_workers": ["node-1"], "clients_expected": 2}
+    rec = {"waiting_for_workers": {"node-1": 3, "node-2": 1}, "jobs_held_back": 0,
+           "jobs_waiting_for_their_client": 5, "sessions_waiting_for_their_client": 2}
     st = status.compute_status(OWNER, spec_of({}), ready_obs(executor_status=sample_status(recovering=rec)),
                                generation=1)
-    assert st["recovering"] == "since s: 12; waiting for workers: node-1; clients expected: 2"
+    assert st["recovering"] == ("waiting for workers: node-1 (3), node-2 (1); jobs waiting for their client: 5; "
+                                "sessions waiting for their client: 2")  # zeros left out
     assert conditions(st)["Recovering"] == ("True", "RebuildingState")
     assert st["phase"] == "Degraded" and "recovering" in st["message"]
     st = status.compute_status(OWNER, spec_of({}), ready_obs(executor_status=sample_status(recovering=None)),

@@ -17,8 +17,8 @@ Then a client runs jobs with ``grain.run_combine(main, address=..., token=..., t
 as the user ``default``; a GrainCluster spec change rolls both templates and the new pods
 run jobs again.
 
-Flags the core does not offer yet (checked in ``--help`` at run time) are translated to
-today's, marked WAITS FOR CORE below: ``--client-tokens``/``--worker-token-file`` become the
+Should the installed core lack a flag the operator renders (checked in ``--help`` at run
+time), it is translated to the older form, marked WAITS FOR CORE below: ``--client-tokens``/``--worker-token-file`` become the
 single shared ``--token-file`` (the workers' token, which the client then presents too),
 ``--client-grace`` and ``--drain-timeout`` are dropped.
 """
@@ -242,6 +242,11 @@ def test_pod_templates_run_jobs_and_roll(api: Any, run_operator: Any, tmp_path: 
             kubelet = Kubelet(api, tmp_path / "pods", procs, ports)
             boot(kubelet, 1)
             check(run_jobs(token, str(ca), ports[grain_port]))
+            if per_user:  # credentials by role: the workers' token can never submit jobs
+                from grain.errors import AuthenticationError
+
+                with pytest.raises(AuthenticationError):
+                    run_jobs(tokens["worker"], str(ca), ports[grain_port])
 
             # a spec change rolls the executor and the workers: the kubelet replaces them
             def hashes() -> tuple[str, str]:

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 from .._version import __version__
 from ..resource import Resource
@@ -27,6 +30,10 @@ if TYPE_CHECKING:
 #: the most cores listed in the core maps of one document; past it, the remaining
 #: workers say ``core_map_truncated`` (a document must stay cheap to build and to send)
 CORE_MAP_LIMIT = 8192
+#: the stepped builder checks the time every this many running jobs ...
+STEP_JOBS = 128
+#: ... and lets other tasks run once this long has passed
+STEP_SECONDS = 0.002
 
 
 def describe_request(request: Resource) -> str:
@@ -51,17 +58,23 @@ def _ids(alloc: Resource | None, kind: str, attr: str) -> list[int]:
     return sorted(getattr(part, attr, ()) or ()) if part is not None else []
 
 
-def _core_maps(ex: Executor, now: float) -> dict[int, tuple[dict[str, Any], bool]]:
-    """Per worker id: (core id -> what runs there, truncated). Jobs chained behind a
-    running one (waiting on its cores) are counted on that job's entry as ``queued_behind``."""
+def _core_maps(ex: Executor, now: float, out: dict[int, tuple[dict[str, Any], bool]]
+               ) -> Iterator[None]:
+    """Fill ``out``, per worker id: (core id -> what runs there, truncated). Jobs chained
+    behind a running one (waiting on its cores) are counted on that job's entry as
+    ``queued_behind``. Yields every ``STEP_JOBS`` jobs: a caller may let others run there
+    (it iterates over copies, so the executor may change meanwhile)."""
     # placement keeps which jobs wait behind which (chains); read, never written here
     chains: dict[int, Any] = getattr(ex.placement, "_chain_of", {})
-    out: dict[int, tuple[dict[str, Any], bool]] = {}
     budget = CORE_MAP_LIMIT
-    for wid, st in ex.placement.workers.items():
+    n = 0
+    for wid, st in list(ex.placement.workers.items()):
         cores: dict[str, Any] = {}
         truncated = False
-        for gid in st.running:
+        for gid in list(st.running):
+            n += 1
+            if n % STEP_JOBS == 0:
+                yield
             rec: JobRecord | None = ex.ledger.jobs.get(gid)
             if rec is None or rec.alloc is None:
                 continue
@@ -85,7 +98,6 @@ def _core_maps(ex: Executor, now: float) -> dict[int, tuple[dict[str, Any], bool
             for c in ids:
                 cores[str(c)] = entry
         out[wid] = ({k: cores[k] for k in sorted(cores, key=int)}, truncated)
-    return out
 
 
 def _queues(ex: Executor, now: float) -> dict[str, list[dict[str, Any]]]:
@@ -111,11 +123,38 @@ def _queues(ex: Executor, now: float) -> dict[str, list[dict[str, Any]]]:
 
 
 def build_status(ex: Executor) -> dict[str, Any]:
-    """The JSON document served at /status (fields: docs/interfaces.md)."""
+    """The JSON document served at /status (fields: docs/interfaces.md), in one go."""
+    steps = _build(ex)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            doc: dict[str, Any] = done.value
+            return doc
+
+
+async def build_status_stepped(ex: Executor, step: float = STEP_SECONDS) -> dict[str, Any]:
+    """``build_status`` in steps of about ``step`` seconds, letting the executor's other
+    tasks run in between (a document over thousands of running jobs takes tens of ms)."""
+    steps = _build(ex)
+    deadline = time.perf_counter() + step
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            doc: dict[str, Any] = done.value
+            return doc
+        if time.perf_counter() > deadline:
+            await trio.lowlevel.checkpoint()
+            deadline = time.perf_counter() + step
+
+
+def _build(ex: Executor) -> Generator[None, None, dict[str, Any]]:
     now = ex.clock()
     hist = history.attach(ex)
     hist.sample_executor(ex)
-    maps = _core_maps(ex, now)
+    maps: dict[int, tuple[dict[str, Any], bool]] = {}
+    yield from _core_maps(ex, now, maps)
     workers = []
     tc = fc = 0
     tm = fm = 0.0

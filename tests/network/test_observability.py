@@ -4,6 +4,7 @@ grain's passive worker form (the executor dials `grain worker --listen`)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from grain_harness import (
     Harness,
     each_once,
     free_port,
+    process_env,
     run_client,
     wait_until,
 )
@@ -511,3 +513,77 @@ def test_every_status_field_is_documented(grain_procs: Harness) -> None:
     fields |= set(st["users"][0]) | set(st["users"][0]["queue"][0])
     missing = sorted(f for f in fields if f"`{f}`" not in section and f"`{f}[]`" not in section)
     assert not missing, f"undocumented /status fields: {missing}"
+
+
+# -- grain status --watch ------------------------------------------------------------------
+
+class Pty:
+    """A command on a pseudo-terminal (so rich draws live), its output collected."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], cwd: Path) -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+        import threading
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 60, 200, 0, 0))
+        self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave,
+                                     env={**env, "TERM": "xterm-256color"}, cwd=cwd)
+        os.close(slave)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.reader.join(5)
+        os.close(self.master)
+        return self.proc.returncode
+
+
+def test_grain_status_watch_redraws_workers_jobs_and_users(grain_procs: Harness) -> None:
+    import sys
+    ex = grain_procs.executor()
+    grain_procs.worker("node-a", ex, cores="0")
+    term = Pty([sys.executable, "-m", "grain.cli", "status", "--executor", ex.address,
+                "--token-file", str(grain_procs.token_file), "--watch", "--interval", "0.2"],
+               process_env(), grain_procs.tmp)
+    try:
+        wait_until(lambda: "node-a" in term.text() and "Ctrl-C to stop" in term.text(), 20,
+                   "the first frame")
+        assert "mark_and_sleep" not in term.text() and "users" not in term.text()
+        marks = grain_procs.tmp / "marks"
+        client = grain_procs.python(Path(netjobs.__file__).with_name("client_prog.py"),
+                                    ex.address, str(grain_procs.token_file), str(marks),
+                                    "t", "1", "30")
+        st = ex.wait_status(lambda s: s["running_jobs"] == 1, 30, "the client's job to run")
+        user = st["users"][0]["name"]
+        # the same program, redrawn: now with the job on its worker and its user's row
+        wait_until(lambda: f"mark_and_sleep ({user})" in term.text(), 20,
+                   "the job in the workers table")
+        assert "users" in term.text() and "running 1, queued 0" in term.text()
+        client.kill()
+    finally:
+        code = term.stop()
+    assert code == 0, term.text()[-3000:]
+    assert "Traceback" not in term.text()

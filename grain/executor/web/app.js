@@ -239,13 +239,24 @@
     $("workers").replaceChildren(...list);
   }
 
+  const SHOWN_FAILURES = 10;
   function failures(doc) {
-    fill($("failures").tBodies[0], (doc.failures || []).map(f => {
+    const all = doc.failures || [];
+    const rows = all.slice(0, SHOWN_FAILURES).map(f => {
       const tr = row([new Date(f.at * 1000).toLocaleTimeString(), f.user, el("code", "", f.job),
                       f.worker, f.end, el("pre", "error", f.error)]);
       tr.className = "failure";
       return tr;
-    }), "no failures", 6);
+    });
+    if (all.length > SHOWN_FAILURES) {
+      const more = el("td", "muted", "… and " + (all.length - SHOWN_FAILURES) +
+        " earlier ones in /status (the last " + all.length + " are kept)");
+      more.colSpan = 6;
+      const tr = document.createElement("tr");
+      tr.appendChild(more);
+      rows.push(tr);
+    }
+    fill($("failures").tBodies[0], rows, "no failures", 6);
   }
 
   function render(doc) {

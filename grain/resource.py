@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = [
@@ -243,13 +244,15 @@ class _IdPool(Resource):
         setattr(self, self._count, count)
 
     def _held(self) -> set[int]:
-        return self.__dict__[self._ids]
+        held: set[int] = self.__dict__[self._ids]
+        return held
 
     def _repr(self) -> str:
         return f"{self._label}([{_compact_ranges(self._held())}])"
 
     def _request(self, res: Resource) -> bool:
-        return len(self._held()) >= getattr(res, self._count)
+        want: int = getattr(res, self._count)
+        return len(self._held()) >= want
 
     def _alloc(self, res: Resource) -> Resource:
         want = getattr(res, self._count)
@@ -307,7 +310,8 @@ class Memory(Resource):
         return f"Memory({self.m}GB)"
 
     def _request(self, res: Resource) -> bool:
-        return self.m >= res.m
+        want: float = res.m
+        return self.m >= want
 
     def _alloc(self, res: Resource) -> Resource:
         if not self._request(res):
@@ -360,7 +364,8 @@ class WTime(Resource):
         return f"Walltime({t // 3600:02}:{t % 3600 // 60:02}:{t % 60:02})"
 
     def _request(self, res: Resource) -> bool:
-        return self.deadline - time.time() >= res.softT
+        want: float = res.softT
+        return self.deadline - time.time() >= want
 
     def _alloc(self, res: Resource) -> Resource:
         if not self._request(res):
@@ -393,9 +398,13 @@ class GPU(_IdPool):
     _ids, _count, _label, _unit = "g", "G", "GPU", "GPU(s)"
 
 
-def to_wire(res: Resource) -> list[list[Any]]:
-    """Plain, msgpack-able form: ``[[kind_name, state], ...]``."""
-    return [[_wire_name(type(p)), p._to_wire()] for p in res._parts.values()]
+WirePart = tuple[str, dict[str, Any]]
+"""One kind on the wire: its name and its state (a msgpack array of two)."""
+
+
+def to_wire(res: Resource) -> list[WirePart]:
+    """Plain, msgpack-able form: ``[(kind_name, state), ...]``."""
+    return [(_wire_name(type(p)), p._to_wire()) for p in res._parts.values()]
 
 
 class _OpaqueKind(Resource):
@@ -412,7 +421,7 @@ class _OpaqueKind(Resource):
         return f"{self._name.rpartition(':')[2]}({fields})"
 
 
-def from_wire(data: list[list[Any]], strict: bool = True) -> Resource:
+def from_wire(data: Iterable[WirePart | list[Any]], strict: bool = True) -> Resource:
     """Rebuild a resource from ``to_wire`` output, by registered kind.
 
     An unknown kind raises ``UnknownResourceKind``; with ``strict=False`` it becomes a
@@ -469,18 +478,23 @@ def _ids(state: dict[str, Any], key: str, kind: str) -> list[int]:
 
 
 def _number(state: dict[str, Any], key: str, kind: str, lo: float, hi: float,
-            positive: bool = False, optional: bool = False,
-            infinite: bool = False) -> float | None:
+            positive: bool = False, infinite: bool = False) -> float:
     v = state.get(key)
-    if v is None and optional:
-        return None
     if infinite and v == math.inf:
         return math.inf
-    if type(v) not in (int, float) or not math.isfinite(v) or not lo <= v <= hi \
-            or (positive and v <= 0):
+    if not (type(v) is int or type(v) is float) or not math.isfinite(v) \
+            or not lo <= v <= hi or (positive and v <= 0):
         raise InvalidResource(f"{kind}.{key} must be a finite number "
                               f"{'> 0' if positive else f'>= {lo:g}'} and <= {hi:g}, got {v!r}")
     return float(v)
+
+
+def _optional_number(state: dict[str, Any], key: str, kind: str, lo: float,
+                     hi: float) -> float | None:
+    """``_number`` (infinity allowed), or None when the field is missing or nil."""
+    if state.get(key) is None:
+        return None
+    return _number(state, key, kind, lo, hi, infinite=True)
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -505,7 +519,7 @@ def request_from_wire(data: Any) -> Resource:
     """
     r = _from_checked_wire(data, request=True)
     cores = r._parts.get("Cores")
-    if cores is None or cores.N < 1:  # type: ignore[attr-defined]
+    if cores is None or cores.N < 1:
         raise InvalidResource("a job must ask for at least Cores(1) (ZERO jobs run in the "
                               "client and are never sent)")
     return r
@@ -552,8 +566,8 @@ def _checked_part(name: str, state: dict[str, Any], request: bool) -> Resource:
         cap = not request   # a worker's lifetime may be unlimited; a job's limit may not
         t = _number(state, "T", name, 0.0, MAX_SECONDS, positive=True, infinite=cap)
         soft = _number(state, "softT", name, 0.0, MAX_SECONDS, positive=True, infinite=cap)
-        left = _number(state, "left", name, -MAX_SECONDS, MAX_SECONDS, optional=True,
-                       infinite=True) if cap else None
+        left = _optional_number(state, "left", name, -MAX_SECONDS, MAX_SECONDS) \
+            if cap else None
         return WTime._from_wire({"T": t, "softT": soft, "left": left})
     cls2 = kind_registry.get(name)
     if cls2 is None:

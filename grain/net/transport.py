@@ -31,7 +31,7 @@ def client_ssl_context(ca: str | None = None, *, verify: bool = True) -> ssl.SSL
 async def connect(ep: Endpoint, ssl_context: ssl.SSLContext | None = None) -> trio.abc.Stream:
     """Open a stream to ``ep``, TLS-wrapped when ``ssl_context`` is given."""
     stream: trio.abc.Stream
-    if ep.is_unix:
+    if ep.path is not None:
         stream = await trio.open_unix_socket(ep.path)
     else:
         stream = await trio.open_tcp_stream(ep.host or "127.0.0.1", ep.port)
@@ -61,9 +61,10 @@ def describe_error(e: BaseException) -> str:
 
 
 async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
-                         ) -> tuple[list[trio.abc.Listener], Endpoint]:
+                         ) -> tuple[list[trio.abc.Listener[trio.abc.Stream]], Endpoint]:
     """Listeners for ``ep`` and the endpoint really bound (port 0 -> the chosen port)."""
-    if ep.is_unix:
+    listeners: list[trio.abc.Listener[trio.abc.Stream]]
+    if ep.path is not None:
         import os
         if os.path.exists(ep.path):
             os.unlink(ep.path)
@@ -71,12 +72,12 @@ async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
         await sock.bind(ep.path)
         os.chmod(ep.path, 0o600)
         sock.listen(512)
-        listeners: list[trio.abc.Listener] = [trio.SocketListener(sock)]
+        listeners = [trio.SocketListener(sock)]
         bound = ep
     else:
-        listeners = list(await trio.open_tcp_listeners(ep.port, host=ep.host or None,
-                                                       backlog=512))
-        port = listeners[0].socket.getsockname()[1]
+        tcp = await trio.open_tcp_listeners(ep.port, host=ep.host or None, backlog=512)
+        listeners = list(tcp)
+        port = tcp[0].socket.getsockname()[1]
         bound = Endpoint(host=ep.host or "0.0.0.0", port=port)
     if ssl_context is not None:
         listeners = [trio.SSLListener(lst, ssl_context, https_compatible=False)
@@ -84,7 +85,7 @@ async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
     return listeners, bound
 
 
-async def serve(listeners: list[trio.abc.Listener],
+async def serve(listeners: list[trio.abc.Listener[trio.abc.Stream]],
                 handler: Callable[[trio.abc.Stream], Awaitable[None]]) -> None:
     """Serve connections forever, each in its own task."""
     await trio.serve_listeners(handler, listeners)

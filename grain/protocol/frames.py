@@ -77,7 +77,7 @@ class FrameDecoder:
         self.set_schema(schema)
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None
-        self._chunks: list[bytes] | None = None   # the pieces of a big frame
+        self._chunks: list[bytes | bytearray] | None = None   # the pieces of a big frame
         self._chunked = 0
 
     def set_schema(self, schema: Any) -> None:
@@ -91,7 +91,8 @@ class FrameDecoder:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf) + self._chunked
 
-    def feed(self, data: bytes, max_frames: int | None = None) -> list[list[Message]]:
+    def feed(self, data: bytes | bytearray,
+             max_frames: int | None = None) -> list[list[Message]]:
         """Add ``data``; return the complete batches (at most ``max_frames`` of them)."""
         if self._chunks is not None:
             return self._feed_big(data, max_frames)
@@ -130,7 +131,8 @@ class FrameDecoder:
             del buf[:pos]
         return out
 
-    def _feed_big(self, data: bytes, max_frames: int | None) -> list[list[Message]]:
+    def _feed_big(self, data: bytes | bytearray,
+                  max_frames: int | None) -> list[list[Message]]:
         assert self._chunks is not None and self._need is not None
         self._chunks.append(data)
         self._chunked += len(data)

@@ -79,7 +79,7 @@ def _mac(secret: str, label: bytes, a: bytes, b: bytes, role: str, user: str | N
 
 
 async def _read_one(stream: trio.abc.Stream, dec: FrameDecoder) -> Any:
-    data = b""
+    data: bytes | bytearray = b""
     while True:
         batches = dec.feed(data, max_frames=1)
         if batches:

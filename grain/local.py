@@ -14,7 +14,7 @@ import logging
 import os
 import secrets
 import sys
-from typing import Any
+from types import TracebackType
 
 import trio
 
@@ -56,7 +56,7 @@ class LocalCluster:
         self.nolocal = nolocal
         # Everything lives in this process: a lost client or worker cannot come back, and
         # every worker is known at start, so nothing waits for anyone.
-        self.executor = Executor(**({"retries": retries} if retries is not None else {}),
+        self.executor = Executor(retries=config.RETRIES if retries is None else retries,
                                  name="embedded",
                                  wait_for_workers=config.EMBEDDED_WAIT_FOR_WORKERS,
                                  client_grace=0, worker_grace=0, settle=0)
@@ -117,10 +117,11 @@ class LocalCluster:
                            {"name": name, "session": session})
         return mine
 
-    async def __aexit__(self, *exc: Any) -> bool:
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> bool | None:
         self._n.cancel_scope.cancel()
         try:
-            return await self._cm.__aexit__(*exc)
+            return await self._cm.__aexit__(exc_type, exc, tb)
         finally:
             if self.agent is not None:
                 await self.pool.aclose()

@@ -241,6 +241,11 @@ class ClientsMixin:
         s.closing = True
         log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
         notify = {w.wid for w in self.workers.values() if s.sess in w.sessions}
+        # workers holding a result of it (kept for the client, or not acked yet) keep their
+        # copy until told: a reconnected worker's new connection may not know the session
+        notify |= {wid for wid in [*(h.wid for h in s.held.values()), *s.unacked.values()]
+                   if wid is not None and wid in self.workers}
+        notify |= {w.wid for w in self.workers.values() if any(k[0] == s.sess for k in w.held)}
         notify |= {r.worker for r in s.jobs.values() if r.worker is not None}
         for rec in list(s.jobs.values()):
             if rec.state is JobState.RUNNING:

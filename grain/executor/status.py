@@ -163,8 +163,8 @@ def _build(ex: Executor) -> Generator[None, None, dict[str, Any]]:
         if st is None:
             continue
         stat = st.free.stat()
-        cfree, ctot = stat.get("Cores", (0, 0))
-        mfree, mtot = stat.get("Memory", (0, 0))
+        cfree, ctot = (int(x) for x in stat.get("Cores", (0, 0)))
+        mfree, mtot = stat.get("Memory", (0.0, 0.0))
         tc, fc, tm, fm = tc + ctot, fc + cfree, tm + mtot, fm + mfree
         cmap, truncated = maps.get(w.wid, ({}, False))
         workers.append({
@@ -185,16 +185,16 @@ def _build(ex: Executor) -> Generator[None, None, dict[str, Any]]:
     users = []
     sessions_of = Counter(s.user for s in ex.sessions.values())
     queues = _queues(ex, now)
-    for name, st in sorted(ex.placement.user_stats().items()):
-        if not (st.queued or st.running or name in sessions_of):
+    for name, us in sorted(ex.placement.user_stats().items()):
+        if not (us.queued or us.running or name in sessions_of):
             continue
         done, failed = hist.user_totals(name)
-        users.append({"name": name, "weight": st.weight,
-                      "running_jobs": st.running, "queued_jobs": st.queued,
-                      "cores_in_use": st.cores, "memory_in_use_gb": round(st.memory, 3),
-                      "share": round(st.share, 4),
-                      "weighted_share": round(st.weighted_share, 4),
-                      "max_cores": st.max_cores, "max_queued": st.max_queued,
+        users.append({"name": name, "weight": us.weight,
+                      "running_jobs": us.running, "queued_jobs": us.queued,
+                      "cores_in_use": us.cores, "memory_in_use_gb": round(us.memory, 3),
+                      "share": round(us.share, 4),
+                      "weighted_share": round(us.weighted_share, 4),
+                      "max_cores": us.max_cores, "max_queued": us.max_queued,
                       "finished_jobs": done, "failed_jobs": failed,
                       "sessions": sessions_of.get(name, 0),
                       "queue": queues.get(name, [])})

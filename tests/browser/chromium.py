@@ -56,11 +56,12 @@ class Page:
         mid = next(self._ids)
         self.ws.send(json.dumps({"id": mid, "method": method, "params": params}))
         while True:
-            msg = json.loads(self.ws.recv())
+            msg: dict[str, Any] = json.loads(self.ws.recv())
             if msg.get("id") == mid:
                 if "error" in msg:
                     raise RuntimeError(f"{method}: {msg['error']}")
-                return msg.get("result", {})
+                result: dict[str, Any] = msg.get("result", {})
+                return result
             self._event(msg)
 
     def _event(self, msg: dict[str, Any]) -> None:

@@ -110,7 +110,7 @@ def _by_role(h: Harness) -> tuple[dict[str, Path], Path]:
 
 
 def _program(h: Harness, user: str, fn: str) -> Path:
-    d = h.tmp / user
+    d: Path = h.tmp / user
     d.mkdir()
     (d / "main.py").write_text(USER_PROGRAM.format(fn=fn))
     return d / "main.py"

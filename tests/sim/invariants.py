@@ -24,11 +24,15 @@ runner (a few link hops and a sweep)."""
 
 
 class Violation(AssertionError):
-    """An invariant does not hold."""
+    """An invariant does not hold; ``token`` names the job concerned, if one is."""
+
+    def __init__(self, what: str, token: int | None = None) -> None:
+        super().__init__(what)
+        self.token = token
 
 
-def fail(what: str) -> None:
-    raise Violation(what)
+def fail(what: str, token: int | None = None) -> None:
+    raise Violation(what, token)
 
 
 def check_step(world: SimWorld) -> None:
@@ -47,11 +51,11 @@ def check_client_ends(world: SimWorld) -> None:
     for it, and how it ended is explained by what it does and what happened to it."""
     for token, ends in world.ends.items():
         if len(ends) > 1:
-            fail(f"job {token} ended {len(ends)} times in its client: {ends}")
+            fail(f"job {token} ended {len(ends)} times in its client: {ends}", token)
         gave_up = world.abandoned.get(token)
         if gave_up is not None and ends and ends[0].at >= gave_up[0]:
             fail(f"job {token} ended in its client at {ends[0].at:g} ({ends[0].value!r}), "
-                 f"after its wait group stopped waiting for it at {gave_up[0]:g}")
+                 f"after its wait group stopped waiting for it at {gave_up[0]:g}", token)
         if ends:
             _check_outcome(world, token, ends[0].ok, ends[0].value)
 
@@ -61,7 +65,7 @@ def _check_outcome(world: SimWorld, token: int, ok: bool, value: Any) -> None:
     runs = world.log.runs.get(token, [])
     if ok:
         if value != spec.value or spec.raises or spec.crash or spec.hang:
-            fail(f"job {token} ({spec}) returned {value!r}")
+            fail(f"job {token} ({spec}) returned {value!r}", token)
         return
     request = world.requests[token]
     kinds = request.kinds()
@@ -86,9 +90,10 @@ def _check_outcome(world: SimWorld, token: int, ok: bool, value: Any) -> None:
         if isinstance(value, cls):
             if not why:
                 fail(f"job {token} ({spec}, {request}) failed with {value!r}, which "
-                     f"nothing that happened explains; its runs: {runs}")
+                     f"nothing that happened explains; its runs: {runs}", token)
             return
-    fail(f"job {token} ({spec}) failed with an unexpected {value!r}; its runs: {runs}")
+    fail(f"job {token} ({spec}) failed with an unexpected {value!r}; its runs: {runs}",
+         token)
 
 
 def _worker(world: SimWorld, name: str) -> SimWorker:
@@ -111,14 +116,14 @@ def check_runs(world: SimWorld) -> None:
         live = [r for r in runs if r.ended is None and not _faulted_after(world, r)]
         if len(live) > 1:
             fail(f"job {token} is running twice at once on workers that were never lost: "
-                 f"{live}")
+                 f"{live}", token)
         for prev, nxt in itertools.pairwise(runs):
             if prev.how in ("temp", "died"):
                 continue
             if _faulted_after(world, prev, nxt.started):
                 continue
             fail(f"job {token} started again at {nxt.started:g} on {nxt.worker} although "
-                 f"its previous run ({prev}) was not lost with its worker")
+                 f"its previous run ({prev}) was not lost with its worker", token)
 
 
 def check_cores(world: SimWorld) -> None:
@@ -153,14 +158,14 @@ def check_cancelled_stop(world: SimWorld) -> None:
         for r in world.log.runs.get(token, ()):
             if r.ended is None:
                 fail(f"job {token} was cancelled at {at:g} and still runs at {now:g} on "
-                     f"worker {r.worker}, CPUs {list(r.cpus)}: {r}")
+                     f"worker {r.worker}, CPUs {list(r.cpus)}: {r}", token)
         ex = world.executor
         key = world.cids.get(token)
         if ex is not None and key is not None:
             s = ex.sessions.get(key[0])
             if s is not None and key[1] in s.jobs:
                 fail(f"job {token} was cancelled at {at:g} and the executor still holds it "
-                     f"at {now:g}: {s.jobs[key[1]]}")
+                     f"at {now:g}: {s.jobs[key[1]]}", token)
 
 
 def check_results(world: SimWorld) -> None:

@@ -25,7 +25,7 @@ from grain.testing.jobs import JobSpec
 from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorld
 
 from .driver import Driver
-from .invariants import BOUND, Violation, check_step, fail
+from .invariants import BOUND, Violation, check_client_ends, check_step, fail
 
 SHAPES: dict[str, Resource] = {
     "c1": Cores(1),
@@ -68,6 +68,9 @@ params_strategy = st.builds(
 class ClusterMachine(RuleBasedStateMachine):
     """Programs and faults; the invariants after every step."""
 
+    last_world: SimWorld | None = None
+    """The world of the latest example (the failing one, after a failure)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.d: Driver | None = None
@@ -95,6 +98,7 @@ class ClusterMachine(RuleBasedStateMachine):
     @initialize(params=params_strategy)
     def start(self, params: SimParams) -> None:
         self.d = Driver(params)
+        ClusterMachine.last_world = self.d.world
         self.d.call(lambda w: w.new_client("alice"))
 
     def teardown(self) -> None:
@@ -258,9 +262,12 @@ class ClusterMachine(RuleBasedStateMachine):
             d.advance(30.0)
         d.run(lambda w: [w.cancel_waitgroup(g) for c in w.clients for g in c.wgs
                          if not g.done])
+        d.advance(2 * BOUND)      # what was cancelled stops while the programs go on
+        d.run(check_step)
         for c in list(self.world.clients):
             d.call(lambda w, c=c: w.finish_client(c))
         d.advance(2 * BOUND)
+        d.run(check_step)
         d.run(check_forgotten)
 
 
@@ -278,7 +285,7 @@ def check_settled(world: SimWorld) -> None:
             why = "ended in its client" if r.token in world.ends else \
                 f"abandoned ({world.abandoned.get(r.token)})"
             fail(f"job {r.token} still runs on {r.worker} after the cluster settled, "
-                 f"though it {why}: {r}")
+                 f"though it {why}: {r}", r.token)
     ex = world.executor
     assert ex is not None
     live = {c.sid for c in world.clients if c.state == "up"}
@@ -291,12 +298,13 @@ def check_settled(world: SimWorld) -> None:
 def check_forgotten(world: SimWorld) -> None:
     """Every program ended: every job ended exactly once in its client (or its wait group
     stopped waiting for it), and nobody holds anything any more."""
+    check_client_ends(world)
     for c in world.clients:
         for g in c.wgs:
             for t in g.tokens:
                 if (t in world.ends) == (t in world.abandoned):
                     fail(f"job {t} of {c.name}/{g.index}: ended {world.ends.get(t)}, "
-                         f"abandoned {world.abandoned.get(t)}")
+                         f"abandoned {world.abandoned.get(t)}", t)
     ex = world.executor
     assert ex is not None
     if ex.sessions or ex.ledger.jobs or len(ex.placement):

@@ -68,3 +68,21 @@ def test_a_job_ending_after_its_session_leaves_no_result_on_the_worker(sim: Driv
     sim.call(lambda w: w.finish_client(c))
     sim.advance(5)
     sim.run(check_forgotten)
+
+
+def test_a_result_kept_for_a_client_that_never_returns_is_released() -> None:
+    """Found by the state machine: a job ends while its worker is cut off and its client
+    has died; the worker comes back and hands in the result, which the executor keeps for
+    the client. When the client's grace ran out, the executor forgot the result but never
+    told the worker, which held its copy forever."""
+    with Driver(SimParams(workers=((1, 2.0),), client_grace=10.0)) as sim:
+        forgotten_after_grace(sim)
+
+
+def forgotten_after_grace(sim: Driver) -> None:
+    c, g = start(sim)
+    submit(sim, g, duration=0.001)
+    sim.run(lambda w: w.crash_client(c))
+    sim.run(lambda w: w.partition_worker(w.workers[0], silent=False, heal_after=0.5))
+    sim.advance(sim.world.p.client_grace + 5)  # type: ignore[union-attr]
+    sim.run(check_forgotten)

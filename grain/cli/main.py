@@ -231,7 +231,7 @@ def status(executor_addr: str | None, http_url: str | None, cluster: str | None,
             doc = fetch()   # the first fetch fails loudly, as without --watch
             if watch:
                 try:
-                    watch_status(fetch, interval=interval, count=count,
+                    watch_status(fetch, interval=interval, count=count, first=doc,
                                  errors=(OSError, GrainError, TimeoutError))
                 except KeyboardInterrupt:
                     pass

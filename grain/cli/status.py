@@ -232,16 +232,20 @@ def render_status(doc: dict[str, Any], console: Console | None = None) -> None:
 
 def watch_status(fetch: Callable[[], dict[str, Any]], *, interval: float = 1.0,
                  count: int | None = None, console: Console | None = None,
-                 errors: tuple[type[BaseException], ...] = (OSError, TimeoutError)) -> None:
-    """Redraw the status every ``interval`` seconds (``count`` times, or until Ctrl-C).
-    A fetch that fails shows its error in place of the tables, and is retried."""
+                 errors: tuple[type[BaseException], ...] = (OSError, TimeoutError),
+                 first: dict[str, Any] | None = None) -> None:
+    """Redraw the status every ``interval`` seconds (``count`` times, or until Ctrl-C),
+    starting with ``first`` when given. A fetch that fails shows its error in place of
+    the tables, and is retried."""
     console = console or Console()
     done = 0
     with Live(console=console, auto_refresh=False, transient=False) as live:
         while count is None or done < count:
             started = time.monotonic()
             try:
-                view: RenderableType = status_view(fetch(), watch=True)
+                doc = first if first is not None else fetch()
+                first = None
+                view: RenderableType = status_view(doc, watch=True)
             except errors as e:
                 view = Text(f"cannot get the status: {e} (retrying)", style="red")
             footer = Text(f"updated {time.strftime('%H:%M:%S')} · every {interval:g}s · "

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
-from grain_harness import ExecutorProc, GrainProc, Harness  # noqa: E402
+from grain_harness import ExecutorProc, GrainProc, Harness, process_env  # noqa: E402, F401
 
 
 @dataclass

@@ -30,6 +30,7 @@ from grain_operator.model import (
     GrainClusterSpec,
     GrainClusterStatus,
     MemoryStatus,
+    Phase,
     SpecProblem,
     UserStatus,
     WorkersStatus,
@@ -314,6 +315,7 @@ def compute_status(
         conditions.append(exclusive)
 
     # Phase and Degraded
+    phase: Phase
     degraded: list[tuple[str, str]] = []  # (reason, message)
     if executor["reason"] == "StatusUnreachable":
         degraded.append(("ExecutorStatusUnreachable", f"executor status unreachable ({obs.executor_error})"))

@@ -257,6 +257,9 @@ def wheelhouse() -> Path:
             raise EngineUnavailable(f"the wheelhouse could not be downloaded (package index "
                                     f"unreachable?): {proc.stderr.strip()[-1500:]}")
         (dest / ".complete").touch()
+        for old in CACHE.glob("wheelhouse-*"):  # those of earlier constraints
+            if old != dest:
+                shutil.rmtree(old, ignore_errors=True)
     return dest
 
 

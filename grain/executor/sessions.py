@@ -9,11 +9,13 @@ again) finds its jobs where they were. Pure data and small bookkeeping; no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..net.link import Link
 from ..resource import Resource
 from .ledger import JobRecord
+
+if TYPE_CHECKING:   # a session names its connection; this module does no I/O itself
+    from ..net.link import Link
 
 
 @dataclass(slots=True)

@@ -65,6 +65,7 @@ _REFUSED: list[tuple[tuple[type, ...], str, str]] = [
 ]
 _REFUSED_TYPES: tuple[type, ...] = tuple(t for types_, _, _ in _REFUSED for t in types_)
 _IN_MEMORY_FILES = (io.BytesIO, io.StringIO)   # copied with their contents: fine
+_COPY_BELOW = 16 * 1024       # pickles up to this size are returned as bytes, not a view
 
 
 class _Refused(Exception):
@@ -148,7 +149,7 @@ def _by_reference(obj: Any) -> Any:
 
 
 # -- the pickler behind both directions --------------------------------------------------
-class _Pickler(dill.Pickler):
+class _Pickler(dill.Pickler):  # type: ignore[misc]  # dill has no type information
     """dill, except that importable modules go by reference, objects that cannot be copied
     are refused and (in a runner) classes of the client's ``__main__`` go by reference.
 
@@ -244,6 +245,10 @@ def _dumps(obj: Any, what: str, limit: int | None, std: type[_StdPickler],
     buf = io.BytesIO() if limit is None else _Capped(limit)
     try:
         std(buf, protocol=5).dump(obj)
+        if buf.tell() <= _COPY_BELOW:
+            # A small pickle is cheaper copied than held as a view (the view keeps the
+            # BytesIO and its export alive: ~400 bytes per queued job in the client).
+            return buf.getvalue()
         return buf.getbuffer()  # type: ignore[return-value]  # a view: no copy of a big payload
     except (_Refused, TooLarge) as e:
         _raise(e, what, obj, limit)

@@ -141,8 +141,8 @@ class OutputCapture:
             self._fds[r] = stream
         self.stdout, self.stderr = sys.stdout, sys.stderr
         for f in (sys.stdout, sys.stderr):
-            with contextlib.suppress(AttributeError, io.UnsupportedOperation):
-                f.reconfigure(line_buffering=True)   # type: ignore[attr-defined]
+            if isinstance(f, io.TextIOWrapper):   # a print reaches the pipe at its newline
+                f.reconfigure(line_buffering=True)
         self._libc_fflush = _libc_fflush()
         threading.Thread(target=self._pump, name="grain-output", daemon=True).start()
 

@@ -51,6 +51,7 @@ def fork_and(path: str, then: str) -> Any:
     import time
     child = subprocess.Popen(["sleep", "300"])
     shell = subprocess.Popen(["sh", "-c", "sleep 300 & echo $!; wait"], stdout=subprocess.PIPE)
+    assert shell.stdout is not None
     grandchild = int(shell.stdout.readline())
     r, w = os.pipe()
     pid = os.fork()
@@ -87,9 +88,11 @@ def leave_a_fat_child() -> int:
     import os
     import subprocess
     import sys
-    subprocess.Popen([sys.executable, "-c", "import sys, time\nb = b'x' * (500 << 20)\n"
-                      "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(300)"],
-                     stdout=subprocess.PIPE).stdout.readline()
+    fat = subprocess.Popen([sys.executable, "-c", "import sys, time\nb = b'x' * (500 << 20)\n"
+                            "sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(300)"],
+                           stdout=subprocess.PIPE)
+    assert fat.stdout is not None
+    fat.stdout.readline()   # it holds its 500 MB now
     return os.getpid()
 
 
@@ -109,7 +112,7 @@ def _alive(pid: int) -> bool:
 
 
 def _pids(path: Path) -> list[int]:
-    return json.loads(path.read_text())
+    return [int(p) for p in json.loads(path.read_text())]
 
 
 async def _wait_for(path: Path) -> list[int]:
@@ -237,7 +240,7 @@ def test_the_runner_is_the_subreaper_of_its_jobs_processes(tmp_path: Path) -> No
             time.sleep(0.01)
         return os.getpid(), int(open(path).read())
 
-    async def main() -> tuple[int, int]:
+    async def main() -> Any:
         return await grain.exec1(Cores(1), daemon_parent, str(tmp_path / "ppid"))
     runner, parent = grain.run_combine(main, output="off", progress=False)
     assert parent == runner

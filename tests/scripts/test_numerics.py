@@ -9,6 +9,8 @@ and does a real numpy computation whose answer is checked.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import RunScript, last_json
 from runner_cluster import TcpCluster, tcp_cluster  # noqa: F401 - a fixture
@@ -59,7 +61,7 @@ SCRIPT = """
 """
 
 
-def _check(jobs: list[dict]) -> None:
+def _check(jobs: list[dict[str, Any]]) -> None:
     for j in jobs:
         assert j["ok"], j
         assert j["cores"] == j["affinity"] == j["k"], j

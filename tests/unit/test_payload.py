@@ -7,7 +7,10 @@ import socket
 import sys
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -15,41 +18,41 @@ from grain.errors import SerializationError
 from grain.protocol import payload as pl
 
 
-def test_plain_data_uses_stdlib_pickle():
+def test_plain_data_uses_stdlib_pickle() -> None:
     data = pl.dumps(((1, "a"), {"k": [1.5]}))
     assert b"dill" not in data
     assert pl.loads(data) == ((1, "a"), {"k": [1.5]})
 
 
-def test_closures_and_lambdas_use_dill():
+def test_closures_and_lambdas_use_dill() -> None:
     k = 3
     data = pl.dumps(lambda x: x * k)
     assert b"dill._dill" in data
     assert pl.loads(data)(2) == 6
 
 
-def test_unpicklable_object_is_named_in_the_error():
+def test_unpicklable_object_is_named_in_the_error() -> None:
     gen = (x for x in range(3))
     with pytest.raises(SerializationError, match="the argument <generator"):
         pl.dumps(gen, "the argument")
 
 
-def test_modules_travel_by_reference():
+def test_modules_travel_by_reference() -> None:
     import json
 
-    def uses_json():
+    def uses_json() -> str:
         return json.dumps([1])
     data = pl.dumps(uses_json)
     assert len(data) < 2000, "the json module itself must not be pickled by value"
     assert pl.loads(data)() == "[1]"
 
 
-def test_main_references_are_found_exactly_not_by_scanning_bytes():
+def test_main_references_are_found_exactly_not_by_scanning_bytes() -> None:
     data = pl.dumps({"note": "__main__ is just text here", "blob": b"__main__" * 1000})
     assert b"dill" not in bytes(data), "a string that says __main__ needs no dill"
 
     class Local:
-        def __init__(self):
+        def __init__(self) -> None:
             self.x = 1
     Local.__module__ = "__main__"      # as if defined in the user's script
     Local.__qualname__ = "Local"
@@ -62,7 +65,7 @@ def test_main_references_are_found_exactly_not_by_scanning_bytes():
 LOCK = threading.Lock()
 
 
-def _uses_global_lock():
+def _uses_global_lock() -> int:
     with LOCK:
         return 1
 
@@ -75,7 +78,7 @@ def _uses_global_lock():
     (socket.socket, "a socket"),
     (lambda: (x for x in range(3)), "a generator"),
 ])
-def test_objects_that_cannot_be_copied_are_refused_in_arguments(make, words):
+def test_objects_that_cannot_be_copied_are_refused_in_arguments(make: Callable[[], Any], words: str) -> None:
     """stdlib pickle path: the object sits in the arguments, two levels down."""
     obj = make()
     try:
@@ -87,7 +90,7 @@ def test_objects_that_cannot_be_copied_are_refused_in_arguments(make, words):
         getattr(obj, "close", lambda: None)()
 
 
-def test_a_lock_held_by_a_closure_is_refused_on_the_dill_path():
+def test_a_lock_held_by_a_closure_is_refused_on_the_dill_path() -> None:
     """dill pickles locks (and files) without complaint: the closure of a lambda goes
     through dill, and the lock in it must still be refused."""
     held = threading.Lock()
@@ -98,7 +101,7 @@ def test_a_lock_held_by_a_closure_is_refused_on_the_dill_path():
         pl.dumps(fn, "the job function")
 
 
-def test_a_global_lock_of_the_script_is_named():
+def test_a_global_lock_of_the_script_is_named() -> None:
     """A function of the user's script travels by value with the globals it uses; a
     function of an importable module goes by reference (the runner imports the module and
     has its own lock, which is fine)."""
@@ -109,9 +112,9 @@ def test_a_global_lock_of_the_script_is_named():
     assert pl.loads(pl.dumps(_uses_global_lock))() == 1
 
 
-def test_an_open_file_in_a_main_class_instance_is_refused_on_the_dill_path(tmp_path):
+def test_an_open_file_in_a_main_class_instance_is_refused_on_the_dill_path(tmp_path: Path) -> None:
     class Holder:
-        def __init__(self, f):
+        def __init__(self, f: Any) -> None:
             self.f = f
     Holder.__module__ = "__main__"   # forces the dill path
     with open(tmp_path / "x", "w") as f:
@@ -119,18 +122,18 @@ def test_an_open_file_in_a_main_class_instance_is_refused_on_the_dill_path(tmp_p
             pl.dumps([Holder(f)], "an argument")
 
 
-def test_in_memory_files_are_copied_with_their_contents():
+def test_in_memory_files_are_copied_with_their_contents() -> None:
     assert pl.loads(pl.dumps(io.BytesIO(b"abc"))).read() == b"abc"
     assert pl.loads(pl.dumps(io.StringIO("abc"))).read() == "abc"
 
 
-def test_the_same_refusals_apply_to_a_runners_results():
+def test_the_same_refusals_apply_to_a_runners_results() -> None:
     with pytest.raises(SerializationError, match="a threading lock"):
         pl.runner_dumps({"lock": threading.Lock()}, "the job's result")
 
 
 # -- the size limit --------------------------------------------------------------------------
-def test_a_payload_over_its_limit_is_refused_without_being_built():
+def test_a_payload_over_its_limit_is_refused_without_being_built() -> None:
     big = b"x" * (8 << 20)
     with pytest.raises(pl.TooLarge, match=r"the job's result is over the size limit of 1 MiB"):
         pl.runner_dumps([big], "the job's result", limit=1 << 20)
@@ -139,7 +142,7 @@ def test_a_payload_over_its_limit_is_refused_without_being_built():
 
 # -- classes of the client's __main__ come back as themselves ---------------------------------
 @pytest.fixture
-def client_main(monkeypatch):
+def client_main(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
     """A stand-in for the user's script: classes whose module is ``__main__`` and that the
     ``__main__`` module really holds (as in a program run as ``python main.py``)."""
     main = sys.modules["__main__"]
@@ -161,13 +164,12 @@ def client_main(monkeypatch):
     return Result, Outer
 
 
-def _as_if_in_a_runner(data: bytes):
+def _as_if_in_a_runner(data: bytes) -> Any:
     """Unpickle as a runner does (its __main__ is not the user's)."""
     return pl.runner_loads(data)
 
 
-def test_main_classes_go_to_the_runner_by_value_and_come_back_by_reference(client_main,
-                                                                           monkeypatch):
+def test_main_classes_go_to_the_runner_by_value_and_come_back_by_reference(client_main: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     Result, Outer = client_main
     sent = pl.dumps(((Result(1), Outer.Inner("bad")), {}))
     assert b"dill._dill" in bytes(sent), "the runner has no __main__.Result: by value"
@@ -183,8 +185,8 @@ def test_main_classes_go_to_the_runner_by_value_and_come_back_by_reference(clien
     assert pickle.loads(pickle.dumps([r2])) == [Result(1)], "the user can pickle it"
 
 
-def test_classes_defined_in_a_function_still_go_by_value(client_main, monkeypatch):
-    def factory():
+def test_classes_defined_in_a_function_still_go_by_value(client_main: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    def factory() -> type:
         class Local:
             pass
         return Local
@@ -199,7 +201,7 @@ def test_classes_defined_in_a_function_still_go_by_value(client_main, monkeypatc
     assert pl.loads(back).x == 5
 
 
-def test_a_main_class_the_client_does_not_have_fails_clearly(monkeypatch):
+def test_a_main_class_the_client_does_not_have_fails_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())
     with pytest.raises(pickle.UnpicklingError, match="class NoSuchThing of the script"):
         pl._from_main("NoSuchThing")

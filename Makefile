@@ -26,15 +26,17 @@ $(STAMP)-bench: pyproject.toml | $(BIN)/python
 demo: $(STAMP)-core
 	$(BIN)/python examples/demo.py
 
-test: $(STAMP)-test
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)-test
 	$(BIN)/python -m pytest tests/unit -q
 
+# ruff; mypy --strict over grain/ and the operator ([tool.mypy]); the import layering
+# ([tool.importlinter], see docs/architecture.md)
 lint: $(STAMP)-test
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 crd: $(STAMP)-test
 	$(BIN)/python -m grain_operator.crd --write

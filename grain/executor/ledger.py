@@ -18,9 +18,10 @@ duplicate after a re-attach) returns ``None`` and is dropped.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+import msgspec
 
 from ..resource import Resource
 
@@ -31,9 +32,12 @@ class JobState(Enum):
     PARKED = "parked"    # its worker is away; waiting for it to come back and report
 
 
-@dataclass(slots=True, eq=False)
-class JobRecord:
-    """One job, from submission to its end. Kept small: a million may be queued."""
+class JobRecord(msgspec.Struct, gc=False, eq=False):
+    """One job, from submission to its end. Kept small: a million may be queued.
+
+    Not tracked by Python's cyclic garbage collector (``gc=False``): a record refers to
+    no other record and nothing it refers to refers back, and a million tracked records
+    made every full collection stall the event loop for a second."""
 
     gid: int
     sess: int
@@ -75,6 +79,7 @@ class Ledger:
         self.retried = 0
         self.handed_back = 0
         self.reattached = 0
+        self.orphans = 0        # adopted jobs whose client has not claimed them yet
 
     def new_gid(self) -> int:
         gid = self._next
@@ -101,7 +106,14 @@ class Ledger:
         self.jobs[rec.gid] = rec
         self.submitted += 1     # a job this executor now answers for
         self.reattached += 1
+        self.orphans += 1
         return rec
+
+    def claimed(self, rec: JobRecord) -> None:
+        """An adopted job's client claimed it: it is an ordinary job from now on."""
+        if rec.orphan:
+            rec.orphan = False
+            self.orphans -= 1
 
     def start(self, gid: int, worker: int, alloc: Resource,
               now: float | None = None) -> JobRecord:
@@ -155,6 +167,8 @@ class Ledger:
         rec = self.jobs.pop(gid, None)
         if rec is None:
             return None
+        if rec.orphan:
+            self.orphans -= 1
         rec.payload = b""
         if cancelled:
             self.cancelled += 1

@@ -298,7 +298,7 @@ class RecoveryMixin:
                 pass     # keep what the allocation says
             rec.fid, rec.payload, rec.name = msg.fid, payload, msg.name
             rec.retries = self.retries if msg.retries is None else min(msg.retries, 10)
-            rec.orphan = False
+            self.ledger.claimed(rec)
             fn = s.fns.get(msg.fid)
             if fn is not None:
                 fn.refs += 1
@@ -365,7 +365,7 @@ class RecoveryMixin:
 
     def recovery_status(self: Executor) -> dict[str, Any] | None:
         """What the executor waits for, or None when it waits for nothing."""
-        orphans = sum(1 for r in self.ledger.jobs.values() if r.orphan)
+        orphans = self.ledger.orphans
         waiting_clients = [s.user for s in self.sessions.values()
                            if s.link is None and not s.closing]
         if not (self.parked or self.deferred or orphans or waiting_clients):

@@ -13,6 +13,7 @@ from ..auth import Credentials
 from ..errors import ConfigurationError
 from ..net.endpoints import parse_endpoint
 from ..net.transport import server_ssl_context
+from . import history
 from .core import Executor
 from .http import HttpServer
 from .listener import ExecutorListener
@@ -47,6 +48,7 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
     ex = Executor(retries=retries, wait_for_workers=wait_for_workers,
                   client_grace=client_grace, worker_grace=worker_grace,
                   policy=credentials.policy)
+    history.attach(ex)   # throughput and failures from the start, page or no page
     ctx = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     listener = ExecutorListener(ex, credentials, ssl_context=ctx, heartbeat=heartbeat,
                                 timeout=timeout,

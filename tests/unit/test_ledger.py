@@ -68,7 +68,12 @@ def test_adopted_orphans_are_running_at_once():
     rec = led.adopt(9, 4, "bob", 2, worker=3, alloc=Cores([1]), request=Cores(1),
                     shape=SHAPE, name="f", started_at=5.0)
     assert rec.orphan and rec.state is JobState.RUNNING and rec.key == (9, 4)
-    assert led.end(rec.gid) is rec
+    assert led.orphans == 1, "counted, so a status page need not scan the ledger"
+    other = led.adopt(9, 5, "bob", 2, worker=3, alloc=Cores([2]), request=Cores(1),
+                      shape=SHAPE, name="f", started_at=5.0)
+    led.claimed(other)
+    assert not other.orphan and led.orphans == 1
+    assert led.end(rec.gid) is rec and led.orphans == 0
 
 
 def test_counters():

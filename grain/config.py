@@ -61,6 +61,12 @@ CHAIN_MIN_SAMPLES = 5
 CHAIN_DEPTH = 16
 SCHEDULE_BATCH = 256
 """Placements per step of the event loop (then other peers' messages are served)."""
+STEP_SECONDS = 0.002
+"""How long the executor works on one peer's messages before it lets the others (and
+``/healthz``) have a turn: a frame of thousands of submissions is served in steps."""
+ENDINGS_PER_STEP = 256
+"""Jobs ended per step when many end at once (a session of a million queued jobs ends,
+a shape no worker can run is failed): the rest after other peers were served."""
 
 # -- the worker --------------------------------------------------------------------------
 DRAIN_TIMEOUT = 60.0

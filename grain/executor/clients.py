@@ -246,21 +246,14 @@ class ClientsMixin:
         notify |= {wid for wid in [*(h.wid for h in s.held.values()), *s.unacked.values()]
                    if wid is not None and wid in self.workers}
         notify |= {w.wid for w in self.workers.values() if any(k[0] == s.sess for k in w.held)}
-        notify |= {r.worker for r in s.jobs.values() if r.worker is not None}
-        for rec in list(s.jobs.values()):
-            if rec.state is JobState.RUNNING:
-                continue   # killed by EndSession below; its Done ends it
-            if rec.state is JobState.QUEUED:
-                self._unqueue(rec)
-                self.undefer(rec)
-            elif rec.state is JobState.PARKED:
-                self.unpark(rec)
-            self._end(rec, End.CANCELLED, why)
         for wid in notify:
-            w = self.workers.get(wid)
-            if w is not None:
-                w.sessions.discard(s.sess)
-                _send(w.link, m.EndSession(s.sess))
+            w = self.workers[wid]
+            w.sessions.discard(s.sess)
+            _send(w.link, m.EndSession(s.sess))   # kills its running jobs there
+        # Its queued and parked jobs end, in steps when there are many (a million queued
+        # jobs must not stall everyone else); none of them starts meanwhile (``_dispatch``
+        # checks). A running job on a worker not told yet (re-attached) has it told then.
+        self.end_later(list(s.jobs.values()), End.CANCELLED, why, notify)
         s.held.clear()
         s.unacked.clear()
         s.bundle = None

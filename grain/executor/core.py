@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import trio
 
 from .. import config
 from ..auth import UserPolicy
-from ..net.link import Link, LinkClosed
+from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import (
@@ -49,6 +51,18 @@ def limits_for(request: Resource) -> tuple[float | None, int | None]:
     return (float(wt.T) if wt is not None else None,  # type: ignore[attr-defined]
             int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0  # type: ignore[attr-defined]
             else None)
+
+
+@dataclass(slots=True)
+class _Bulk:
+    """Jobs (records or ids) to end as ``end``, from ``pos`` on (``Executor.end_later``).
+    ``ended_on``: the workers told their session ended (running jobs end there)."""
+
+    jobs: list[Any]
+    end: End
+    message: str
+    ended_on: set[int] | None = None
+    pos: int = 0
 
 
 def _send(link: Link | None, msg: Any, payload: bytes = b"") -> None:
@@ -98,6 +112,8 @@ class Executor(ClientsMixin, RecoveryMixin):
         self._first_unfit: dict[Any, float] = {}
         self._ids = 0
         self.observers: list[Any] = []       # objects with on_start(rec) / on_end(rec, ..)
+        self._bulk: deque[_Bulk] = deque()   # jobs being ended in steps (``end_later``)
+        self._last_internal_error = -1e9
         RecoveryMixin.__init__(self)
 
     def _new_id(self) -> int:
@@ -181,12 +197,29 @@ class Executor(ClientsMixin, RecoveryMixin):
                           gone_level: int = logging.INFO) -> None:
         """Feed a peer's batches to ``on_message``, then place what can start, until the
         link closes. Anything a handler raises drops this peer, never the executor."""
+        step = config.STEP_SECONDS
+        clock = time.perf_counter
         try:
             while True:
-                for header, payload in await link.receive():
-                    on_message(header, payload)
-                self._pump()
-                await trio.lowlevel.checkpoint()   # a busy peer must not starve the others
+                batch = await link.receive()
+                # A batch may hold many thousands of messages (a socket read of tiny
+                # submissions): serve it in steps of ``STEP_SECONDS``, the other peers
+                # (and /healthz) in between.
+                i, n = 0, len(batch)
+                while i < n:
+                    deadline = clock() + step
+                    # what the step sends goes out at its end: one frame per peer,
+                    # written from this task (no writer task woken; see ``handling``)
+                    with handling():
+                        while i < n:
+                            header, payload = batch[i]
+                            i += 1
+                            on_message(header, payload)
+                            if clock() > deadline:
+                                break
+                        self._pump()
+                    await trio.lowlevel.checkpoint()   # a busy peer must not starve others
+                del batch, header, payload   # not kept alive while waiting for the next
         except LinkClosed as e:
             log.log(gone_level, "%s %s: %s", who, gone, e)
         except Exception as e:
@@ -245,7 +278,13 @@ class Executor(ClientsMixin, RecoveryMixin):
                   now: float) -> None:
         rec = self.ledger.jobs[gid]
         w = self.workers[wid]
-        s = self.sessions[rec.sess]
+        s = self.sessions.get(rec.sess)
+        if s is None or s.closing:
+            # its session ended while its queue is still being emptied (in steps, see
+            # ``end_later``): it must not start now
+            self.placement.release(wid, gid, alloc)
+            self._end(rec, End.CANCELLED, "the client left")
+            return
         self.ledger.start(gid, wid, alloc, now)
         self.placement_seconds_sum += now - rec.submitted_at
         self.placement_count += 1
@@ -340,10 +379,10 @@ class Executor(ClientsMixin, RecoveryMixin):
     # -- the periodic sweep ----------------------------------------------------------
     def sweep_unschedulable(self) -> None:
         """Fail queued jobs that no current (or recently seen) worker could ever run,
-        once they have waited ``wait_for_workers``."""
+        once they have waited ``wait_for_workers``. O(shapes) unless some fail (those
+        end in steps: ``end_later``)."""
         now = self.clock()
-        for request, gids in self.placement.shapes():
-            key = shape_of(request)
+        for key, request in self.placement.requests():
             if self.placement.could_ever_fit(request):
                 self._first_unfit.pop(key, None)
                 continue
@@ -352,17 +391,57 @@ class Executor(ClientsMixin, RecoveryMixin):
                     self.wait_for_workers > 0 and self.recently_seen_fit(request)):
                 continue
             self._first_unfit.pop(key, None)
-            msg = self._unfit_message(request)
-            for gid in gids:
-                rec = self.ledger.get(gid)
-                if rec is not None:
+            self.end_later(self.placement.queued_of(key), End.UNSCHEDULABLE,
+                           self._unfit_message(request))
+
+    def end_later(self, jobs: list[Any], end: End, message: str,
+                  ended_on: set[int] | None = None) -> None:
+        """End these jobs (records or ids; those still queued or parked when their turn
+        comes) as ``end``: a few now, the rest in steps between other peers' messages, so
+        that ending a million jobs never stalls the event loop. With ``ended_on`` (the
+        workers told that the jobs' session ended), a running job on any other worker
+        has its worker told too."""
+        if jobs:
+            self._bulk.append(_Bulk(jobs, end, message, ended_on))
+            if not self._end_bulk_step():
+                self._pump_more.set()
+
+    def _end_bulk_step(self) -> bool:
+        """End up to ``ENDINGS_PER_STEP`` jobs of ``end_later``; True when all are done."""
+        budget = config.ENDINGS_PER_STEP
+        jobs = self.ledger.jobs
+        while self._bulk and budget > 0:
+            b = self._bulk[0]
+            pos = b.pos
+            stop = min(len(b.jobs), pos + budget)
+            budget -= stop - pos
+            b.pos = stop       # first: a step that fails is not retried for ever
+            for item in b.jobs[pos:stop]:
+                rec = jobs.get(item.gid if isinstance(item, JobRecord) else item)
+                if rec is None or (isinstance(item, JobRecord) and rec is not item):
+                    continue
+                if rec.state is JobState.QUEUED:
                     self._unqueue(rec)
-                    self._end(rec, End.UNSCHEDULABLE, msg)
+                    self.undefer(rec)
+                elif rec.state is JobState.PARKED:
+                    self.unpark(rec)
+                else:
+                    # it runs: it ends when its worker says so
+                    if b.ended_on is not None and rec.worker is not None \
+                            and rec.worker not in b.ended_on and rec.worker in self.workers:
+                        b.ended_on.add(rec.worker)
+                        _send(self.workers[rec.worker].link, m.EndSession(rec.sess))
+                    continue
+                self._end(rec, b.end, b.message)
+            if stop >= len(b.jobs):
+                self._bulk.popleft()
+        return not self._bulk
 
     def sweep(self) -> None:
         """Everything that happens with time: graces, parked jobs, deferred jobs."""
         self.sweep_recovery()
         self.sweep_unschedulable()
+        self._end_bulk_step()
         self._pump()
 
     async def run(self, interval: float = 1.0,
@@ -377,14 +456,30 @@ class Executor(ClientsMixin, RecoveryMixin):
     async def _sweeper(self, interval: float) -> None:
         while True:
             await trio.sleep(interval)
-            self.sweep()
+            self._guarded(self.sweep)
 
     async def _pumper(self) -> None:
         while True:
             await self._pump_more.wait()
             self._pump_more = trio.Event()
             await trio.lowlevel.checkpoint()
-            self._pump()
+            if not self._guarded(self._end_bulk_step):
+                self._pump_more.set()     # more to end: after the others had a turn
+            self._guarded(self._pump)
+
+    def _guarded(self, step: Callable[[], Any]) -> Any:
+        """Run one of the executor's own steps: a bug in it is logged (at most once per
+        minute), never the end of the process and of every peer's jobs."""
+        try:
+            with handling():
+                return step()
+        except Exception:
+            now = self.clock()
+            if now - self._last_internal_error >= 60:
+                self._last_internal_error = now
+                log.exception("internal error in the executor's %s (the executor goes on)",
+                              getattr(step, "__name__", step))
+            return True
 
     # -- observation -----------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -68,6 +68,7 @@ from typing import NamedTuple
 
 from ..resource import Resource, to_wire
 from . import placement_queue
+from .placement_attach import AttachMixin
 from .placement_index import CapacityIndex, Shape, WorkerState
 from .placement_queue import TRIM_MIN, JobQueue, User, UserStats
 
@@ -102,7 +103,7 @@ class _Chain:
 Placed = tuple[int, int, Resource]
 
 
-class Placement:
+class Placement(AttachMixin):
     """The executor's queue, its users and the workers' free resources."""
 
     def __init__(self, chain_depth: int = 0, max_reservations: int = 1) -> None:
@@ -167,61 +168,6 @@ class Placement:
                 self._charge(ch.queue, -1)
                 self._open.get((ch.queue.user.name, ch.queue.shape.key), {}).pop(ch, None)
         return set(w.running)
-
-    def cordon(self, wid: int) -> None:
-        """Start nothing new on ``wid`` (it is draining): it leaves the index, so no search
-        finds it and no job is chained onto it; its running jobs stay until released."""
-        w = self.workers.get(wid)
-        if w is not None:
-            self.index.remove(w)
-
-    def attach(self, wid: int, gid: int, alloc: Resource, request: Resource,
-               shape: Hashable | None = None, *, user: str = "") -> bool:
-        """Record job ``gid`` of ``user`` found running on ``wid`` with exactly ``alloc`` (a
-        worker that reconnects reports it); its user is charged for it as for a placed job.
-        False (nothing changed) when that allocation is not free there."""
-        w = self.workers.get(wid)
-        if w is None or gid in w.running or gid in self._where:
-            return False
-        try:
-            w.free.take(alloc)
-        except ValueError:
-            return False
-        w.version += 1
-        self.index._reindex(w)
-        key = shape_of(request) if shape is None else shape
-        sh = self._shapes.get(key)
-        if sh is None:
-            sh = self._shapes[key] = Shape(key, request)
-        u = self._user(user)
-        q = u.queues.get(key)
-        if q is None:
-            q = u.queues[key] = JobQueue(len(self._queues), u, sh, self._where)
-            self._queues.append(q)
-            sh.queues[q] = None
-        w.running.add(gid)
-        self._run[gid] = q.qid
-        u.running += 1
-        self._charge(q, +1)
-        if self.chain_depth:   # jobs that were chained behind it re-attach with it
-            self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
-        return True
-
-    def attach_behind(self, wid: int, gid: int, ahead: int) -> bool:
-        """Record job ``gid`` found waiting on ``wid`` behind job ``ahead`` (attached just
-        before) on its allocation: chained, as ``chain`` would have made it. False when
-        ``ahead`` holds no allocation there."""
-        w = self.workers.get(wid)
-        ch = self._chain_of.get(ahead)
-        if w is None or ch is None or ch.wid != wid or gid in w.running or \
-                gid in self._where or ch.jobs[-1] != ahead:
-            return False
-        ch.jobs.append(gid)
-        self._chain_of[gid] = ch
-        w.running.add(gid)
-        self._run[gid] = ch.queue.qid
-        ch.queue.user.running += 1
-        return True
 
     def _account_capacity(self, total: Resource, sign: int) -> None:
         kinds = total.kinds()
@@ -609,6 +555,22 @@ class Placement:
         return False                      # an unprotected head: the user waits
 
     # -- introspection, for tests and status pages ----------------------------------------
+    def chain_of(self, gid: int) -> tuple[int, int] | None:
+        """(position, length) of the chain job ``gid`` is part of (0: it runs; more:
+        it waits behind others on the same allocation), or None when it is not chained."""
+        ch = self._chain_of.get(gid)
+        if ch is None:
+            return None
+        return ch.jobs.index(gid) if gid in ch.jobs else 0, len(ch.jobs)
+
+    def queue_heads(self) -> Iterator[tuple[str, Resource, int, int | None]]:
+        """(user, request, jobs queued, the next job's id) per user and shape with jobs
+        queued. O(users x shapes)."""
+        for u in self._users.values():
+            for q in u.queues.values():
+                if q.live > 0:
+                    yield u.name, q.shape.request, q.live, q.peek()
+
     def running_on(self, wid: int) -> Iterator[tuple[int, str]]:
         """(job id, user) of the jobs placed on ``wid``."""
         w = self.workers.get(wid)

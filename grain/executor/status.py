@@ -64,8 +64,6 @@ def _core_maps(ex: Executor, now: float, out: dict[int, tuple[dict[str, Any], bo
     behind a running one (waiting on its cores) are counted on that job's entry as
     ``queued_behind``. Yields every ``STEP_JOBS`` jobs: a caller may let others run there
     (it iterates over copies, so the executor may change meanwhile)."""
-    # placement keeps which jobs wait behind which (chains); read, never written here
-    chains: dict[int, Any] = getattr(ex.placement, "_chain_of", {})
     budget = CORE_MAP_LIMIT
     n = 0
     for wid, st in list(ex.placement.workers.items()):
@@ -78,8 +76,8 @@ def _core_maps(ex: Executor, now: float, out: dict[int, tuple[dict[str, Any], bo
             rec: JobRecord | None = ex.ledger.jobs.get(gid)
             if rec is None or rec.alloc is None:
                 continue
-            ch = chains.get(gid)
-            if ch is not None and ch.jobs and ch.jobs[0] != gid:
+            chain = ex.placement.chain_of(gid)
+            if chain is not None and chain[0] > 0:
                 continue   # waiting behind another job on the same cores
             ids = _ids(rec.alloc, "Cores", "c")
             if len(ids) > budget:
@@ -93,7 +91,7 @@ def _core_maps(ex: Executor, now: float, out: dict[int, tuple[dict[str, Any], bo
                 "user": rec.user,
                 "session": s.name if s is not None else "",
                 "running_s": round(max(0.0, now - rec.started_at), 3),
-                "queued_behind": len(ch.jobs) - 1 if ch is not None else 0,
+                "queued_behind": chain[1] - 1 if chain is not None else 0,
             }
             for c in ids:
                 cores[str(c)] = entry
@@ -104,20 +102,15 @@ def _queues(ex: Executor, now: float) -> dict[str, list[dict[str, Any]]]:
     """Per user: one entry per request shape with jobs queued, oldest first."""
     out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     # O(users × shapes): placement's per-user queues, read through their counts and heads
-    users: dict[str, Any] = getattr(ex.placement, "_users", {})
-    for name, u in users.items():
-        for q in u.queues.values():
-            if q.live <= 0:
-                continue
-            head = q.peek()
-            rec = ex.ledger.jobs.get(head) if head is not None else None
-            out.setdefault(name, []).append((head or 0, {
-                "request": describe_request(q.shape.request),
-                "queued": q.live,
-                "next": rec.name if rec is not None else "",
-                "waiting_s": round(max(0.0, now - rec.submitted_at), 3)
-                if rec is not None else 0.0,
-            }))
+    for name, request, queued, head in ex.placement.queue_heads():
+        rec = ex.ledger.jobs.get(head) if head is not None else None
+        out.setdefault(name, []).append((head or 0, {
+            "request": describe_request(request),
+            "queued": queued,
+            "next": rec.name if rec is not None else "",
+            "waiting_s": round(max(0.0, now - rec.submitted_at), 3)
+            if rec is not None else 0.0,
+        }))
     return {name: [e for _, e in sorted(entries, key=lambda x: x[0])]
             for name, entries in out.items()}
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -19,24 +19,19 @@ from ..net.link import Link
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import InvalidResource, UnknownResourceKind
+from .host import ExecutorHost
+from .host import send as _send
 from .ledger import JobRecord, JobState
 from .sessions import ClientSession, FunctionEntry
 
-if TYPE_CHECKING:
-    from .core import Executor
-
 log = logging.getLogger("grain.executor")
 
-
-def _send(link: Link | None, msg: Any, payload: bytes = b"") -> None:
-    from .core import _send as send
-    send(link, msg, payload)
 
 
 class ClientsMixin:
     """Client sessions (mixed into ``Executor``)."""
 
-    async def serve_client(self: Executor, link: Link, user: str, info: dict[str, Any],
+    async def serve_client(self: ExecutorHost, link: Link, user: str, info: dict[str, Any],
                            task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve one client connection until it closes. The session outlives it for the
         client's grace (unless the client said goodbye)."""
@@ -50,7 +45,7 @@ class ClientsMixin:
         finally:
             self._client_link_gone(s, link)
 
-    def _open_session(self: Executor, link: Link, user: str, info: dict[str, Any]) -> ClientSession:
+    def _open_session(self: ExecutorHost, link: Link, user: str, info: dict[str, Any]) -> ClientSession:
         sess = info.get("session")
         if type(sess) is not int or not 0 <= sess < 2 ** 63:
             sess = self._fresh_session_id()
@@ -77,13 +72,13 @@ class ClientsMixin:
             s.unclaimed = set(s.jobs)
         return s
 
-    def _fresh_session_id(self: Executor) -> int:
+    def _fresh_session_id(self: ExecutorHost) -> int:
         while True:
             sess = secrets.randbits(63)
             if sess not in self.sessions:
                 return sess
 
-    def _client_link_gone(self: Executor, s: ClientSession, link: Link) -> None:
+    def _client_link_gone(self: ExecutorHost, s: ClientSession, link: Link) -> None:
         if s.link is not link:
             return    # replaced by a newer connection
         s.link = None
@@ -94,7 +89,7 @@ class ClientsMixin:
             log.info("client %s lost; its jobs are kept for %.0fs", s.name, self.client_grace)
         self._pump()
 
-    def _on_client_message(self: Executor, s: ClientSession, msg: Any, payload: bytes) -> None:
+    def _on_client_message(self: ExecutorHost, s: ClientSession, msg: Any, payload: bytes) -> None:
         t = type(msg)
         if t is m.Submit:
             self._submit(s, msg, payload)
@@ -128,7 +123,7 @@ class ClientsMixin:
         else:
             raise ValueError(f"unexpected {t.__name__} from a client")
 
-    def _define(self: Executor, s: ClientSession, fid: int, data: bytes) -> None:
+    def _define(self: ExecutorHost, s: ClientSession, fid: int, data: bytes) -> None:
         old = s.fns.get(fid)
         size = s.fn_bytes - (len(old.data) if old is not None else 0) + len(data)
         if size > config.MAX_FUNCTION_BYTES_PER_SESSION:
@@ -140,7 +135,7 @@ class ClientsMixin:
         else:
             s.fns[fid] = FunctionEntry(data)
 
-    def _free_function(self: Executor, s: ClientSession, fid: int) -> None:
+    def _free_function(self: ExecutorHost, s: ClientSession, fid: int) -> None:
         fn = s.fns.pop(fid, None)
         if fn is None:
             return
@@ -152,7 +147,7 @@ class ClientsMixin:
                 w.fns.discard(key)
                 _send(w.link, m.DropFunction(s.sess, fid))
 
-    def _submit(self: Executor, s: ClientSession, msg: m.Submit, payload: bytes) -> None:
+    def _submit(self: ExecutorHost, s: ClientSession, msg: m.Submit, payload: bytes) -> None:
         rec = s.jobs.get(msg.cid)
         if rec is not None:
             self.claim(s, rec, msg, payload)   # resubmitted by a reconnecting client
@@ -195,7 +190,7 @@ class ClientsMixin:
             return
         self._enqueue(rec, resumed=not s.resumed)
 
-    def _know_user(self: Executor, user: str) -> None:
+    def _know_user(self: ExecutorHost, user: str) -> None:
         """Tell placement a user's weight and limits (again, when the tokens changed)."""
         policy = self.policy(user)
         if user not in self._known_users or self._policy_changed:
@@ -205,14 +200,14 @@ class ClientsMixin:
 
     _policy_changed = False
 
-    def policies_changed(self: Executor) -> None:
+    def policies_changed(self: ExecutorHost) -> None:
         """The user policies changed (tokens file re-read): apply them again."""
         self._policy_changed = True
         for user in list(self._known_users):
             self._know_user(user)
         self._policy_changed = False
 
-    def _cancel(self: Executor, rec: JobRecord) -> None:
+    def _cancel(self: ExecutorHost, rec: JobRecord) -> None:
         if rec.state is JobState.QUEUED:
             self._unqueue(rec)
             self.undefer(rec)
@@ -225,7 +220,7 @@ class ClientsMixin:
             if w is not None:
                 _send(w.link, m.Kill(rec.sess, rec.cid))
 
-    def _ack(self: Executor, s: ClientSession, cids: list[int]) -> None:
+    def _ack(self: ExecutorHost, s: ClientSession, cids: list[int]) -> None:
         by_worker: dict[int, list[int]] = {}
         for cid in cids:
             wid = s.unacked.pop(cid, None)
@@ -236,7 +231,7 @@ class ClientsMixin:
             if w is not None:
                 _send(w.link, m.Release(s.sess, done))
 
-    def end_session(self: Executor, s: ClientSession, why: str) -> None:
+    def end_session(self: ExecutorHost, s: ClientSession, why: str) -> None:
         """A session is over for good: drop its queue, kill its jobs, free its code."""
         s.closing = True
         log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
@@ -262,7 +257,7 @@ class ClientsMixin:
                 self._free_function(s, fid)
         self._forget_if_done(s)
 
-    def _forget_if_done(self: Executor, s: ClientSession) -> None:
+    def _forget_if_done(self: ExecutorHost, s: ClientSession) -> None:
         if s.closing and not s.jobs and s.link is None:
             for fid in list(s.fns):
                 self._free_function(s, fid)

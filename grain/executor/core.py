@@ -35,6 +35,7 @@ from ..resource import (
     to_wire,
 )
 from .clients import ClientsMixin
+from .host import send as _send
 from .ledger import JobRecord, JobState, Ledger
 from .placement import Placement, shape_of
 from .recovery import RecoveryMixin
@@ -48,9 +49,8 @@ def limits_for(request: Resource) -> tuple[float | None, int | None]:
     kinds = request.kinds()
     wt = kinds.get("WTime")
     mem = kinds.get("Memory")
-    return (float(wt.T) if wt is not None else None,  # type: ignore[attr-defined]
-            int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0  # type: ignore[attr-defined]
-            else None)
+    return (float(wt.T) if wt is not None else None,
+            int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0 else None)
 
 
 @dataclass(slots=True)
@@ -63,14 +63,6 @@ class _Bulk:
     message: str
     ended_on: set[int] | None = None
     pos: int = 0
-
-
-def _send(link: Link | None, msg: Any, payload: bytes = b"") -> None:
-    if link is not None:
-        try:
-            link.send(msg, payload)
-        except LinkClosed:
-            pass   # the peer's own task notices and cleans up
 
 
 class Executor(ClientsMixin, RecoveryMixin):

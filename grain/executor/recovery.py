@@ -19,24 +19,19 @@ released. This module is the part of ``Executor`` that does the matching.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .. import config
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import InvalidResource, Resource, UnknownResourceKind, capacity_from_wire, to_wire
+from .host import ExecutorHost
+from .host import send as _send
 from .ledger import JobRecord, JobState
 from .sessions import ClientSession, HeldResult, WorkerSession
 
-if TYPE_CHECKING:
-    from .core import Executor
-
 log = logging.getLogger("grain.executor")
 
-
-def _send(link: Any, msg: Any, payload: bytes = b"") -> None:
-    from .core import _send as send
-    send(link, msg, payload)
 
 
 class RecoveryMixin:
@@ -49,7 +44,7 @@ class RecoveryMixin:
         self.worker_names: dict[str, int] = {}          # attached worker name -> id
 
     # -- workers that (re)connect ------------------------------------------------------
-    def on_attach(self: Executor, w: WorkerSession, msg: m.Attach) -> None:
+    def on_attach(self: ExecutorHost, w: WorkerSession, msg: m.Attach) -> None:
         if w.attached:
             raise ValueError("a worker sent Attach twice")
         old = self.worker_names.get(w.name)
@@ -85,7 +80,7 @@ class RecoveryMixin:
             self.placement.cordon(w.wid)
         self._worker_changed()
 
-    def _attach_one(self: Executor, w: WorkerSession, job: m.AttachedJob,
+    def _attach_one(self: ExecutorHost, w: WorkerSession, job: m.AttachedJob,
                     attached: dict[tuple[int, int], int]) -> int | None:
         """Take one reported job back (or kill it when it is stale); its id, or None."""
         kill = m.Kill(job.sess, job.cid)
@@ -161,7 +156,7 @@ class RecoveryMixin:
               m.Started(rec.cid, w.name, to_wire(alloc)))
         return rec.gid
 
-    def worker_gone(self: Executor, w: WorkerSession) -> None:
+    def worker_gone(self: ExecutorHost, w: WorkerSession) -> None:
         """A worker connection closed: wait for it (its jobs park) or re-run its jobs."""
         self.workers.pop(w.wid, None)
         if self.worker_names.get(w.name) == w.wid:
@@ -192,7 +187,7 @@ class RecoveryMixin:
         self.sweep_unschedulable()
         self._pump()
 
-    def lost(self: Executor, rec: JobRecord, worker: str, how: str) -> None:
+    def lost(self: ExecutorHost, rec: JobRecord, worker: str, how: str) -> None:
         """The job's run is gone with its worker: re-run it (retries left) or fail it."""
         tried = ", ".join([*(rec.lost_on or []), worker])
         if rec.orphan:
@@ -209,7 +204,7 @@ class RecoveryMixin:
                   f"{tried}); not retried again: a job whose workers keep dying may be "
                   f"what kills them")
 
-    def park_resubmitted(self: Executor, rec: JobRecord, worker: str) -> None:
+    def park_resubmitted(self: ExecutorHost, rec: JobRecord, worker: str) -> None:
         """A reconnecting client resubmitted a job it saw start on ``worker``."""
         wid = self.worker_names.get(worker)
         if wid is not None:
@@ -224,7 +219,7 @@ class RecoveryMixin:
         rec.deadline = self.clock() + max(self.worker_grace, self.settle)
         self.parked.setdefault(worker, set()).add(rec.gid)
 
-    def unpark(self: Executor, rec: JobRecord) -> None:
+    def unpark(self: ExecutorHost, rec: JobRecord) -> None:
         if rec.parked_on is not None:
             waiting = self.parked.get(rec.parked_on)
             if waiting is not None:
@@ -233,12 +228,12 @@ class RecoveryMixin:
                     del self.parked[rec.parked_on]
         rec.parked_on = None
 
-    def recently_seen_fit(self: Executor, request: Resource) -> bool:
+    def recently_seen_fit(self: ExecutorHost, request: Resource) -> bool:
         """Could a worker that was lost lately (and may come back) run ``request``?"""
         return any(cap.request(request) for cap, _ in self.seen.values())
 
     # -- results ------------------------------------------------------------------------
-    def on_done(self: Executor, w: WorkerSession, msg: m.Done, payload: bytes) -> None:
+    def on_done(self: ExecutorHost, w: WorkerSession, msg: m.Done, payload: bytes) -> None:
         key = (msg.sess, msg.cid)
         w.held.discard(key)
         end = End(msg.end)
@@ -278,7 +273,7 @@ class RecoveryMixin:
         self._end(rec, end, msg.message, payload, w.wid)
 
     # -- clients that reconnect ----------------------------------------------------------
-    def _placeholder(self: Executor, sess: int, user: str) -> ClientSession:
+    def _placeholder(self: ExecutorHost, sess: int, user: str) -> ClientSession:
         """A session a worker told us about before its client came back (after a
         restart): its client has the grace to claim it."""
         now = self.clock()
@@ -287,7 +282,7 @@ class RecoveryMixin:
         self.sessions[sess] = s
         return s
 
-    def claim(self: Executor, s: ClientSession, rec: JobRecord, msg: m.Submit,
+    def claim(self: ExecutorHost, s: ClientSession, rec: JobRecord, msg: m.Submit,
               payload: bytes) -> None:
         """A reconnecting client resubmitted a job this executor knows."""
         s.unclaimed.discard(rec.cid)
@@ -306,7 +301,7 @@ class RecoveryMixin:
             _send(s.link, m.Started(rec.cid, self.workers[rec.worker].name,
                                     to_wire(rec.alloc)))
 
-    def resume_done(self: Executor, s: ClientSession) -> None:
+    def resume_done(self: ExecutorHost, s: ClientSession) -> None:
         """The client resubmitted everything it waits for; the rest is stale."""
         s.resumed = True
         if s.unclaimed:
@@ -327,14 +322,14 @@ class RecoveryMixin:
                 _send(self.workers[held.wid].link, m.Release(s.sess, [cid]))
         s.held.clear()
 
-    def defer(self: Executor, rec: JobRecord) -> None:
+    def defer(self: ExecutorHost, rec: JobRecord) -> None:
         self.deferred[rec.gid] = None
 
-    def undefer(self: Executor, rec: JobRecord) -> None:
+    def undefer(self: ExecutorHost, rec: JobRecord) -> None:
         self.deferred.pop(rec.gid, None)
 
     # -- time --------------------------------------------------------------------------
-    def sweep_recovery(self: Executor) -> None:
+    def sweep_recovery(self: ExecutorHost) -> None:
         """Graces that ran out: clients that did not come back, workers that did not."""
         now = self.clock()
         for s in list(self.sessions.values()):
@@ -363,7 +358,7 @@ class RecoveryMixin:
             if now - t > max(self.wait_for_workers, self.worker_grace):
                 del self.seen[name]
 
-    def recovery_status(self: Executor) -> dict[str, Any] | None:
+    def recovery_status(self: ExecutorHost) -> dict[str, Any] | None:
         """What the executor waits for, or None when it waits for nothing."""
         orphans = self.ledger.orphans
         waiting_clients = [s.user for s in self.sessions.values()

@@ -148,7 +148,8 @@ def executor(listen: str, http_addr: str | None, token_file: str | None,
 @click.option("--cores", default="auto", show_default=True,
               help="'auto' (this process's cpuset) or a CPU list such as 0-3,6.")
 @click.option("--memory", default="auto", show_default=True,
-              help="'auto' (the machine's memory) or a size such as 8GB.")
+              help="'auto' (the machine's memory, or its cgroup's limit when smaller: a "
+                   "container, a pod, a Slurm job) or a size such as 8GB.")
 @click.option("--reserve-cores", default=0, show_default=True,
               help="Keep this many of the cores out of Grain's hands.")
 @click.option("--gpus", default="auto", show_default=True,

@@ -109,6 +109,14 @@ class LocalCluster:
                         "continuing without the others", len(self.executor.workers) -
                         (0 if self.nolocal else 1), len(self.waddrs), timeout)
 
+    async def serve_page(self, address: str = "127.0.0.1:0",
+                         task_status: trio.TaskStatus[Endpoint] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+        """Serve the executor's web page, ``/status`` and ``/metrics`` on ``address`` until
+        cancelled (``run_combine(dashboard=True)``); starts with the address bound."""
+        from .executor.http import HttpServer
+        await HttpServer(self.executor).serve(address, task_status=task_status)
+
     def client_link(self, name: str = "embedded-client", user: str = "default",
                     session: int | None = None) -> Link:
         """A new in-memory client connection to the embedded executor."""

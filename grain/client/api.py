@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, TypedDict, Unpack
 
 import trio
 
@@ -45,6 +45,9 @@ from .progress import ProgressBoard
 from .project import program_bundle, ship_enabled
 from .session import Session
 from .waitgroup import _RUNTIME, collapse, load_cache_or_exec1
+
+if TYPE_CHECKING:   # imported when run_combine starts one (the client's one way to it)
+    from ..local import LocalCluster
 
 __all__ = ["Options", "combine", "load_cache_or_exec1", "local_session", "open_session",
            "run_combine"]
@@ -272,13 +275,12 @@ async def open_session(*, waddrs: tuple[str, ...] = (), rpw: Resource | None = N
 
 
 @asynccontextmanager
-async def _dashboard(lc: Any, enabled: bool) -> AsyncIterator[None]:
+async def _dashboard(lc: LocalCluster, enabled: bool) -> AsyncIterator[None]:
     """With ``dashboard``: serve the embedded executor's page on loopback and say how to
     watch and join this run (the token goes to a private file, not the screen)."""
     if not enabled:
         yield
         return
-    from ..executor.http import HttpServer
     tmp = tempfile.mkdtemp(prefix="grain-")          # mode 0700
     try:
         token_file = os.path.join(tmp, "token")
@@ -286,7 +288,7 @@ async def _dashboard(lc: Any, enabled: bool) -> AsyncIterator[None]:
         with os.fdopen(fd, "w") as f:
             f.write(lc.token + "\n")
         async with trio.open_nursery() as n:
-            bound = await n.start(HttpServer(lc.executor).serve, "127.0.0.1:0")
+            bound = await n.start(lc.serve_page, "127.0.0.1:0")
             url = f"http://{bound.host}:{bound.port}/"
             lines = [f"grain: watch this run at {url}"]
             if lc.address is not None:
@@ -309,7 +311,7 @@ def _say_remote(address: str) -> None:
 
 
 @asynccontextmanager
-async def local_session(lc: Any, user: str = "default", **session_opts: Any
+async def local_session(lc: LocalCluster, user: str = "default", **session_opts: Any
                         ) -> AsyncIterator[Session]:
     """A session on an embedded cluster (``grain.local.LocalCluster``)."""
     async def local_link(session_id: int, resume: bool) -> Link:

@@ -28,15 +28,23 @@ def client_ssl_context(ca: str | None = None, *, verify: bool = True) -> ssl.SSL
     return ctx
 
 
-async def connect(ep: Endpoint, ssl_context: ssl.SSLContext | None = None) -> trio.abc.Stream:
-    """Open a stream to ``ep``, TLS-wrapped when ``ssl_context`` is given."""
+async def connect(ep: Endpoint, ssl_context: ssl.SSLContext | None = None, *,
+                  server_hostname: str | None = None) -> trio.abc.Stream:
+    """Open a stream to ``ep``, TLS-wrapped when ``ssl_context`` is given.
+
+    The certificate is checked against ``server_hostname`` when given, else against the
+    address's host: a GrainCluster reached through a port-forward on 127.0.0.1 (or a node
+    port) still proves to be the executor Service's DNS name, so the certificate needs no
+    IP address in it.
+    """
     stream: trio.abc.Stream
     if ep.path is not None:
         stream = await trio.open_unix_socket(ep.path)
     else:
         stream = await trio.open_tcp_stream(ep.host or "127.0.0.1", ep.port)
     if ssl_context is not None:
-        tls = trio.SSLStream(stream, ssl_context, server_hostname=ep.host or None)
+        tls = trio.SSLStream(stream, ssl_context,
+                             server_hostname=server_hostname or ep.host or None)
         try:
             await tls.do_handshake()
         except trio.BrokenResourceError as e:

@@ -16,6 +16,7 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import trio
@@ -32,12 +33,17 @@ from ..protocol import messages as m
 
 
 async def fetch_over_grain(address: str, token: str, tls_ca: str | None = None,
-                           timeout: float = 10.0) -> dict[str, Any]:
-    """Ask an executor for its status as an authenticated observer."""
+                           timeout: float = 10.0, *, server_hostname: str | None = None
+                           ) -> dict[str, Any]:
+    """Ask an executor for its status as an authenticated observer.
+
+    With TLS the certificate is verified against ``server_hostname`` when given (a
+    GrainCluster's Service name, whatever address the port-forward dials), else the
+    address's host."""
     ep = parse_endpoint(address)
     ctx = transport.client_ssl_context(tls_ca) if tls_ca else None
     try:
-        return await _fetch(ep, ctx, token, timeout)
+        return await _fetch(ep, ctx, token, timeout, server_hostname)
     except trio.TooSlowError:
         raise TimeoutError(f"no status from {ep} within {timeout:g}s (is the executor "
                            f"stopped or overloaded?)") from None
@@ -49,9 +55,9 @@ async def fetch_over_grain(address: str, token: str, tls_ca: str | None = None,
 
 
 async def _fetch(ep: Any, ctx: ssl.SSLContext | None, token: str,
-                 timeout: float) -> dict[str, Any]:
+                 timeout: float, server_hostname: str | None = None) -> dict[str, Any]:
     with trio.fail_after(timeout):
-        stream = await transport.connect(ep, ctx)
+        stream = await transport.connect(ep, ctx, server_hostname=server_hostname)
         _, dec = await handshake.dial(stream, token, "observer", {"name": "grain status"},
                                       expect_role="executor")
         link = StreamLink(stream, str(ep), m.ExecutorToObserver, decoder=dec)
@@ -88,7 +94,8 @@ def status_source(*, executor: str | None = None, http: str | None = None,
         from ..client.discovery import open_cluster
         with open_cluster(cluster, namespace) as conn:
             ca = tls_ca or conn.ca_file
-            yield lambda: trio.run(fetch_over_grain, conn.address, conn.token, ca)
+            yield lambda: trio.run(partial(fetch_over_grain, conn.address, conn.token, ca,
+                                           server_hostname=conn.server_hostname))
         return
     if not token:
         token = os.environ.get("GRAIN_TOKEN")

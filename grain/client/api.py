@@ -233,6 +233,7 @@ async def open_session(*, waddrs: tuple[str, ...] = (), rpw: Resource | None = N
     token = token or config.env_str(config.ENV_TOKEN)
     address = address or (config.env_str(config.ENV_ADDRESS) if cluster is None
                           and not waddrs else None)
+    cluster_user = user   # discovery's own fallback: $GRAIN_USER, then "default"
     user = user or config.env_str(config.ENV_USER) or _login_name()
     if dashboard is None:
         dashboard = config.env_flag(config.ENV_DASHBOARD, False)
@@ -246,14 +247,17 @@ async def open_session(*, waddrs: tuple[str, ...] = (), rpw: Resource | None = N
         # Workers elsewhere cannot import the modules beside the script: send them along.
         session_opts["bundle"] = await trio.to_thread.run_sync(program_bundle)
     if cluster is not None:
-        from .discovery import open_cluster
-        # blocking Kubernetes calls, once, before any job exists; the port-forward (if one
-        # is needed) runs in its own thread until the block exits
-        with open_cluster(cluster, namespace, kubeconfig=kubeconfig, token=token) as conn:
+        from .cluster_dial import open_cluster_dialer
+        # Every connection (the first, and each after a lost link) dials what discovery
+        # found, with the cluster's CA and Service name; after repeated failures it looks
+        # the cluster up again. The port-forward runs in its own threads until the end.
+        async with open_cluster_dialer(cluster, namespace, user=cluster_user,
+                                       kubeconfig=kubeconfig, token=token, tls=tls,
+                                       tls_ca=tls_ca, heartbeat=heartbeat,
+                                       timeout=timeout) as dial:
             if dashboard:
-                _say_remote(conn.address)
-            async with _remote_session(conn.address, conn.token, tls, tls_ca, heartbeat,
-                                       timeout, session_opts, user) as s:
+                _say_remote(dial.conn.address)
+            async with _serve(dial, session_opts) as s:
                 yield s
         return
     if address is not None:

@@ -37,6 +37,7 @@ test-fast: $(STAMP)-test
 lint: $(STAMP)-test
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 crd: $(STAMP)-test
 	$(BIN)/python -m grain_operator.crd --write

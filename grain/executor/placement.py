@@ -62,22 +62,16 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass
 from itertools import count, islice
 from typing import NamedTuple
 
-from ..resource import Resource, to_wire
+from ..resource import Resource
 from . import placement_queue
 from .placement_attach import AttachMixin
-from .placement_index import CapacityIndex, Shape, WorkerState
-from .placement_queue import TRIM_MIN, JobQueue, User, UserStats
+from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
+from .placement_queue import TRIM_MIN, Chain, JobQueue, User, UserStats
 
 __all__ = ["Placement", "Reservation", "UserStats", "WorkerState", "shape_of"]
-
-
-def shape_of(request: Resource) -> str:
-    """A hashable key: equal for requests that are interchangeable for placement."""
-    return repr(to_wire(request))
 
 
 class Reservation(NamedTuple):
@@ -88,16 +82,6 @@ class Reservation(NamedTuple):
     wid: int
     user: str
     at: int
-
-
-@dataclass(slots=True, eq=False)
-class _Chain:
-    """Jobs sharing one allocation: the first runs, the others wait behind it."""
-
-    wid: int
-    alloc: Resource
-    queue: JobQueue          # whose (user) and what (shape) the allocation is
-    jobs: deque[int]
 
 
 Placed = tuple[int, int, Resource]
@@ -126,8 +110,8 @@ class Placement(AttachMixin):
         # distinct requests (the executor caps those), and jobs in flight refer to them
         self._shapes: dict[Hashable, Shape] = {}
         self._users: dict[str, User] = {}
-        self._chain_of: dict[int, _Chain] = {}
-        self._open: dict[tuple[str, Hashable], dict[_Chain, None]] = {}
+        self._chain_of: dict[int, Chain] = {}
+        self._open: dict[tuple[str, Hashable], dict[Chain, None]] = {}
         self._pass = 0
         self._served = 0      # counts users' turns, to order equals by last service
         self._total_cores = 0
@@ -499,7 +483,7 @@ class Placement(AttachMixin):
                     u.cores += sc
                     u.mem += sm
                     if chaining:
-                        ch = self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
+                        ch = self._chain_of[gid] = Chain(w.wid, alloc, q, deque((gid,)))
                         self._open.setdefault((u.name, s.key), {})[ch] = None
                     out.append((gid, w.wid, alloc))
                     c, m = u.cores * ic, u.mem * im

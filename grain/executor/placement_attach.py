@@ -7,32 +7,45 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..resource import Resource
+from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
+from .placement_queue import Chain, JobQueue, User
 
-if TYPE_CHECKING:
-    from .placement import Placement
+
+class PlacementHost(Protocol):
+    """What these methods use of ``Placement`` (their ``self`` type: mypy checks them
+    against it, and ``Placement`` against it wherever one of them is called)."""
+
+    workers: dict[int, WorkerState]
+    index: CapacityIndex
+    chain_depth: int
+    _where: dict[int, int]
+    _run: dict[int, int]
+    _queues: list[JobQueue]
+    _shapes: dict[Hashable, Shape]
+    _chain_of: dict[int, Chain]
+
+    def _user(self, name: str) -> User: ...
+    def _charge(self, q: JobQueue, sign: int) -> None: ...
 
 
 class AttachMixin:
     """Recording jobs that placement did not place itself (mixed into ``Placement``)."""
 
-    def cordon(self: Placement, wid: int) -> None:
+    def cordon(self: PlacementHost, wid: int) -> None:
         """Start nothing new on ``wid`` (it is draining): it leaves the index, so no search
         finds it and no job is chained onto it; its running jobs stay until released."""
         w = self.workers.get(wid)
         if w is not None:
             self.index.remove(w)
 
-    def attach(self: Placement, wid: int, gid: int, alloc: Resource, request: Resource,
+    def attach(self: PlacementHost, wid: int, gid: int, alloc: Resource, request: Resource,
                shape: Hashable | None = None, *, user: str = "") -> bool:
         """Record job ``gid`` of ``user`` found running on ``wid`` with exactly ``alloc`` (a
         worker that reconnects reports it); its user is charged for it as for a placed job.
         False (nothing changed) when that allocation is not free there."""
-        from .placement import _Chain, shape_of
-        from .placement_index import Shape
-        from .placement_queue import JobQueue
         w = self.workers.get(wid)
         if w is None or gid in w.running or gid in self._where:
             return False
@@ -57,10 +70,10 @@ class AttachMixin:
         u.running += 1
         self._charge(q, +1)
         if self.chain_depth:   # jobs that were chained behind it re-attach with it
-            self._chain_of[gid] = _Chain(w.wid, alloc, q, deque((gid,)))
+            self._chain_of[gid] = Chain(w.wid, alloc, q, deque((gid,)))
         return True
 
-    def attach_behind(self: Placement, wid: int, gid: int, ahead: int) -> bool:
+    def attach_behind(self: PlacementHost, wid: int, gid: int, ahead: int) -> bool:
         """Record job ``gid`` found waiting on ``wid`` behind job ``ahead`` (attached just
         before) on its allocation: chained, as ``chain`` would have made it. False when
         ``ahead`` holds no allocation there."""

@@ -32,7 +32,13 @@ from bisect import bisect_left, insort
 from collections.abc import Hashable, Iterable
 from typing import Any
 
-from ..resource import GPU, Cores, Memory, Resource
+from ..resource import GPU, Cores, Memory, Resource, to_wire
+
+
+def shape_of(request: Resource) -> str:
+    """A hashable key: equal for requests that are interchangeable for placement."""
+    return repr(to_wire(request))
+
 
 GENERIC = "\0generic"   # marks the group of workers whose kinds are searched generically
 _C, _N = "c", "N"   # a Cores part's ids and count

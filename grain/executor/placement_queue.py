@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import heapq
 from array import array
+from collections import deque
 from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from ..resource import Resource
     from .placement_index import Shape
 
 #: tie-breaker for heap entries, so queue objects are never compared (and a queue's
@@ -282,3 +284,13 @@ class User:
         c = self.cores * inv_cores
         m = self.mem * inv_mem
         return (c if c > m else m) / self.weight
+
+
+@dataclass(slots=True, eq=False)
+class Chain:
+    """Jobs sharing one allocation: the first runs, the others wait behind it."""
+
+    wid: int
+    alloc: Resource
+    queue: JobQueue          # whose (user) and what (shape) the allocation is
+    jobs: deque[int]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import socket
 import ssl
 import stat
@@ -12,9 +13,10 @@ from typing import Any
 
 import pytest
 from kmock_harness import KMock, free_port
+from process_tools import Processes
 
 import grain.errors
-from grain.client import discovery
+from grain.client import discovery, kubeapi
 from grain.client.discovery import (
     ClusterDiscoveryError,
     ClusterNotFoundError,
@@ -248,10 +250,11 @@ def test_no_executor_pod(api, kubeconfig):
 
 
 def test_every_error_is_a_discovery_error():
+    defined_in = (discovery.__name__, kubeapi.__name__)   # kubeapi: the API reads, port-forward
     errors = [
         v
-        for v in vars(discovery).values()
-        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == discovery.__name__
+        for v in {**vars(discovery), **vars(kubeapi)}.values()
+        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ in defined_in
     ]
     assert len(errors) >= 8
     assert all(issubclass(e, ClusterDiscoveryError) for e in errors)
@@ -399,3 +402,70 @@ def test_refresh_reads_the_status_again(api, kubeconfig, executor):
         assert conn.refresh() is conn
         assert conn.address == f"grain://127.0.0.1:{moved.port}" and conn.token == "rotated-by-the-admin"
         assert _roundtrip(conn.address) == b"executor:hello"
+
+
+# -- cluster= and `grain status --cluster` on a real TLS executor --------------------------------
+
+
+@pytest.fixture
+def real(api, tmp_path):
+    """A real executor (TLS, per-user tokens) and one worker behind KMock's port-forward."""
+    from .real_cluster import RealCluster
+
+    pytest.importorskip("grain_operator.tls")
+    with Processes() as procs:
+        cluster = RealCluster(api, procs, tmp_path, users={"alice": "alice-token-" + "a" * 16, "bob": "bob-token-" + "b" * 16})
+        cluster.start_executor()
+        cluster.start_worker("node-a", sorted(os.sched_getaffinity(0))[0])
+        cluster.wait_workers({"node-a"})
+        cluster.publish()
+        cluster.publish_executor_pod("demo-executor-abc")
+        yield cluster
+
+
+def _squares(**where: Any) -> list[Any]:
+    import grain
+    from grain.resource import Cores
+
+    async def main() -> list[Any]:
+        async with grain.open_waitgroup() as wg:
+            for i in range(4):
+                wg.submit(Cores(1), pow, i, 2)  # a builtin: importable on the worker
+        return list(wg.results)
+
+    return list(grain.run_combine(main, ship_project=False, progress=False, output="off", **where))
+
+
+def test_cluster_reaches_a_tls_executor_as_the_user_given(real, kubeconfig):
+    """The default GrainCluster has TLS on: through the port-forward on 127.0.0.1 the client
+    trusts the CA from alice's Secret and verifies the executor Service's name."""
+    assert _squares(cluster="demo", namespace=NS, kubeconfig=kubeconfig, user="alice") == [0, 1, 4, 9]
+    assert real.api.km.forwards and set(real.api.km.forwards) == {f"{NS}/demo-executor-abc:4242"}
+    gets = [str(r.url.path) for r in real.api.requests() if "/secrets/" in str(r.url.path)]
+    assert gets and all(p.endswith("/demo-user-alice") for p in gets)  # user= went to discovery
+
+
+def test_cluster_without_user_asks_discovery_for_default_not_the_login_name(real, kubeconfig, monkeypatch):
+    for var in ("LOGNAME", "USER"):
+        monkeypatch.setenv(var, "someone-logged-in")
+    with pytest.raises(UnknownUserError, match=r"no user 'default' \(its users: alice, bob\)"):
+        _squares(cluster="demo", namespace=NS, kubeconfig=kubeconfig)
+    monkeypatch.setenv("GRAIN_USER", "bob")
+    assert _squares(cluster="demo", namespace=NS, kubeconfig=kubeconfig) == [0, 1, 4, 9]
+
+
+def test_cluster_checks_the_certificate_against_the_service_name(real, kubeconfig):
+    """The name verified is the status's tlsServerName: a name the certificate does not carry
+    is refused, though the CA is right and the address is the same."""
+    real.publish(tlsServerName="impostor.science.svc")
+    with pytest.raises(OSError, match="(?i)certificate verify failed"):
+        _squares(cluster="demo", namespace=NS, kubeconfig=kubeconfig, user="alice")
+
+
+def test_grain_status_cluster_verifies_the_service_name(real, kubeconfig, monkeypatch):
+    from grain.cli.status import fetch_status
+
+    monkeypatch.setenv("KUBECONFIG", kubeconfig)
+    monkeypatch.setenv("GRAIN_USER", "alice")
+    doc = fetch_status(cluster="demo", namespace=NS)
+    assert [w["name"] for w in doc["workers"]] == ["node-a"]

@@ -27,6 +27,8 @@ PREFIX = struct.Struct(">II")
 DEFAULT_MAX_HEADER = MAX_FRAME_HEADER
 DEFAULT_MAX_PAYLOAD = MAX_FRAME_PAYLOAD
 BIG_FRAME = 1024 * 1024   # frames this big are gathered in pieces, joined once
+COPY_BELOW = 64 * 1024
+"""Payloads smaller than this are copied out of a big frame's buffer (see ``_split``)."""
 
 Message = tuple[Any, bytes]
 """One message: (header, payload bytes). The header is a ``messages.Message`` struct (or,
@@ -35,18 +37,37 @@ for raw decoders and hostile tests, any msgpack value)."""
 _encode = msgspec.msgpack.Encoder().encode
 
 
+FRAME_MESSAGES = 4096
+"""Messages per frame at most: a burst of a million submissions goes out as frames a
+receiver accepts (headers far below ``MAX_FRAME_HEADER``) and handles in steps."""
+FRAME_PAYLOAD = 64 * 1024 * 1024
+"""A frame's payloads add up to at most this, unless one message's payload alone is
+bigger (two 600 MiB arguments must not make a 1.2 GiB frame, over the receiver's limit)."""
+
+
 def encode_parts(messages: Sequence[Message]) -> list[Any]:
-    """One frame carrying every message, as buffers to send in order (prefix and header
-    first, then the payloads as they are: no copy of a big payload)."""
+    """Frames carrying every message, in order, as buffers to send in order (prefix and
+    header first, then the payloads as they are: no copy of a big payload). One frame,
+    unless there are more than ``FRAME_MESSAGES`` or their payloads pass
+    ``FRAME_PAYLOAD``: then consecutive frames, each within the receiver's limits."""
     if len(messages) == 1:   # the hot path: one message
         h, p = messages[0]
         header = _encode(([h], [len(p)]))
         return [PREFIX.pack(len(header), len(p)) + header, p] if p else \
             [PREFIX.pack(len(header), 0) + header]
     payloads = [m[1] for m in messages]
-    header = _encode(([m[0] for m in messages], [len(p) for p in payloads]))
-    return [PREFIX.pack(len(header), sum(map(len, payloads))) + header,
-            *(p for p in payloads if len(p))]
+    total = sum(map(len, payloads))
+    if len(messages) <= FRAME_MESSAGES and total <= FRAME_PAYLOAD:
+        header = _encode(([m[0] for m in messages], [len(p) for p in payloads]))
+        return [PREFIX.pack(len(header), total) + header, *(p for p in payloads if len(p))]
+    out: list[Any] = []
+    start, size = 0, 0
+    for i, p in enumerate(payloads):
+        if i > start and (i - start >= FRAME_MESSAGES or size + len(p) > FRAME_PAYLOAD):
+            out += encode_parts(messages[start:i])
+            start, size = i, 0
+        size += len(p)
+    return out + encode_parts(messages[start:])
 
 
 def encode_batch(messages: Sequence[Message]) -> bytes:
@@ -168,10 +189,15 @@ class FrameDecoder:
             return [(headers[0], payload)]
         msgs: list[Message] = []
         off = 0
+        # A big frame's payload is a view of one buffer: a small payload is copied out of
+        # it (a view costs ~180 bytes and keeps the whole frame alive for as long as the
+        # message lives, e.g. a job queued for hours); a big one stays a view (no copy).
+        view = type(payload) is memoryview
         for h, n in zip(headers, lengths, strict=True):
             if not isinstance(n, int) or n < 0:
                 raise ProtocolError("malformed message in frame")
-            msgs.append((h, payload[off:off + n]))
+            part = payload[off:off + n]
+            msgs.append((h, part.tobytes() if view and n < COPY_BELOW else part))
             off += n
         if off != len(payload):
             raise ProtocolError("frame payload lengths do not add up")

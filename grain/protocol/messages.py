@@ -63,8 +63,12 @@ class End(IntEnum):
 EndCode = Annotated[int, Meta(ge=0, le=int(max(End)))]
 
 
-class Message(Struct, array_like=True, tag_field="t", omit_defaults=False):
-    """Base of every message (``tag`` is its type number on the wire)."""
+class Message(Struct, array_like=True, tag_field="t", omit_defaults=False, gc=False):
+    """Base of every message (``tag`` is its type number on the wire).
+
+    Messages are not tracked by Python's cyclic garbage collector (``gc=False``): they
+    hold plain data decoded from the wire, never a cycle, and a burst of a peer's
+    hundreds of thousands of decoded messages must not make every collection slower."""
 
 
 # -- any hop ------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ class SessionBundle(Message, tag=21):
 
 
 # -- worker -> executor -------------------------------------------------------------------
-class AttachedJob(Struct, array_like=True):
+class AttachedJob(Struct, array_like=True, gc=False):
     """A job a (re)connecting worker is running: the executor re-attaches it."""
 
     sess: Id
@@ -244,7 +248,7 @@ class AttachedJob(Struct, array_like=True):
     None for the job running on it."""
 
 
-class HeldJob(Struct, array_like=True):
+class HeldJob(Struct, array_like=True, gc=False):
     """A finished job whose result a (re)connecting worker still holds; the ``Done``
     carrying it follows the ``Attach``."""
 

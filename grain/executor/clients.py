@@ -216,6 +216,9 @@ class ClientsMixin:
             self.unpark(rec)
             self._end(rec, End.CANCELLED, "cancelled")
         else:
+            # its end comes from the worker; should the worker hand it back or be lost
+            # meanwhile, it ends there and then instead of running again
+            rec.cancelled = True
             w = self.workers.get(rec.worker) if rec.worker is not None else None
             if w is not None:
                 _send(w.link, m.Kill(rec.sess, rec.cid))

@@ -59,6 +59,7 @@ class JobRecord(msgspec.Struct, gc=False, eq=False):
     submitted_at: float = 0.0
     started_at: float = 0.0
     orphan: bool = False            # reported by a worker before its client came back
+    cancelled: bool = False         # its client cancelled it while it ran: never re-run it
 
     @property
     def key(self) -> tuple[int, int]:

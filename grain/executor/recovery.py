@@ -152,6 +152,8 @@ class RecoveryMixin:
             self._enqueue(rec)
             return None
         self.ledger.attach(rec.gid, w.wid, alloc)
+        if rec.cancelled:
+            _send(w.link, kill)   # cancelled while its worker was away: the Kill again
         _send(s.link if s is not None else None,
               m.Started(rec.cid, w.name, to_wire(alloc)))
         return rec.gid
@@ -190,6 +192,9 @@ class RecoveryMixin:
     def lost(self: ExecutorHost, rec: JobRecord, worker: str, how: str) -> None:
         """The job's run is gone with its worker: re-run it (retries left) or fail it."""
         tried = ", ".join([*(rec.lost_on or []), worker])
+        if rec.cancelled:
+            self._end(rec, End.CANCELLED, "cancelled")
+            return
         if rec.orphan:
             self._end(rec, End.WORKER_LOST,
                       f"worker {worker} was lost while running the job (it {how})")
@@ -249,6 +254,9 @@ class RecoveryMixin:
         if rec.state is JobState.RUNNING and rec.worker == w.wid:
             if end is End.HANDED_BACK:
                 self.release_running(rec)
+                if rec.cancelled:      # cancelled while the worker handed it back
+                    self._end(rec, End.CANCELLED, "cancelled")
+                    return
                 back = self.ledger.requeue(rec.gid, w.name, count=False)
                 if back is not None and not back.orphan:
                     self._enqueue(back)

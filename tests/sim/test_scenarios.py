@@ -86,3 +86,70 @@ def forgotten_after_grace(sim: Driver) -> None:
     sim.run(lambda w: w.partition_worker(w.workers[0], silent=False, heal_after=0.5))
     sim.advance(sim.world.p.client_grace + 5)  # type: ignore[union-attr]
     sim.run(check_forgotten)
+
+
+def test_a_cancel_racing_a_hand_back_is_not_forgotten() -> None:
+    """Found by the state machine: a program cancels a running job at the moment its
+    worker drains and hands it back; the executor re-queued the handed-back job, which
+    then ran (forever) for nobody."""
+    with Driver(SimParams(workers=((1, 2.0),), latency=0.001)) as sim:
+        c, g = start(sim)
+        t = submit(sim, g, hang=True)
+        sim.advance(1)
+        sim.run(lambda w: w.cancel_waitgroup(g))
+        sim.run(lambda w: w.drain_worker(w.workers[0], timeout=0.0))
+        sim.run(lambda w: w.restart_worker(w.workers[0], after=15.0))
+        sim.advance(30)
+        assert [r.token for r in sim.world.log.executing()] == []  # type: ignore[union-attr]
+        assert len(sim.world.log.runs[t]) == 1  # type: ignore[union-attr]
+        sim.run(check_step)
+
+
+def test_a_cancel_racing_a_lost_worker_is_not_forgotten() -> None:
+    """The same race with a worker that is lost: its jobs are re-run elsewhere, but not a
+    job its client cancelled meanwhile."""
+    with Driver(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.001)) as sim:
+        c, g = start(sim)
+        t = submit(sim, g, hang=True)
+        sim.advance(1)
+        sim.run(lambda w: w.cancel_waitgroup(g))
+        sim.advance(0.0015)      # the Kill is on its way to the worker
+        sim.run(lambda w: w.crash_worker(w.workers[int(w.log.runs[t][0].worker[1:])]))
+        sim.advance(30)
+        assert len(sim.world.log.runs[t]) == 1  # type: ignore[union-attr]
+        sim.run(check_step)
+
+
+def test_a_stale_job_killed_after_an_executor_restart_leaves_no_result() -> None:
+    """Found by the state machine: a cancel is lost with a dying executor; the worker
+    reports the job to the new executor, which kills it (nobody wants it), and the worker
+    held the killed job's result until the program ended."""
+    with Driver(SimParams(workers=((1, 2.0),), latency=0.001)) as sim:
+        c, g = start(sim)
+        submit(sim, g, hang=True)
+        sim.advance(1)
+        sim.run(lambda w: w.cancel_waitgroup(g))
+        # the client's link is slow: the worker reports the job before the client resumes
+        sim.run(lambda w: w.slow_link("client:c0", 1.0, 5.0))
+        sim.run(lambda w: (w.stop_executor(), w.start_executor(0.0)))
+        sim.advance(10)
+        agent = sim.world.workers[0].agent  # type: ignore[union-attr]
+        assert agent is not None and not agent.running and not agent.held
+        sim.run(check_step)
+
+
+def test_a_client_back_after_its_session_ended_is_told_so() -> None:
+    """Found by the state machine: a client cut off for longer than the executor's grace
+    (but within its own) comes back and resubmits; the executor had ended its session, so
+    its finished job was reported lost with its worker ("it restarted") and run again.
+    The client must be told the truth: its session ended."""
+    with Driver(SimParams(workers=((1, 2.0),), client_grace=10.0,
+                          reconnect_grace=60.0)) as sim:
+        c, g = start(sim)
+        t = submit(sim, g, duration=0.001)
+        sim.run(lambda w: w.partition_client(c, heal_after=30.0))
+        sim.advance(40)
+        sim.run(check_step)
+        [end] = sim.world.ends[t]  # type: ignore[union-attr]
+        assert not end.ok and "ended" in str(end.value) and "10s" in str(end.value), end
+        assert len(sim.world.log.runs[t]) == 1  # type: ignore[union-attr]

@@ -37,7 +37,7 @@ from ..protocol import handshake
 from ..protocol import messages as m
 from .discovery import ClusterConnection, resolve_cluster
 
-__all__ = ["REFRESH_AFTER_FAILURES", "ClusterDialer", "open_cluster_dialer"]
+__all__ = ["CONNECT_TIMEOUT", "REFRESH_AFTER_FAILURES", "ClusterDialer", "open_cluster_dialer"]
 
 log = logging.getLogger("grain.client")
 
@@ -45,6 +45,11 @@ log = logging.getLogger("grain.client")
 #: (0.1 s doubling to 2 s) that is after about 1.5 s, then every ~8 s while it lasts: a few
 #: Kubernetes API requests each time, nothing for an outage that redialling rides out.
 REFRESH_AFTER_FAILURES = 4
+
+#: Bound on opening a connection (TCP and TLS) before the Grain handshake, which has its own.
+#: A stream that a port-forward accepted but never serves (its API connection was reset) or a
+#: black-holed endpoint must count as a failed attempt, not hold the reconnect loop forever.
+CONNECT_TIMEOUT = 5.0
 
 
 def _read_ca(path: str | None) -> str | None:
@@ -122,7 +127,12 @@ class ClusterDialer:
         ep = parse_endpoint(conn.address)
         server_name = conn.server_hostname if self._ctx is not None else None
         try:
-            stream = await transport.connect(ep, self._ctx, server_hostname=server_name)
+            with trio.fail_after(min(CONNECT_TIMEOUT, self.timeout)):
+                stream = await transport.connect(ep, self._ctx, server_hostname=server_name)
+        except trio.TooSlowError:
+            raise ConnectionError(f"no answer from the executor of {self.where} at {ep} "
+                                  f"({conn.via}) within {min(CONNECT_TIMEOUT, self.timeout):g}s"
+                                  ) from None
         except OSError as e:
             raise ConnectionError(f"cannot reach the executor of {self.where} at {ep} "
                                   f"({conn.via}): {e}") from e

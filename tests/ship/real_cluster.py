@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kmock_harness import KMock, free_port, wait_for
+from kmock_harness import KMock, free_port, wait_until
 from process_tools import Processes, http_ok
 
 NS = "science"
@@ -73,8 +73,11 @@ class RealCluster:
         self.worker_token = self.tmp / "worker-token"
         self.worker_token.write_text(secrets.token_hex(16) + "\n")
         self.pki = issue(self.tmp, "pki-1")
-        self.worker_ca = self.tmp / "worker-ca.crt"   # what the workers trust (a bundle)
-        self.worker_ca.write_text(self.pki.ca_pem)
+        self.renewed = issue(self.tmp, "pki-2")   # what a renewal would bring
+        # The workers trust both CAs: a rollout that renews the CA gives the new worker pods
+        # the new ca.crt; the worker here is not replaced, and only the client is under test.
+        self.worker_ca = self.tmp / "worker-ca.crt"
+        self.worker_ca.write_text(self.pki.ca_pem + self.renewed.ca_pem)
 
     @property
     def status_url(self) -> str:
@@ -92,7 +95,7 @@ class RealCluster:
                 "--tls-key", str(pki.key), "--heartbeat", "0.5", "--timeout", "3"]
         log = self.tmp / f"executor-{self.generation}.log"
         self.executor = proc = self.procs.start(argv, _env(), log)
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{self.http_port}/healthz") or proc.poll() is not None, 30,
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{self.http_port}/healthz") or proc.poll() is not None, 30,
                  "the executor to answer /healthz")
         assert proc.poll() is None, f"the executor exited:\n{log.read_text()}"
         return proc
@@ -100,7 +103,7 @@ class RealCluster:
     def stop_executor(self, sig: int) -> None:
         self.executor.send_signal(sig)
         self.executor.wait(15)
-        wait_for(lambda: not http_ok(f"http://127.0.0.1:{self.http_port}/healthz"), 10, "the old executor to be gone")
+        wait_until(lambda: not http_ok(f"http://127.0.0.1:{self.http_port}/healthz"), 10, "the old executor to be gone")
 
     def start_worker(self, name: str, cpu: int) -> Any:
         argv = [sys.executable, "-m", "grain.cli", "worker", "--executor", f"grain://localhost:{self.port}",
@@ -117,7 +120,7 @@ class RealCluster:
         def registered() -> bool:
             with urllib.request.urlopen(self.status_url, timeout=2) as resp:
                 return names <= {w["name"] for w in json.load(resp)["workers"]}
-        wait_for(registered, timeout, f"workers {sorted(names)} to register")
+        wait_until(registered, timeout, f"workers {sorted(names)} to register")
 
     # -- what the API serves -------------------------------------------------------------------
 

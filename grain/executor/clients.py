@@ -238,12 +238,10 @@ class ClientsMixin:
         """A session is over for good: drop its queue, kill its jobs, free its code."""
         s.closing = True
         log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
-        notify = {w.wid for w in self.workers.values() if s.sess in w.sessions}
-        # workers holding a result of it (kept for the client, or not acked yet) keep their
-        # copy until told: a reconnected worker's new connection may not know the session
-        notify |= {wid for wid in [*(h.wid for h in s.held.values()), *s.unacked.values()]
-                   if wid is not None and wid in self.workers}
-        notify |= {w.wid for w in self.workers.values() if any(k[0] == s.sess for k in w.held)}
+        # Every worker is told: one that reconnected (or this executor, restarted) does not
+        # know every session that ran there, and a worker keeps a session's idle runners
+        # and held results until told. One small message per worker per session.
+        notify = set(self.workers)
         for wid in notify:
             w = self.workers[wid]
             w.sessions.discard(s.sess)

@@ -351,6 +351,10 @@ class Executor(ClientsMixin, RecoveryMixin):
             self._forget_if_done(s)
             return
         if rec.orphan and end == End.CANCELLED:
+            # a stale job, killed because nobody claimed it: the result its worker holds
+            # is nobody's
+            if wid is not None and wid in self.workers:
+                _send(self.workers[wid].link, m.Release(rec.sess, [rec.cid]))
             return
         self._deliver(s, rec.cid, int(end), worker, message, payload, wid)
 

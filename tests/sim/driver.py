@@ -57,7 +57,7 @@ class Driver:
         self._token = trio.lowlevel.current_trio_token()
         async with trio.open_nursery() as n:
             self._stop = n.cancel_scope
-            self.world = SimWorld(self._params)
+            self.world = SimWorld(self._params, clock=self.clock.current_time)
             await n.start(self.world.run)
             await trio.testing.wait_all_tasks_blocked()
             self._ready.set()

@@ -40,7 +40,7 @@ KINDS = ["ok"] * 6 + ["prints", "temp1", "temp2", "temp_hang", "hang", "raises",
                       "crash", "hog"]
 SHAPE_MIX = ["c1"] * 5 + ["c2"] * 2 + ["c1m1", "c1t3", "c4", "c9"]
 DURATIONS = [0.0, 0.001, 0.05, 0.5, 2.0, 10.0, 30.0]
-MAX_JOBS = 40
+MAX_JOBS = 60
 
 
 def make_spec(token: int, kind: str, duration: float, value: int) -> JobSpec:
@@ -89,6 +89,23 @@ class ClusterMachine(RuleBasedStateMachine):
     def open_groups(self) -> list[SimWaitGroup]:
         return [g for c in self.live_clients() for g in c.wgs
                 if not g.done and not g.closing and g.wg is not None]
+
+    def busy(self) -> bool:
+        """Jobs are in flight: the moment a fault is worth injecting."""
+        w = self.world
+        return bool(w.log.executing()) or any(
+            t not in w.ends and t not in w.abandoned for t in w.specs)
+
+    def may_break(self) -> bool:
+        """A new fault is worth injecting: jobs are in flight, and at most one other part
+        is broken now (a cluster broken everywhere at once runs nothing to test)."""
+        return self.busy() and len(self.world.faults_active()) < 2
+
+    def pick_worker(self, i: int) -> Any:
+        """A worker, one running jobs if there is one (faults matter most there)."""
+        ws = self.world.workers
+        busy = {r.worker for r in self.world.log.executing()}
+        return self.pick([w for w in ws if w.name in busy] or ws, i)
 
     @staticmethod
     def pick(items: list[Any], i: int) -> Any:
@@ -147,6 +164,14 @@ class ClusterMachine(RuleBasedStateMachine):
         self.jobs += n
         self.d.run(go)  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.jobs < MAX_JOBS)
+    @rule(i=st.integers(0, 5), kind=st.sampled_from(KINDS),
+          duration=st.sampled_from(DURATIONS), shape=st.sampled_from(SHAPE_MIX),
+          n=st.integers(1, 6))
+    def submit_more(self, i: int, kind: str, duration: float, shape: str, n: int) -> None:
+        """``submit`` again (rules are drawn alike: programs submit more than they fail)."""
+        self.submit(i, kind, duration, shape, n)
+
     @rule(i=st.integers(0, 5))
     def close_waitgroup(self, i: int) -> None:
         g = self.pick(self.open_groups(), i)
@@ -173,7 +198,13 @@ class ClusterMachine(RuleBasedStateMachine):
     def advance(self, dt: float) -> None:
         self.d.advance(dt)  # type: ignore[union-attr]
 
+    @rule(dt=st.sampled_from([0.01, 0.5, 2.0, 10.0]))
+    def wait(self, dt: float) -> None:
+        """``advance`` again (time passes between most steps of a real program)."""
+        self.advance(dt)
+
     # -- faults ------------------------------------------------------------------------
+    @precondition(lambda self: self.busy())
     @rule(i=st.integers(0, 7))
     def crash_runner(self, i: int) -> None:
         runs = self.world.log.executing()
@@ -181,15 +212,17 @@ class ClusterMachine(RuleBasedStateMachine):
         if r is not None:
             self.d.run(lambda w: w.crash_runner(r.runner))  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), silent=st.booleans(),
           heal_after=st.sampled_from([0.5, 2.0, 10.0, 60.0, None]))
     def partition_worker(self, i: int, silent: bool, heal_after: float | None) -> None:
-        w = self.pick(self.world.workers, i)
+        w = self.pick_worker(i)
         self.d.run(lambda world: world.partition_worker(w, silent, heal_after))  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), restart_after=st.sampled_from([0.0, 1.0, 5.0, 60.0, None]))
     def crash_worker(self, i: int, restart_after: float | None) -> None:
-        w = self.pick(self.world.workers, i)
+        w = self.pick_worker(i)
 
         def go(world: SimWorld) -> None:
             world.crash_worker(w)
@@ -197,10 +230,11 @@ class ClusterMachine(RuleBasedStateMachine):
                 world.restart_worker(w, restart_after)
         self.d.run(go)  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), timeout=st.sampled_from([0.0, 1.0, 10.0, 60.0]),
           restart_after=st.sampled_from([1.0, 30.0, None]))
     def drain_worker(self, i: int, timeout: float, restart_after: float | None) -> None:
-        w = self.pick(self.world.workers, i)
+        w = self.pick_worker(i)
 
         def go(world: SimWorld) -> None:
             world.drain_worker(w, timeout)
@@ -209,6 +243,7 @@ class ClusterMachine(RuleBasedStateMachine):
                                      + restart_after)
         self.d.run(go)  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(downtime=st.sampled_from([0.0, 0.5, 3.0, 20.0]))
     def restart_executor(self, downtime: float) -> None:
         def go(world: SimWorld) -> None:
@@ -216,18 +251,21 @@ class ClusterMachine(RuleBasedStateMachine):
             world.start_executor(downtime)
         self.d.run(go)  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), heal_after=st.sampled_from([0.5, 5.0, 30.0, 100.0, None]))
     def partition_client(self, i: int, heal_after: float | None) -> None:
         c = self.pick(self.live_clients(), i)
         if c is not None:
             self.d.run(lambda w: w.partition_client(c, heal_after))  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2))
     def crash_client(self, i: int) -> None:
         c = self.pick(self.live_clients(), i)
         if c is not None:
             self.d.run(lambda w: w.crash_client(c))  # type: ignore[union-attr]
 
+    @precondition(lambda self: self.busy())
     @rule(party=st.integers(0, 5), extra=st.sampled_from([0.05, 0.3, 1.0]),
           duration=st.sampled_from([1.0, 5.0, 20.0]))
     def slow_link(self, party: int, extra: float, duration: float) -> None:
@@ -314,6 +352,10 @@ def check_forgotten(world: SimWorld) -> None:
         if w.agent is not None and w.up and (w.agent.running or w.agent.held):
             fail(f"worker {w.name} still holds jobs {list(w.agent.running)} and results "
                  f"{list(w.agent.held)} after every program ended")
+        if w.pool is not None and w.up:
+            kept = [(r.pid, r.session) for r in w.pool.idle if r.session is not None]
+            if kept:
+                fail(f"worker {w.name} keeps idle runners of sessions that ended: {kept}")
     if world.log.executing():
         fail(f"jobs still run after every program ended: {world.log.executing()}")
 

@@ -153,3 +153,19 @@ def test_a_client_back_after_its_session_ended_is_told_so() -> None:
         [end] = sim.world.ends[t]  # type: ignore[union-attr]
         assert not end.ok and "ended" in str(end.value) and "10s" in str(end.value), end
         assert len(sim.world.log.runs[t]) == 1  # type: ignore[union-attr]
+
+
+def test_a_worker_that_reconnected_still_hears_that_a_session_ended() -> None:
+    """Found by the state machine: a worker that reconnected after a blip was never told
+    that a session which had run there ended (the new connection did not know it), so it
+    kept that session's idle runners for ever."""
+    with Driver(SimParams(workers=((1, 2.0),))) as sim:
+        c, g = start(sim)
+        submit(sim, g, duration=1.0)
+        sim.run(lambda w: w.close_waitgroup(g))
+        sim.advance(2)
+        sim.run(lambda w: w.partition_worker(w.workers[0], silent=False, heal_after=0.5))
+        sim.advance(3)
+        sim.call(lambda w: w.finish_client(c))
+        sim.advance(5)
+        sim.run(check_forgotten)

@@ -141,9 +141,11 @@ class SimSession(Session):
 class SimWorld:
     """The cluster. Start it with ``await nursery.start(world.run)``."""
 
-    def __init__(self, params: SimParams) -> None:
+    def __init__(self, params: SimParams,
+                 clock: Callable[[], float] = trio.current_time) -> None:
         self.p = params
-        self.log = RunLog(trio.current_time)
+        self.now = clock     # the run's clock (a MockClock's reads from any thread)
+        self.log = RunLog(clock)
         self.executor: Executor | None = None
         self.executors = 0
         self.workers = [self._worker(i, c, mem) for i, (c, mem) in enumerate(params.workers)]
@@ -162,10 +164,6 @@ class SimWorld:
         self._exec_scope: trio.CancelScope | None = None
         self._exec_nursery: trio.Nursery | None = None
         self._exec_starting = False
-
-    @staticmethod
-    def now() -> float:
-        return trio.current_time()
 
     def _worker(self, i: int, cores: int, memory: float) -> SimWorker:
         inv = build_inventory(Cores(cores) & Memory(memory), cpus=list(range(cores)))

@@ -23,16 +23,17 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from support.waiting import free_port as free_port  # the tiers' shared helpers
+from support.waiting import wait_until as wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts"
@@ -48,29 +49,6 @@ CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "constr
 
 class EngineUnavailable(Exception):
     """No engine can be had here; the message says why (the tier skips with it)."""
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, ValueError, KeyError, AssertionError) as e:
-            last, value = e, None
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                         + (f" (last error: {last!r})" if last else ""))
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_json(url: str, timeout: float = 2.0) -> Any:
@@ -362,7 +340,7 @@ class Container:
                 raise AssertionError(f"container {self.name} exited before printing {text!r}:\n"
                                      f"{out[-3000:]}")
             return None
-        return str(wait_for(seen, timeout, f"{self.name} to print {text!r}"))
+        return str(wait_until(seen, timeout, f"{self.name} to print {text!r}"))
 
     def exec(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return self.engine.run("exec", self.cid, *argv, check=False)

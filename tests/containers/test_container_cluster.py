@@ -23,7 +23,7 @@ from container_harness import (
     http_json,
     http_ok,
     token_file,
-    wait_for,
+    wait_until,
 )
 
 # The first test to run builds the image (about a minute on overlay2, several on vfs).
@@ -51,7 +51,7 @@ def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: st
     status_url = f"http://127.0.0.1:{http_port}/status"
     with Containers(engine, image) as box:
         executor = start_executor(box, token, grain_port, http_port)
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or
                  (not executor.running() and executor.logs()), 60, "the executor's /healthz")
         assert executor.running(), executor.logs()
         workers = {}
@@ -66,7 +66,7 @@ def test_hardened_executor_and_workers_run_pinned_jobs(engine: Engine, image: st
             got = {w["name"]: w for w in http_json(status_url)["workers"]}
             return got if set(got) == set(nodes) else None
 
-        status = wait_for(registered, 60, "both workers to register")
+        status = wait_until(registered, 60, "both workers to register")
         for name, (cpu, _, memory_gb) in nodes.items():
             # Each worker offers its container's memory (not the machine's) and its one CPU.
             assert status[name]["memory_total_gb"] == memory_gb, status[name]
@@ -110,7 +110,7 @@ def test_executor_starts_without_a_writable_tmp(engine: Engine, image: str, tmp_
     grain_port, http_port = free_port(), free_port()
     with Containers(engine, image) as box:
         executor = start_executor(box, token, grain_port, http_port, tmpfs=())
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
                  60, "the executor to answer or exit")
         if not (executor.running() and http_ok(f"http://127.0.0.1:{http_port}/healthz")):
             raise NotStarted(executor.logs()[-3000:])
@@ -121,13 +121,13 @@ def test_executor_and_worker_exit_on_sigterm(engine: Engine, image: str, tmp_pat
     grain_port, http_port = free_port(), free_port()
     with Containers(engine, image) as box:
         executor = start_executor(box, token, grain_port, http_port)
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{http_port}/healthz") or not executor.running(),
                  60, "the executor's /healthz")
         worker = box.run("worker", [
             "worker", "--executor", f"grain://127.0.0.1:{grain_port}", "--name", "w",
             "--memory", "auto", "--gpus", "none", "--token-file", TOKEN_MOUNT],
             mounts=[(str(token), TOKEN_MOUNT)], memory="512m")
-        wait_for(lambda: [w["name"] for w in http_json(f"http://127.0.0.1:{http_port}/status")["workers"]]
+        wait_until(lambda: [w["name"] for w in http_json(f"http://127.0.0.1:{http_port}/status")["workers"]]
                  == ["w"], 60, "the worker to register")
         # SIGTERM to PID 1, as a pod deletion sends it: as PID 1 a process without a handler
         # would ignore it and be killed (137) after the grace period. An idle worker drains

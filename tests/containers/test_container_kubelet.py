@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from container_harness import Containers, Engine, free_port, http_json, http_ok, wait_for
+from container_harness import Containers, Engine, free_port, http_json, http_ok, wait_until
 from kmock_harness import DAEMONSETS, DEPLOYMENTS, GRC, NS, SECRETS, KMock, graincluster
 from kubelet import Kubelet, Node, api_list, run_operator, template_hash
 
@@ -84,20 +84,20 @@ def running_cluster(engine: Engine, image: str, client_env: dict[str, str], tmp_
     with KMock(namespaces=(NS,)) as api, Containers(engine, image) as box:
         operator = run_operator(box, api, tmp_path, NS, liveness=liveness,
                                 extra=["--add-host", f"demo-executor.{NS}.svc:127.0.0.1"])
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
                  60, "the operator's liveness endpoint")
         assert operator.running(), operator.logs()
         api.km.forward_to = grain_port  # the API server's port-forward reaches the pod's port
         api.create(GRC, NS, graincluster(spec=spec))
-        wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
+        wait_until(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
                  30, "the operator to render the workloads")
         with Kubelet(api, box, NS, tmp_path / "pods", nodes=nodes,
                      control_plane=Node("control-plane", tuple(cpus))) as kubelet:
             def running() -> bool:
                 kubelet.check()
                 return phase(api) == "Running"
-            wait_for(running, 90, "the GrainCluster to be Running on the stand-in kubelet")
-            wait_for(lambda: len(registered(http_port)) == 2, 30, "both workers to register")
+            wait_until(running, 90, "the GrainCluster to be Running on the stand-in kubelet")
+            wait_until(lambda: len(registered(http_port)) == 2, 30, "both workers to register")
             # WAITS FOR CORE: without per-user tokens the executor knows the workers' token only
             per_user = "--client-tokens" in kubelet._supported(image, "executor")
             secret = api.get(SECRETS, NS, "demo-worker-token")
@@ -142,18 +142,18 @@ def test_rendered_workloads_run_as_containers_and_roll(engine: Engine, image: st
             pods = kubelet.snapshot()[0]
             return (len(pods) == 3 and all(p.ready and p.template_hash == want[p.kind] for p in pods)
                     and not first & {p.name for p in pods})
-        wait_for(rolled, 120, "every pod to be replaced by a ready one of the new templates")
+        wait_until(rolled, 120, "every pod to be replaced by a ready one of the new templates")
         gone = {c.cid for p in kubelet.snapshot()[1] for c in p.containers}
         alive = set(engine.run("ps", "-q", "--no-trunc").stdout.split())
         assert gone and not gone & alive, "replaced pods' containers still run"
-        workers = wait_for(lambda: len(registered(http_port)) == 2 and registered(http_port), 60,
+        workers = wait_until(lambda: len(registered(http_port)) == 2 and registered(http_port), 60,
                            "both new workers to register with the new executor")
         assert {w["memory_total_gb"] for w in workers.values()} == {0.5}, workers  # 768Mi - 256Mi
         check_jobs(run_probe(tmp_path, cluster, 4), nodes, memory_limit=768 * 1024 ** 2)
 
         # Deleting the GrainCluster deletes the workloads; the kubelet stops their pods.
         api.delete(GRC, NS, "demo")
-        wait_for(lambda: not kubelet.snapshot()[0] and not api_list(api, "v1/pods", NS), 60,
+        wait_until(lambda: not kubelet.snapshot()[0] and not api_list(api, "v1/pods", NS), 60,
                  "every pod to be stopped")
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from container_harness import Containers, Engine, free_port, http_ok, wait_for
+from container_harness import Containers, Engine, free_port, http_ok, wait_until
 from kmock_harness import (
     DAEMONSETS,
     DEPLOYMENTS,
@@ -48,12 +48,12 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
             Containers(engine, image) as box:
         operator = run_operator(box, api, tmp_path, NS, liveness=liveness,
                                 args=["--status-url", status_server.url])
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
                  60, "the operator's liveness endpoint")
         assert operator.running(), operator.logs()
 
         api.create(GRC, NS, graincluster(spec={"image": image, "workers": {"memory": "1Gi"}}))
-        wait_for(lambda: all(api.get(res, NS, name) for res, name in children), 30,
+        wait_until(lambda: all(api.get(res, NS, name) for res, name in children), 30,
                  "the operator in its container to create the children")
         for res, name in children:
             child = api.get(res, NS, name)
@@ -66,16 +66,16 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
         assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == image
 
         play_controllers(api)
-        wait_for(lambda: (api.get(GRC, NS, "demo") or {}).get("status", {}).get("phase") == "Running",
+        wait_until(lambda: (api.get(GRC, NS, "demo") or {}).get("status", {}).get("phase") == "Running",
                  30, "the GrainCluster to be reported Running")
         assert status_server.hits > 0  # it read the executor's /status from inside the container
         grc = api.get(GRC, NS, "demo")
         assert grc is not None and "grain.dev/finalizer" in grc["metadata"]["finalizers"]
 
         api.delete(GRC, NS, "demo")
-        wait_for(lambda: api.get(GRC, NS, "demo") is None, 30,
+        wait_until(lambda: api.get(GRC, NS, "demo") is None, 30,
                  "the finalizer to be released and the GrainCluster to go")
-        wait_for(lambda: not any(api.get(res, NS, name) for res, name in children), 30,
+        wait_until(lambda: not any(api.get(res, NS, name) for res, name in children), 30,
                  "the children to be deleted")
 
         # SIGTERM to PID 1 (docker stop, as the kubelet does): kopf stops at once and cleanly.

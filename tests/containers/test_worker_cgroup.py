@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from container_harness import free_port, http_json, http_ok, listening_address, wait_for
+from container_harness import free_port, http_json, http_ok, listening_address, wait_until
 
 from grain.worker.inventory import cgroup_dir, parse_mountinfo, parse_proc_cgroup
 
@@ -66,7 +66,7 @@ def cgroups() -> Iterator[tuple[Path, Path]]:
     finally:
         for d in made:
             # The worker and its runners are gone once stopped; wait for the kernel to agree.
-            wait_for(functools.partial(empty, d), 20, f"{d} to be empty")
+            wait_until(functools.partial(empty, d), 20, f"{d} to be empty")
             d.rmdir()
 
 
@@ -92,22 +92,22 @@ def test_worker_offers_its_cgroup_memory(cgroups: tuple[Path, Path], tmp_path: P
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "grain.cli", "executor", "--listen", "grain://127.0.0.1:0",
                  "--http", f"127.0.0.1:{http}"], env=env, stdout=out, stderr=subprocess.STDOUT))
-        address = wait_for(lambda: listening_address(ex_log.read_text()), 30, "the executor")
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{http}/healthz"), 30, "the executor's HTTP")
+        address = wait_until(lambda: listening_address(ex_log.read_text()), 30, "the executor")
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{http}/healthz"), 30, "the executor's HTTP")
         with wk_log.open("wb") as out:
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "grain.cli", "worker", "--executor", address, "--name",
                  "confined", "--memory", "auto", "--gpus", "none"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=enter_cgroups))
         worker = procs[-1]
-        assert str(worker.pid) in wait_for(lambda: (mem / "cgroup.procs").read_text().split(), 10,
+        assert str(worker.pid) in wait_until(lambda: (mem / "cgroup.procs").read_text().split(), 10,
                                            "the worker in the memory cgroup")
 
         def registered() -> dict[str, object] | None:
             workers = http_json(f"http://127.0.0.1:{http}/status")["workers"]
             return next((w for w in workers if w["name"] == "confined"), None)
 
-        info = wait_for(registered, 30, "the worker to register")
+        info = wait_until(registered, 30, "the worker to register")
         machine_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GiB
         assert machine_gb > 2, "the test needs a machine with more memory than the cgroup"
         assert info["memory_total_gb"] == 1.0, info  # the cgroup's 1 GiB, not the machine's

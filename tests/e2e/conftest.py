@@ -14,11 +14,11 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CLUSTER = os.environ.get("GRAIN_E2E_CLUSTER", "grain-e2e")
@@ -79,17 +79,6 @@ def kubectl(*args: str, input: str | None = None, check: bool = True, timeout: f
 
 def kubectl_json(*args: str) -> Any:
     return json.loads(kubectl(*args, "-o", "json"))
-
-
-def wait_for(what: str, probe: Any, timeout: float = 300, every: float = 3) -> Any:
-    """Poll `probe()` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline, last = time.monotonic() + timeout, None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def schedulable_nodes() -> list[str]:
@@ -161,9 +150,8 @@ def grain_cluster() -> dict[str, Any]:
         phase = (grc.get("status") or {}).get("phase")
         return grc if phase == "Running" and ds_ready == len(nodes) else None
 
-    grc = wait_for(
-        f"GrainCluster {NAME} Running with {len(nodes)} ready workers", ready, timeout=420
-    )
+    grc = wait_until(ready, 420, f"GrainCluster {NAME} Running with {len(nodes)} ready workers",
+                     interval=3)
     return {"object": grc, "nodes": nodes}
 
 

@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import IMAGE, NAME, NAMESPACE, SYSTEM, VARIANT, kubectl, kubectl_json, wait_for
+from support.waiting import wait_until
+
+from .conftest import IMAGE, NAME, NAMESPACE, SYSTEM, VARIANT, kubectl, kubectl_json
 
 HERE = Path(__file__).parent
 MARK = "GRAIN-E2E-RESULTS "
@@ -121,7 +123,7 @@ def test_jobs_from_a_pod_with_address(grain_cluster):
             return "failed"
         return "complete" if status.get("succeeded") else None
 
-    outcome = wait_for(f"Job {JOB}", finished, timeout=300)
+    outcome = wait_until(finished, 300, f"Job {JOB}", interval=3)
     logs = kubectl("-n", NAMESPACE, "logs", f"job/{JOB}", check=False)
     assert outcome == "complete", logs
     _check_pinning(_results(logs))

@@ -8,6 +8,7 @@ import time
 import psutil
 import pytest
 import trio
+from support.waiting import wait_until_async
 
 import grain
 from grain import errors
@@ -60,13 +61,6 @@ def flaky(path):
     if n < 2:
         raise ConnectionError(f"transient failure {n}")
     return n
-
-
-async def until_exists(path, timeout=60):
-    """Wait (bounded) until a job has written its pid file."""
-    with trio.fail_after(timeout):
-        while not path.exists() or not path.read_text():
-            await trio.sleep(0.02)
 
 
 def test_job_exception_reaches_the_client_with_remote_traceback():
@@ -169,7 +163,7 @@ def test_cancelling_a_wait_group_kills_running_and_drops_queued(tmp_path):
                 wg.submit(Cores(1), pid_then_sleep, str(pidfile), 60)
                 for _ in range(5):
                     wg.submit(Cores(1), sleep_and_return, 60)  # queued behind it
-                await until_exists(pidfile)
+                await wait_until_async(pidfile.read_text, 60, "the job's pid file")
                 scope.cancel()
         assert scope.cancelled_caught
         victim = int(pidfile.read_text())
@@ -187,7 +181,7 @@ def test_cancelling_exec1_kills_the_job(tmp_path):
     async def main():
         async with trio.open_nursery() as n:
             n.start_soon(grain.exec1, Cores(1), pid_then_sleep, str(pidfile), 60)
-            await until_exists(pidfile)
+            await wait_until_async(pidfile.read_text, 60, "the job's pid file")
             n.cancel_scope.cancel()
         return int(pidfile.read_text()), await grain.exec1(Cores(1), sleep_and_return, 0, 5)
     victim, value = grain.run_combine(main, rpw=Node(1, 1))

@@ -28,6 +28,7 @@ from grain.resource import Cores, Memory, WTime
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
 from grain_harness import ExecutorProc, Harness, run_client  # noqa: E402
+from support.waiting import wait_until_async  # noqa: E402 - on the path: grain_harness
 
 pytestmark = pytest.mark.timeout(180)
 F = Callable[..., Any]
@@ -115,13 +116,6 @@ def _pids(path: Path) -> list[int]:
     return [int(p) for p in json.loads(path.read_text())]
 
 
-async def _wait_for(path: Path) -> list[int]:
-    with trio.fail_after(30):
-        while not path.exists():
-            await trio.sleep(0.02)
-    return _pids(path)
-
-
 async def _gone(pids: list[int], timeout: float = 10.0) -> list[int]:
     """Pids still running after ``timeout`` (a kill from outside takes a moment to land;
     the embedded cluster runs in this loop, so the wait must not block it)."""
@@ -153,7 +147,7 @@ def case_cancelled(tmp: Path) -> Callable[[], Any]:
     async def main() -> list[int]:
         async with trio.open_nursery() as n:
             n.start_soon(grain.exec1, Cores(1), fork_and, str(tmp / "c"), "hang")
-            pids = await _wait_for(tmp / "c")
+            pids = await wait_until_async(lambda: _pids(tmp / "c"), 30, "the job's pids")
             assert all(_alive(p) for p in pids)
             n.cancel_scope.cancel()
         return await _gone(pids)

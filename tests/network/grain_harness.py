@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,18 +27,17 @@ import grain
 
 NET_DIR = Path(__file__).resolve().parent
 REPO = NET_DIR.parents[1]
+if str(NET_DIR.parent) not in sys.path:   # tests/: also for programs that import this module
+    sys.path.insert(0, str(NET_DIR.parent))
+
+from support.waiting import free_port as free_port  # noqa: E402 - the tiers' shared helpers
+from support.waiting import wait_until as wait_until  # noqa: E402
+
 TOKEN = "s3cret-network-test-token"
 
 # Small heartbeat settings so that dead and half-open peers are found in seconds.
 HEARTBEAT = 0.5
 TIMEOUT = 2.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def process_env() -> dict[str, str]:
@@ -51,24 +49,6 @@ def process_env() -> dict[str, str]:
     env.pop("GRAIN_TOKEN", None)
     env.pop("GRAIN_ADDRESS", None)
     return env
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str,
-               interval: float = 0.05) -> Any:
-    """Poll ``pred`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            value = pred()
-        except Exception as e:  # noqa: BLE001 - keep polling, report the last one
-            value, last_exc = None, e
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                                 + (f" (last error: {last_exc!r})" if last_exc else ""))
-        time.sleep(interval)
 
 
 class GrainProc:

@@ -22,7 +22,7 @@ from kmock_harness import (
     StatusServer,
     free_port,
     sample_status,
-    wait_for,
+    wait_until,
 )
 from process_tools import Processes, grain_cli_available, wait_http
 
@@ -123,7 +123,7 @@ def executor_http(tmp_path: Path) -> Iterator[ExecutorEndpoint]:
         log = tmp_path / "executor.log"
         procs.start([sys.executable, "-m", "grain.cli", "executor", "--listen", "grain://127.0.0.1:0",
                      "--http", f"127.0.0.1:{http_port}"], env, log)
-        address = wait_for(lambda: _listening(log), 20, "the executor to listen")
+        address = wait_until(lambda: _listening(log), 20, "the executor to listen")
         wait_http(f"http://127.0.0.1:{http_port}/healthz")
         cpu = sorted(os.sched_getaffinity(0))[0]
         procs.start([sys.executable, "-m", "grain.cli", "worker", "--executor", address, "--name", "node-a",

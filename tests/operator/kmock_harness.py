@@ -28,10 +28,7 @@ import copy
 import http.server
 import json
 import re
-import socket
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +36,13 @@ import aiohttp
 import aiohttp.web
 import kmock
 import yaml
+from support.waiting import free_port as free_port  # the tiers' shared helpers
+from support.waiting import wait_until as wait_until
 
 from grain_operator.handlers import operate
 from grain_operator.settings import OperatorConfig
+
+wait_for = wait_until   # the old name, until the last user of it moves (tests/ship)
 
 NS = "science"
 GRC = "grain.dev/v1/grainclusters"
@@ -68,21 +69,6 @@ RESOURCES: dict[str, dict[str, Any]] = {
 
 PORTFORWARD = re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/pods/(?P<pod>[^/]+)/portforward$")
 APPLY_CONTENT_TYPE = "application/apply-patch+yaml"
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll until ``predicate()`` is truthy; return its value or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (KeyError, ValueError, TypeError, AssertionError, IndexError) as exc:
-            last_exc = exc
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last: {last_exc!r})" if last_exc else ""))
 
 
 def api_path(resource: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
@@ -434,10 +420,3 @@ def graincluster(name: str = "demo", spec: dict[str, Any] | None = None, generat
                      "resourceVersion": "1"},
         "spec": spec if spec is not None else {"image": "grain:test"},
     }
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])

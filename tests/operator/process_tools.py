@@ -7,7 +7,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from kmock_harness import wait_for
+from kmock_harness import wait_until
 
 
 def grain_cli_available() -> bool:
@@ -58,4 +58,4 @@ def http_ok(url: str) -> bool:
 
 def wait_http(url: str, timeout: float = 20.0) -> None:
     """Wait until ``url`` answers 200."""
-    wait_for(lambda: http_ok(url), timeout, f"{url} to answer")
+    wait_until(lambda: http_ok(url), timeout, f"{url} to answer")

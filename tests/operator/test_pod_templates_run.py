@@ -46,7 +46,7 @@ from kmock_harness import (
     SECRETS,
     free_port,
     graincluster,
-    wait_for,
+    wait_until,
 )
 from process_tools import Processes, grain_cli_available, wait_http
 
@@ -204,7 +204,7 @@ def test_pod_templates_run_jobs_and_roll(api: Any, run_operator: Any, tmp_path: 
     with run_operator():
         api.create(GRC, NS, graincluster(spec={"image": "grain:1", "workers": {"memory": "1Gi"},
                                                "scheduler": {"retries": 1}}))
-        wait_for(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
+        wait_until(lambda: api.get(DEPLOYMENTS, NS, "demo-executor") and api.get(DAEMONSETS, NS, "demo-worker"),
                  15, "the rendered children")
         ex_t, wk_t = templates()
         user_secret = api.get(SECRETS, NS, "demo-token")
@@ -227,7 +227,7 @@ def test_pod_templates_run_jobs_and_roll(api: Any, run_operator: Any, tmp_path: 
             wait_http(probe_url(ex_t, ports), 30)
             for node, node_cpus in zip(("node-a", "node-b"), halves, strict=True):
                 kubelet.start("worker", f"demo-worker-{node}-{generation}", wk_t, node, node_cpus)
-            wait_for(lambda: registered(probe_url(ex_t, ports, "/status")) == ["node-a", "node-b"], 30,
+            wait_until(lambda: registered(probe_url(ex_t, ports, "/status")) == ["node-a", "node-b"], 30,
                      "both workers to register")
 
         def check(results: list[Any]) -> None:
@@ -256,7 +256,7 @@ def test_pod_templates_run_jobs_and_roll(api: Any, run_operator: Any, tmp_path: 
             before = hashes()
             api.patch(GRC, NS, "demo", {"metadata": {"generation": 2}, "spec": {
                 "workers": {"drainTimeoutSeconds": 30}, "scheduler": {"clientGraceSeconds": 600}}})
-            wait_for(lambda: all(a != b for a, b in zip(before, hashes(), strict=True)), 15, "both templates to roll")
+            wait_until(lambda: all(a != b for a, b in zip(before, hashes(), strict=True)), 15, "both templates to roll")
             assert templates()[1]["spec"]["terminationGracePeriodSeconds"] == 30 + render.DRAIN_MARGIN_SECONDS
             for proc in procs.procs:
                 proc.terminate()

@@ -21,7 +21,7 @@ from kmock_harness import (
     SECRETS,
     SERVICES,
     graincluster,
-    wait_for,
+    wait_until,
 )
 
 from grain_operator import rbac, render
@@ -110,23 +110,23 @@ def _scenario(api: Any) -> None:
         "data": {"token": base64.b64encode(b"tok").decode()}})
     api.create(GRC, NS, graincluster("r", spec={"image": "grain:1", "executor": {"serviceType": "NodePort"}}))
     api.create(GRC, NS, graincluster("s", spec={"image": "grain:1", "auth": {"tokenSecret": "mine"}}))
-    wait_for(lambda: api.get(DAEMONSETS, NS, "r-worker") and api.get(DAEMONSETS, NS, "s-worker"), 15, "children")
+    wait_until(lambda: api.get(DAEMONSETS, NS, "r-worker") and api.get(DAEMONSETS, NS, "s-worker"), 15, "children")
     api.create(PODS, NS, {"apiVersion": "v1", "kind": "Pod", "metadata": {
         "name": "r-executor-1", "namespace": NS, "labels": render.labels(render.Owner("r", NS), "executor")},
         "status": {"hostIP": "192.0.2.1"}})
     ports = api.get(SERVICES, NS, "r-executor")["spec"]["ports"]
     api.patch(SERVICES, NS, "r-executor", {"spec": {"ports": [{**p, "nodePort": 31000 + i} for i, p in enumerate(ports)]}})
     api.patch(DEPLOYMENTS, NS, "r-executor", {"status": {"availableReplicas": 1}}, sub="status")
-    wait_for(lambda: "192.0.2.1" in str(api.get(GRC, NS, "r").get("status")), 15, "the status with the node address")
+    wait_until(lambda: "192.0.2.1" in str(api.get(GRC, NS, "r").get("status")), 15, "the status with the node address")
     api.patch(GRC, NS, "r", {"metadata": {"generation": 2}, "spec": {
         "image": "grain:2", "users": [{"name": "alice"}], "networkPolicy": {"enabled": False}}})
-    wait_for(lambda: api.get(DEPLOYMENTS, NS, "r-executor")["spec"]["template"]["spec"]["containers"][0]["image"]
+    wait_until(lambda: api.get(DEPLOYMENTS, NS, "r-executor")["spec"]["template"]["spec"]["containers"][0]["image"]
              == "grain:2", 15, "the update")
-    wait_for(lambda: api.get(SECRETS, NS, "r-user-alice") and api.get(SECRETS, NS, "r-token") is None
+    wait_until(lambda: api.get(SECRETS, NS, "r-user-alice") and api.get(SECRETS, NS, "r-token") is None
              and api.get("networking.k8s.io/v1/networkpolicies", NS, "r-executor") is None, 15,
              "the user's Secret, the default user's and the policies gone")
     api.delete(GRC, NS, "r")
-    wait_for(lambda: api.get(GRC, NS, "r") is None, 30, "r to be deleted")
+    wait_until(lambda: api.get(GRC, NS, "r") is None, 30, "r to be deleted")
     assert api.get(SERVICES, NS, "r-executor") is None
 
 

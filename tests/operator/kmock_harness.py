@@ -18,7 +18,7 @@ the test's own loop (kopf cancels tasks it did not start when it stops).
   and reads ``get``/``requests`` for assertions.
 - ``OperatorThread``: ``grain_operator.handlers.operate`` in a thread, stopped by its flag.
 - ``StatusServer``: an HTTP server on loopback serving a settable /status JSON and /healthz.
-- ``wait_for``: the one poll-until helper (polls state; never a sleep as synchronisation).
+- ``wait_until``, ``free_port``: the tiers' shared helpers (tests/support/waiting.py).
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from support.waiting import wait_until as wait_until
 
 from grain_operator.handlers import operate
 from grain_operator.settings import OperatorConfig
-
-wait_for = wait_until   # the old name, until the last user of it moves (tests/ship)
 
 NS = "science"
 GRC = "grain.dev/v1/grainclusters"

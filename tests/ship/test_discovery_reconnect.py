@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_harness import wait_for
+from kmock_harness import wait_until
 from process_tools import Processes
 from sweep_tools import Sweep, start_sweep
 
@@ -60,7 +60,7 @@ def _sweep(cluster: RealCluster) -> Sweep:
     connect = {"cluster": "demo", "namespace": NS, "kubeconfig": kubeconfig, "user": "alice",
                "reconnect_grace": 60}
     sweep = start_sweep(cluster.procs, cluster.tmp, connect, FIRST, THEN, gate=True)
-    wait_for(lambda: sweep.started() >= 2 or sweep.proc.poll() is not None, 60, "the sweep's jobs to start")
+    wait_until(lambda: sweep.started() >= 2 or sweep.proc.poll() is not None, 60, "the sweep's jobs to start")
     assert sweep.proc.poll() is None, sweep.tail()
     return sweep
 
@@ -68,7 +68,7 @@ def _sweep(cluster: RealCluster) -> Sweep:
 def _completes_once(sweep: Sweep) -> None:
     """The program reconnected by itself, ran the jobs it submitted afterwards, and got every
     result once; no job started twice."""
-    wait_for(lambda: "reconnected to the executor" in sweep.log.read_text() or sweep.proc.poll() is not None,
+    wait_until(lambda: "reconnected to the executor" in sweep.log.read_text() or sweep.proc.poll() is not None,
              90, "the program to reconnect")
     sweep.open_gate()
     assert sweep.finish(90) == [i * i for i in range(sweep.total)]

@@ -1,9 +1,11 @@
 """The original API on the embedded cluster: wait groups, subtasks, exec1, ZERO, GVAR."""
 
 import os
+import threading
 
 import pytest
 import trio
+from support.waiting import wait_until_async
 
 import grain
 from grain.resource import ZERO, Cores, Memory, Node
@@ -68,13 +70,18 @@ def test_gvar_inside_a_job():
 
 def test_list_of_mains_runs_in_parallel():
     seen = []
+    arrived = [trio.Event() for _ in range(3)]
 
-    async def make(i):
+    def make(i):
         async def main():
             seen.append(await grain.exec1(Cores(1), square, i))
+            arrived[i].set()
+            # Run one after another, the first main would wait here for the others forever.
+            with trio.fail_after(30):
+                for other in arrived:
+                    await other.wait()
         return main
-    mains = [trio.run(make, i) for i in range(3)]
-    grain.run_combine(mains)
+    grain.run_combine([make(i) for i in range(3)])
     assert sorted(seen) == [0, 1, 4]
 
 
@@ -121,8 +128,10 @@ def test_idle_runners_survive_the_thread_that_started_them():
         async with grain.open_waitgroup() as wg:
             for _ in range(4):
                 wg.submit(Cores(1), os.getpid)
-        await trio.to_thread.run_sync(lambda: None)   # make trio start a helper thread
-        await trio.sleep(12)
+        # make trio start a helper thread, and wait until it has ended (idle for ~10 s)
+        helper = await trio.to_thread.run_sync(threading.current_thread)
+        await wait_until_async(lambda: not helper.is_alive(), 60, "trio's idle helper thread "
+                               "to end", interval=0.2)
         again = await grain.exec1(Cores(1), os.getpid)
         return first, wg.results, again
     first, warm, again = grain.run_combine(main, rpw=Node(1, 1))

@@ -11,6 +11,7 @@ import netjobs
 import pytest
 import trio
 from grain_harness import TOKEN, ExecutorProc, Harness, run_client, wait_until
+from support.waiting import wait_until_async
 
 import grain
 from grain.errors import AuthenticationError, ConfigurationError, ProtocolError
@@ -232,9 +233,7 @@ def test_client_refuses_an_executor_speaking_another_version() -> None:
 
             with pytest.raises(AuthenticationError, match="protocol version mismatch"):
                 await trio.to_thread.run_sync(client)
-            with trio.fail_after(5):
-                while not received:
-                    await trio.sleep(0.01)
+            await wait_until_async(lambda: received, 5, "the peer to see the client's bytes")
             assert received == [b""], "the client sent its AUTH to a wrong-version peer"
             n.cancel_scope.cancel()
 
@@ -359,14 +358,17 @@ def test_passive_worker_refuses_an_executor_with_the_wrong_token(grain_procs: Ha
     w = grain_procs.passive_worker("passive", f"grain://127.0.0.1:{port}", cores="0")
     w.wait_for("waiting for an executor", 15)
 
+    refused = "authentication failed: wrong or missing token"
+
     async def main() -> None:
-        await trio.sleep(1.0)
+        # the executor has dialled the worker and been refused: the job cannot go there
+        await wait_until_async(lambda: refused in w.text(), 15,
+                               "the passive worker to refuse the executor")
         with trio.fail_after(20):
             await grain.exec1(Cores(1), netjobs.noop, 1)
 
     with pytest.raises(Unschedulable, match="no worker is registered"):
         grain.run_combine(main, [f"grain://127.0.0.1:{port}"], token="wrong-token",
                           nolocal=True)
-    wait_until(lambda: "authentication failed: wrong or missing token" in w.text(), 5,
-               "the passive worker to log the refusal")
+    wait_until(lambda: refused in w.text(), 5, "the passive worker to log the refusal")
     assert w.alive()

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kmock_harness import KMock, free_port, wait_until
+from kmock_harness import KMock
 from process_tools import Processes, http_ok
+from support.waiting import free_port, wait_until
 
 NS = "science"
 GRC = "grain.dev/v1/grainclusters"

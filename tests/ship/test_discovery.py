@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_harness import KMock, free_port
+from kmock_harness import KMock
 from process_tools import Processes
+from support.waiting import free_port
 
 import grain.errors
 from grain.client import discovery, kubeapi

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kmock_harness import wait_until
 from process_tools import Processes
+from support.waiting import wait_until
 from sweep_tools import Sweep, start_sweep
 
 from .real_cluster import NS, RealCluster

@@ -26,6 +26,9 @@ from .sessions import ClientSession, FunctionEntry
 
 log = logging.getLogger("grain.executor")
 
+ENDED_KEPT = 100_000
+"""Ended sessions remembered (ids, users, reasons: a few MB at most)."""
+
 
 
 class ClientsMixin:
@@ -51,6 +54,7 @@ class ClientsMixin:
             sess = self._fresh_session_id()
         name = str(info.get("name") or link.peer)[:256]
         now = self.clock()
+        ended = self.ended_sessions.get(sess) if info.get("resume") else None
         s = self.sessions.get(sess)
         if s is not None and (s.user != user or s.closing):
             # another user's session id (or one being torn down): never theirs to resume
@@ -62,6 +66,10 @@ class ClientsMixin:
             # has resubmitted everything, what workers report for it may be claimed
             s = ClientSession(sess, user, name, link, connected_at=now, created_at=now,
                               resumed=not info.get("resume"))
+            if ended is not None and ended[0] == user:
+                # back after this executor ended its session (its grace ran out): its jobs
+                # were stopped, so what it resubmits fails, saying so
+                s.expired = ended[1]
             self.sessions[sess] = s
             return s
         if s.link is not None and s.link is not link:
@@ -148,6 +156,11 @@ class ClientsMixin:
                 _send(w.link, m.DropFunction(s.sess, fid))
 
     def _submit(self: ExecutorHost, s: ClientSession, msg: m.Submit, payload: bytes) -> None:
+        if s.expired is not None:
+            self._reply(s, msg.cid, End.EXECUTOR_LOST,
+                        f"the executor had ended this session ({s.expired}): its jobs were "
+                        f"stopped and their results dropped")
+            return
         rec = s.jobs.get(msg.cid)
         if rec is not None:
             self.claim(s, rec, msg, payload)   # resubmitted by a reconnecting client
@@ -238,6 +251,9 @@ class ClientsMixin:
         """A session is over for good: drop its queue, kill its jobs, free its code."""
         s.closing = True
         log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
+        self.ended_sessions[s.sess] = (s.user, why)
+        if len(self.ended_sessions) > ENDED_KEPT:
+            del self.ended_sessions[next(iter(self.ended_sessions))]
         # Every worker is told: one that reconnected (or this executor, restarted) does not
         # know every session that ran there, and a worker keeps a session's idle runners
         # and held results until told. One small message per worker per session.

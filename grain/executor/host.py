@@ -64,6 +64,7 @@ class ExecutorHost(Protocol):
     seen: dict[str, tuple[Resource, float]]
     deferred: dict[int, None]
     worker_names: dict[str, int]
+    ended_sessions: dict[int, tuple[str, str]]
 
     # -- core -------------------------------------------------------------------------
     def _enqueue(self, rec: JobRecord, resumed: bool = False) -> None: ...

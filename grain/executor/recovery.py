@@ -42,6 +42,9 @@ class RecoveryMixin:
         self.seen: dict[str, tuple[Resource, float]] = {}  # lost worker -> capacity, when
         self.deferred: dict[int, None] = {}             # resubmitted jobs held back
         self.worker_names: dict[str, int] = {}          # attached worker name -> id
+        # sessions ended for good here (session -> user, why), the latest ENDED_KEPT: a
+        # client back after its grace is told, rather than finding its jobs run again
+        self.ended_sessions: dict[int, tuple[str, str]] = {}
 
     # -- workers that (re)connect ------------------------------------------------------
     def on_attach(self: ExecutorHost, w: WorkerSession, msg: m.Attach) -> None:
@@ -312,6 +315,7 @@ class RecoveryMixin:
     def resume_done(self: ExecutorHost, s: ClientSession) -> None:
         """The client resubmitted everything it waits for; the rest is stale."""
         s.resumed = True
+        s.expired = None
         if s.unclaimed:
             log.info("session of %s resumed without %d of its jobs: cancelling them",
                      s.name, len(s.unclaimed))

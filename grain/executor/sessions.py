@@ -54,6 +54,8 @@ class ClientSession:
     bundle: tuple[str, bytes] | None = None                         # (digest, zip)
     unclaimed: set[int] = field(default_factory=set)   # live at a resume, not resubmitted
     resumed: bool = True       # False from a restart until the client says it resubmitted
+    expired: str | None = None  # resumed after this executor ended it (why): until
+    # ResumeDone, its resubmitted jobs are answered that their session ended
     disconnected_at: float | None = None
     connected_at: float = 0.0
     created_at: float = 0.0

@@ -117,6 +117,7 @@ class SimClient:
     state: str = "up"                  # up | crashed | finished
     wgs: list[SimWaitGroup] = field(default_factory=list)
     outputs: list[tuple[int, bytes]] = field(default_factory=list)
+    outages: list[list[Any]] = field(default_factory=list)   # [start, end|None]
 
 
 class SimSession(Session):
@@ -466,6 +467,7 @@ class SimWorld:
         if c.state != "up" or not c.net_up:
             return
         c.net_up = False
+        c.outages.append([self.now(), None])
         if c.link is not None:
             c.link.cut(f"client {c.name} unreachable", silent=True)
         self._changed()
@@ -475,6 +477,7 @@ class SimWorld:
     def heal_client(self, c: SimClient) -> None:
         if not c.net_up:
             c.net_up = True
+            c.outages[-1][1] = self.now()
             self._changed()
 
     def crash_client(self, c: SimClient) -> None:

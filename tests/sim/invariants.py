@@ -80,8 +80,7 @@ def _check_outcome(world: SimWorld, token: int, ok: bool, value: Any) -> None:
         errors.MemoryLimitExceeded: mem is not None
         and spec.rss > memory_allowance(int(mem.m * 1024 ** 3)),
         errors.WorkerLost: faults or any(w.outages for w in world.workers),
-        errors.ExecutorLost: any(c.session is not None and c.session._closed is not None
-                                 for c in world.clients),
+        errors.ExecutorLost: _client_gave_up_or_was_given_up(world, token),
         errors.Unschedulable: not any(w.inventory.capacity.request(request)
                                       for w in world.workers)
         or any(w.outages for w in world.workers),
@@ -94,6 +93,17 @@ def _check_outcome(world: SimWorld, token: int, ok: bool, value: Any) -> None:
             return
     fail(f"job {token} ({spec}) failed with an unexpected {value!r}; its runs: {runs}",
          token)
+
+
+def _client_gave_up_or_was_given_up(world: SimWorld, token: int) -> bool:
+    """Its client's session closed (the executor away past the client's grace), or its
+    client was away past the executor's grace (which then ended the session)."""
+    sid = world.cids[token][0]
+    c = next(c for c in world.clients if c.sid == sid)
+    now = world.now()
+    return (c.session is not None and c.session._closed is not None) or any(
+        (end if end is not None else now) - start >= world.p.client_grace
+        for start, end in c.outages)
 
 
 def _worker(world: SimWorld, name: str) -> SimWorker:

@@ -26,7 +26,7 @@ import trio
 
 from .. import config, errors
 from ..context import JOB_VARS
-from ..net.link import Link, LinkClosed
+from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
 from ..protocol import payload as pl
 from ..protocol.messages import End
@@ -242,17 +242,20 @@ class Session:
             try:
                 while True:
                     acks: list[int] = []
-                    for h, data in await self.link.receive():
-                        t = type(h)
-                        if t is m.Result:
-                            acks.append(h.cid)
-                            self._on_result(h, data, acks)
-                        elif t is m.Started:
-                            self._on_started(h)
-                        elif t is m.Output:
-                            self._on_output(h, data)
-                    if acks:
-                        self._send(m.Ack(acks))
+                    batch = await self.link.receive()
+                    with handling():   # what this sends goes out at the end, one frame
+                        for h, data in batch:
+                            t = type(h)
+                            if t is m.Result:
+                                acks.append(h.cid)
+                                self._on_result(h, data, acks)
+                            elif t is m.Started:
+                                self._on_started(h)
+                            elif t is m.Output:
+                                self._on_output(h, data)
+                        if acks:
+                            self._send(m.Ack(acks))
+                    del batch
             except LinkClosed as e:
                 if self._closed is not None:
                     return

@@ -16,6 +16,8 @@ written). ``receive()`` returns the next batch. Two kinds:
 from __future__ import annotations
 
 import logging
+import socket
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,13 +28,14 @@ from ..config import HEARTBEAT as DEFAULT_HEARTBEAT
 from ..config import MIN_HEARTBEAT
 from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
-from ..protocol.frames import FrameDecoder, Message, encode_batch
+from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import Ping
+from .transport import send_nowait
 
 log = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TIMEOUT", "Link", "LinkClosed", "MemoryLink",
-           "StreamLink", "memory_link_pair", "open_stream_link"]
+           "StreamLink", "handling", "memory_link_pair", "open_stream_link"]
 
 
 class LinkClosed(Exception):
@@ -117,8 +120,92 @@ def memory_link_pair(name_a: str = "a", name_b: str = "b") -> tuple[MemoryLink, 
     return MemoryLink(x, y, name_b), MemoryLink(y, x, name_a)
 
 
+class _Steps(threading.local):
+    """Per thread (one trio run each): whether a handling step is open, the links it
+    made dirty, and a counter of steps (see ``handling``)."""
+
+    depth = 0
+    epoch = 0
+
+    def __init__(self) -> None:
+        self.dirty: list[StreamLink] = []
+
+
+_steps = _Steps()
+
+
+class handling:  # noqa: N801 - used as ``with handling():``, like a function
+    """A handling step: what the messages handled in it send is written when it ends,
+    one frame per link, straight from the handling task.
+
+    ``with handling(): ...`` around code that reacts to received messages (it must not
+    await): every ``StreamLink.send`` inside only queues, and at the end each link that
+    got messages writes them as one frame with a non-blocking ``sendmsg`` of its own,
+    no writer task woken (only what the socket did not take is left to the writer).
+    Steps nest; the outermost one writes. Sends outside any step are written at once
+    when the link's writer is idle (the first of a burst) or by the writer task."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        _steps.depth += 1
+
+    def __exit__(self, *exc: object) -> None:
+        st = _steps
+        st.depth -= 1
+        if not st.depth:
+            st.epoch += 1
+            if st.dirty:
+                dirty, st.dirty = st.dirty, []
+                for link in dirty:
+                    link._flush()
+
+
+def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a plain trio ``SocketStream`` (not TLS), for writes and
+    reads without a trip through the scheduler; None when there is none."""
+    if type(stream) is not trio.SocketStream:
+        return None
+    raw = getattr(stream.socket, "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
+IOV_MAX = 512
+"""Buffers per ``sendmsg`` call (the kernel's limit is 1024)."""
+SMALL = 64 * 1024
+"""Payloads smaller than this are joined into the frame's other bytes before sending;
+bigger ones are sent as they are (no copy)."""
+
+
+def _coalesce(parts: list[Any]) -> list[Any]:
+    """A frame's buffers with runs of small ones joined: few buffers per ``sendmsg``,
+    and a big payload never copied."""
+    if len(parts) <= 2:
+        return parts
+    out: list[Any] = []
+    small: list[Any] = []
+    for p in parts:
+        if len(p) >= SMALL:
+            if small:
+                out.append(small[0] if len(small) == 1 else b"".join(small))
+                small = []
+            out.append(p)
+        else:
+            small.append(p)
+    if small:
+        out.append(small[0] if len(small) == 1 else b"".join(small))
+    return out
+
+
 class StreamLink(Link):
-    """A link over a byte stream. Call ``start(nursery)`` once, before use."""
+    """A link over a byte stream. Call ``start(nursery)`` once, before use.
+
+    Writing costs no task switch when it can be helped: messages sent while handling a
+    batch (``handling``) go out as one frame per link at the end of the step, straight
+    from the handling task; a lone message sent outside a step goes out at once when the
+    writer is idle. Only what the socket does not take (a full buffer, a big payload),
+    heartbeats, and bursts sent outside a step wake the writer task. Frames are written
+    as a list of buffers (``sendmsg``): a big payload is never joined into a copy."""
 
     def __init__(self, stream: trio.abc.Stream, peer: str, schema: Any, *,
                  heartbeat: float = DEFAULT_HEARTBEAT, timeout: float = DEFAULT_TIMEOUT,
@@ -134,11 +221,64 @@ class StreamLink(Link):
         self._scope = trio.CancelScope()
         self._idle: trio.CancelScope | None = None
         self._last_send = 0.0
+        self._raw = _raw_socket(stream)
+        self._pending: list[Any] = []      # buffers written in part: the writer finishes
+        self._queued = False     # the outbox waits for a step's end or for the writer
+        self._writer_idle = False          # True while the writer waits for messages
+        self._direct_epoch = -1  # the step after which this link last wrote at once
         self.bytes_in = 0
         self.bytes_out = 0
 
     def start(self, nursery: trio.Nursery) -> None:
         nursery.start_soon(self._run)
+
+    def send(self, header: Any, payload: bytes = b"") -> None:
+        out = self._out
+        if out.closed is not None:
+            raise LinkClosed(out.closed)
+        out.items.append((header, payload))
+        if self._queued:
+            return               # written with the others, at the step's end or by the writer
+        st = _steps
+        self._queued = True
+        if st.depth:
+            st.dirty.append(self)
+        elif self._writer_idle and self._direct_epoch != st.epoch:
+            # A lone message (the first of a burst, if one follows): write it now. The
+            # rest of a burst goes to the writer, as one frame.
+            self._direct_epoch = st.epoch
+            self._flush()
+        else:
+            out.event.set()
+
+    def _flush(self) -> None:
+        """Write the outbox now from the calling task if the writer is idle and the
+        socket takes it; else leave it (or its rest) to the writer."""
+        self._queued = False
+        out = self._out
+        if not out.items:
+            return
+        raw = self._raw
+        if raw is None or not self._writer_idle or self._pending or out.closed is not None:
+            out.event.set()
+            return
+        items, out.items = out.items, []
+        try:
+            parts = _coalesce(encode_parts(items))
+            size = sum(map(len, parts))
+            rest = send_nowait(raw, parts) if len(parts) <= IOV_MAX else parts
+        except OSError:
+            rest = parts           # the writer meets the error and closes the link
+            size = 0
+        except Exception as e:  # noqa: BLE001 - a message that cannot be encoded
+            log.error("link to %s: cannot encode a message: %r", self.peer, e)
+            self.close(f"cannot encode a message: {e!r}")
+            return
+        self.bytes_out += size
+        self._last_send = trio.current_time()
+        if rest:
+            self._pending = rest
+            out.event.set()
 
     def close(self, reason: str = "closed") -> None:
         super().close(reason)
@@ -207,27 +347,58 @@ class StreamLink(Link):
 
     async def _writer(self) -> str | None:
         out = self._out
-        items: list[Message] = [(Ping(self.timeout), b"")]  # announce our timeout
+        await self._write(encode_parts([(Ping(self.timeout), b"")]))  # announce our timeout
         while True:
-            if not items:
-                with trio.CancelScope(deadline=self._last_send + self.heartbeat) as self._idle:
-                    while not out.items:
-                        if out.closed is not None:
-                            return out.closed
-                        await out.event.wait()
-                        out.event = trio.Event()
-                self._idle = None
-                if out.items:
-                    items, out.items = out.items, []
-                elif out.closed is not None:
-                    return out.closed
-                else:
-                    items = [(_PING, b"")]
-            frame = encode_batch(items)
-            items = []
-            self.bytes_out += len(frame)
-            await self.stream.send_all(frame)
-            self._last_send = trio.current_time()
+            if self._pending:
+                parts, self._pending = self._pending, []
+                await self._write(parts)
+                continue
+            if not out.items:
+                self._writer_idle = True
+                try:
+                    with trio.CancelScope(
+                            deadline=self._last_send + self.heartbeat) as self._idle:
+                        while not (out.items or self._pending):
+                            if out.closed is not None:
+                                return out.closed
+                            await out.event.wait()
+                            out.event = trio.Event()
+                finally:
+                    self._writer_idle = False
+                    self._idle = None
+                if self._pending:
+                    continue
+                if not out.items:
+                    if out.closed is not None:
+                        return out.closed
+                    if trio.current_time() < self._last_send + self.heartbeat:
+                        continue          # written meanwhile by a step: no ping needed
+                    await self._write(encode_parts([(_PING, b"")]))
+                    continue
+            items, out.items = out.items, []
+            self._queued = False
+            await self._write(encode_parts(items))
+
+    async def _write(self, parts: list[Any]) -> None:
+        """Write a frame's buffers: gathered on a plain socket (no joining copy), joined
+        for other streams (TLS)."""
+        raw = self._raw
+        if raw is None:
+            data = b"".join(parts)
+            self.bytes_out += len(data)
+            await self.stream.send_all(data)
+        else:
+            parts = _coalesce(parts)
+            self.bytes_out += sum(map(len, parts))
+            while parts:
+                head, tail = parts[:IOV_MAX], parts[IOV_MAX:]
+                rest = send_nowait(raw, head)
+                while rest:
+                    await trio.lowlevel.wait_writable(raw)
+                    rest = send_nowait(raw, rest)
+                parts = tail
+            await trio.lowlevel.checkpoint()
+        self._last_send = trio.current_time()
 
 
 _PING = Ping()

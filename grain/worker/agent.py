@@ -29,7 +29,7 @@ import trio
 
 from .. import config
 from ..errors import ProtocolError
-from ..net.link import Link, LinkClosed
+from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import from_wire
@@ -181,9 +181,12 @@ class WorkerAgent:
         task_status.started()
         try:
             while True:
-                for h, payload in await link.receive():
-                    self._on_message(h, payload)
-                self._flush_chained()
+                batch = await link.receive()
+                with handling():   # replies go out at the end, as one frame
+                    for h, payload in batch:
+                        self._on_message(h, payload)
+                    self._flush_chained()
+                del batch
         except LinkClosed as e:
             log.warning("worker %s: executor link closed: %s; %d jobs go on, their results "
                         "are kept", self.name, e, len(self.running))

@@ -19,6 +19,7 @@ def main() -> int:
     system, workload, params_json, out_path = sys.argv[1:5]
     params = json.loads(params_json)
     from . import procs
+    from .scale import STANDALONE, run_standalone
     from .systems import Unavailable, run_on
     from .workloads import WORKLOADS
     fn = WORKLOADS[workload][0]
@@ -28,6 +29,8 @@ def main() -> int:
             metrics = fn(system, params, T0)
         elif system == "bare-tcp":
             metrics = fn(params)
+        elif workload in STANDALONE:
+            metrics = run_standalone(workload, system, params)
         else:
             metrics = run_on(system, fn, params, T0)
         out.update(ok=True, metrics=metrics)

@@ -48,3 +48,8 @@ def pin_probe(i: int = 0) -> tuple[int, list[int], list[int], str | None]:
 def hold(seconds: float) -> None:
     """Holds its cores for a long time (until it is cancelled)."""
     time.sleep(seconds)
+
+
+def started_at() -> float:
+    """The host's monotonic clock when the job ran (shared by every process of the host)."""
+    return time.monotonic()

@@ -35,10 +35,11 @@ def remember(pid: int | None = None) -> None:
 
 def tree_memory(pid: int | None = None, *, pss: bool = True) -> dict[str, Any]:
     """RSS (and PSS, which does not double-count shared pages) of ``pid`` and all its
-    descendants, in MiB, with the process count and names."""
+    descendants, in MiB, with the process count and names, and the RSS of Grain's
+    runners among them."""
     root = psutil.Process(pid or os.getpid())
     procs = [root, *root.children(recursive=True)]
-    rss = pss_total = 0
+    rss = pss_total = runners = 0
     names: dict[str, int] = {}
     for p in procs:
         try:
@@ -50,9 +51,12 @@ def tree_memory(pid: int | None = None, *, pss: bool = True) -> dict[str, Any]:
             rss += mi.rss
             n = p.name()
             names[n] = names.get(n, 0) + 1
+            if "grain.runner" in " ".join(p.cmdline()):
+                runners += mi.rss
         except psutil.Error:
             continue
-    out: dict[str, Any] = {"rss_mib": rss / 2 ** 20, "procs": len(procs), "names": names}
+    out: dict[str, Any] = {"rss_mib": rss / 2 ** 20, "procs": len(procs), "names": names,
+                           "runner_rss_mib": runners / 2 ** 20}
     if pss:
         out["pss_mib"] = pss_total / 2 ** 20
     return out

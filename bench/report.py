@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from .run import GRAINS, METRICS, PEERS, ROOT, _fmt
+from .run import FLOORS, GRAINS, METRICS, PEERS, ROOT, _fmt
 from .systems import SYSTEMS
 
 
@@ -42,7 +42,7 @@ def markdown(doc: dict) -> str:
         arrow = "↓" if better == "lower" else "↑"
         lines.append(f"| {label.strip()} | {unit} {arrow} | " + " | ".join(cells) + " |")
     lines += ["", "Grain's median ÷ the peer's median:", ""]
-    pairs = [(g, p) for g in GRAINS for p in (*PEERS, "bare-tcp")
+    pairs = [(g, p) for g in GRAINS for p in (*PEERS, *FLOORS)
              if any(p in d for d in doc["ratios"].get(g, {}).values())]
     lines += ["| metric | " + " | ".join(f"{g} / {p}" for g, p in pairs) + " |",
               "|---|" + "---:|" * len(pairs)]

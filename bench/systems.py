@@ -30,7 +30,8 @@ from typing import Any
 
 from . import procs
 
-SYSTEMS = ("grain", "grain-tcp", "dask", "ray", "processpool", "bare-tcp")
+SYSTEMS = ("grain", "grain-tcp", "dask", "ray", "processpool", "bare-tcp", "trio-relay",
+           "raw-relay")
 PEERS = ("dask", "ray", "processpool")
 LOOPBACK = "127.0.0.1"
 
@@ -78,7 +79,10 @@ class GrainOps(Ops):
         self.cores = cores
         from grain.resource import Cores
         self.one = Cores(1)
+        self.many = Cores(cores)          # every core of the cluster
         self.executor_pid: int | None = None
+        self.address: str | None = None   # over TCP: where the executor listens
+        self.token: str | None = None
 
     async def call(self, fn: Callable, *args: Any) -> Any:
         import grain
@@ -209,8 +213,11 @@ def run_grain(workload: Callable, params: dict, t0: float, *, tcp: bool,
         addr = f"grain://{LOOPBACK}:{port}"
         exlog, wklog = os.path.join(tmp, "executor.log"), os.path.join(tmp, "worker.log")
         with open(exlog, "wb") as lf:
+            # --wait-for-workers 0: a job no worker could ever run is refused at once
+            # (the queue workloads' barrier), not kept waiting for workers to come
             ex = subprocess.Popen([*grain_cli(), "executor", "--listen", addr,
-                                   "--token-file", tf], stdout=lf, stderr=subprocess.STDOUT,
+                                   "--token-file", tf, "--wait-for-workers", "0"],
+                                  stdout=lf, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
         _wait_port(port, ex, 30.0, exlog)
         cores = ",".join(map(str, sorted(os.sched_getaffinity(0))[:workers]))
@@ -220,9 +227,10 @@ def run_grain(workload: Callable, params: dict, t0: float, *, tcp: bool,
                                   stdout=lf, stderr=subprocess.STDOUT,
                                   stdin=subprocess.DEVNULL)
         ops.executor_pid = ex.pid
+        ops.address, ops.token = addr, token
         ops.extra["worker_pid"] = wk.pid
         try:
-            return grain.run_combine(main, address=addr, token=token)
+            return grain.run_combine(main, address=addr, token=token, progress=False)
         except BaseException as e:
             for who, p, log in (("executor", ex, exlog), ("worker", wk, wklog)):
                 if p.poll() is not None:

@@ -1,8 +1,9 @@
 """The workloads: what is measured, and how, identically on every system.
 
 Each is ``async def name(ops, params) -> dict of metrics`` (see ``bench.systems``), except
-``cpu`` (two clusters: one worker, then two) and the Grain-only ``queue100k`` and
-``pinning``, which use Grain's API directly. Sizes come from ``params`` (``sizes()`` gives
+``cpu`` (two clusters: one worker, then two), the Grain-only ``pinning``, which uses
+Grain's API directly, and the scale workloads of ``bench.scale`` (floors, a million
+queued jobs, stalls, placement, capacity, fair share). Sizes come from ``params`` (``sizes()`` gives
 the full and the ``--quick`` ones). Every workload warms its system up first (runners,
 workers, function caches) unless it measures the cold start itself.
 """
@@ -15,7 +16,8 @@ import time
 from typing import Any
 
 from . import procs
-from .jobs import burn, burn_probe, echo, hold, noop, pin_probe, sleep_ms
+from .jobs import burn, burn_probe, echo, noop, pin_probe, sleep_ms
+from .scale import fairness, queue1m
 from .systems import Ops, run_on
 
 MiB = 2 ** 20
@@ -27,7 +29,10 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
     if smoke:
         return {"rt_jobs": 10, "noop_jobs": 200, "sleep_jobs": 100, "big_bytes": MiB,
                 "big_reps": 2, "cpu_jobs": 4, "cpu_seconds": 0.02, "idle_wait": 0.1,
-                "pin_jobs": 40, "queue_jobs": 2000}
+                "pin_jobs": 40, "queue_jobs": 2000, "stall_jobs": 2000,
+                "place_jobs": 2000, "place_seconds": 0.2, "cap_workers": [2],
+                "cap_seconds": 0.5, "cap_warm": 0.4, "alice_jobs": 20, "bob_trials": 2,
+                "timeout": 100}
     return {
         "rt_jobs": 100 if quick else 300,
         "noop_jobs": 2000 if quick else 5000,
@@ -38,7 +43,16 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
         "cpu_seconds": 0.25 if quick else 0.5,
         "idle_wait": 1.0 if quick else 2.0,
         "pin_jobs": 500 if quick else 2000,
-        "queue_jobs": 100_000,
+        "queue_jobs": 200_000 if quick else 1_000_000,
+        "stall_jobs": 200_000 if quick else 1_000_000,
+        "place_jobs": 1_000_000,
+        "place_seconds": 2.0 if quick else 5.0,
+        "cap_workers": [10, 100, 1000],
+        "cap_seconds": 2.0 if quick else 5.0,
+        "cap_warm": 1.0 if quick else 2.0,
+        "alice_jobs": 3000,
+        "bob_trials": 3 if quick else 5,
+        "timeout": 110 if quick else 290,
     }
 
 
@@ -115,8 +129,13 @@ async def idle(ops: Ops, p: dict) -> dict:
     await warm(ops)
     await ops.sleep(p["idle_wait"])
     m = procs.tree_memory()
-    return {"idle_rss_mib": m["rss_mib"], "idle_pss_mib": m["pss_mib"],
-            "idle_procs": m["procs"], "_idle_names": m["names"]}
+    out = {"idle_rss_mib": m["rss_mib"], "idle_pss_mib": m["pss_mib"],
+           "idle_procs": m["procs"], "_idle_names": m["names"]}
+    if ops.system.startswith("grain"):
+        # the cluster's own processes (client, and over TCP executor and worker): the
+        # runners are the jobs' processes, as the pool's workers are
+        out["idle_core_rss_mib"] = m["rss_mib"] - m["runner_rss_mib"]
+    return out
 
 
 # -- CPU scaling: two clusters ---------------------------------------------------------
@@ -160,60 +179,6 @@ async def pinning(ops: Any, p: dict) -> dict:
               if aff != cores or omp != str(len(cores)))
     return {"pin_jobs": len(out1) + len(out2), "pin_mismatches": bad,
             "pin_runner_pids": len({r[0] for r in out1 + out2})}
-
-
-async def _barrier(ops: Any) -> str:
-    """Wait until the executor has processed everything sent before: it refuses a job
-    no worker could ever run at once, and a link is in order. Falls back to waiting
-    for the executor's RSS to settle when the refusal does not come."""
-    import trio
-
-    import grain
-    from grain.errors import Unschedulable
-    from grain.resource import Cores
-    with trio.move_on_after(120):
-        try:
-            await grain.exec1(Cores(60_000), noop)
-        except Unschedulable:
-            return "refusal"
-    return "timeout"
-
-
-async def queue100k(ops: Any, p: dict) -> dict:
-    """One job holds every core; 100,000 Cores(1) jobs queue behind it. Executor RSS
-    (the whole client+executor process on the embedded cluster) before, with the queue,
-    and after cancelling it."""
-    import trio
-
-    import grain
-    from grain.resource import Cores
-    await warm(ops)
-    pid = ops.executor_pid or os.getpid()
-    await _barrier(ops)
-    before = procs.rss_mib(pid)
-    n = p["queue_jobs"]
-    out: dict[str, Any] = {}
-    with trio.CancelScope() as cs:
-        async with grain.open_waitgroup() as wg:
-            wg.submit(Cores(ops.cores), hold, 3600)
-            t = time.perf_counter()
-            for i in range(n):
-                wg.submit(ops.one, noop, i)
-            t_sub = time.perf_counter() - t
-            how = await _barrier(ops)
-            t_q = time.perf_counter() - t
-            queued = procs.rss_mib(pid)
-            out.update(queue_jobs=n, queue_submit_s=t_sub, queue_accept_s=t_q,
-                       queue_rss_before_mib=before, queue_rss_mib=queued,
-                       queue_bytes_per_job=(queued - before) * MiB / n, _barrier=how)
-            if ops.executor_pid:
-                out["queue_client_rss_mib"] = procs.rss_mib(os.getpid())
-            tc = time.perf_counter()
-            cs.cancel()
-    await _barrier(ops)
-    out["queue_cancel_s"] = time.perf_counter() - tc
-    out["queue_rss_after_cancel_mib"] = procs.rss_mib(pid)
-    return out
 
 
 # -- the bare TCP echo (the 10 MiB target's yardstick) --------------------------------
@@ -276,6 +241,14 @@ WORKLOADS: dict[str, tuple[Any, tuple[str, ...], str]] = {
     "idle": (idle, ("grain", "grain-tcp", "dask", "ray", "processpool"),
              "RSS of the driver and all its children, warm and idle"),
     "pinning": (pinning, ("grain", "grain-tcp"), "every job's affinity = its allocation"),
-    "queue100k": (queue100k, ("grain", "grain-tcp"),
-                  "executor RSS with 100,000 queued jobs"),
+    "queue1m": (queue1m, ("grain-tcp",),
+                "executor and client RSS with 1,000,000 queued jobs"),
+    "relay64": (None, ("trio-relay", "raw-relay"),
+                "64 bytes through client -> relay -> relay -> echo and back"),
+    "stall": (None, ("grain",), "longest event-loop stall, 1,000,000 jobs (bench/stall.py)"),
+    "placement": (None, ("grain",),
+                  "one placement step, 1,000 workers x 64 cores (bench/placement_sim.py)"),
+    "capacity": (None, ("grain-tcp",),
+                 "one executor, 10/100/1,000 simulated workers of 64 cores"),
+    "fairness": (fairness, ("grain-tcp",), "Bob's wait behind Alice's 3,000 jobs of 20 ms"),
 }

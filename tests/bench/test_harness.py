@@ -45,8 +45,8 @@ def test_every_workload_measured(doc: dict) -> None:
     common = {"cold_start_s", "rt_median_ms", "rt_p95_ms", "noop_jobs_per_s",
               "sleep_jobs_per_s", "sleep_of_ideal", "big_rt_ms", "cpu_speedup",
               "idle_rss_mib"}
-    grain_only = {"pin_mismatches", "cpu_pin_mismatches", "queue_rss_mib",
-                  "queue_bytes_per_job"}
+    grain_only = {"pin_mismatches", "cpu_pin_mismatches", "stall_max_ms",
+                  "place_step_max_ms", "place_per_s", "idle_core_rss_mib"}
     assert set(doc["results"]["grain"]) >= common | grain_only
     assert set(doc["results"]["processpool"]) >= common
     assert not set(doc["results"]["processpool"]) & grain_only
@@ -59,7 +59,28 @@ def test_ratios_and_targets(doc: dict) -> None:
     assert set(doc["ratios"]["grain"]["rt_median_ms"]) == {"processpool"}
     targets = {t["target"]: t for t in doc["targets"] if t["system"] == "grain"}
     assert "round trip <= 2.5x ProcessPool" in targets
+    assert "placement step <= 2 ms (1,000 x 64)" in targets
+    assert targets["no-op jobs/s >= 20x Ray"]["met"] is None  # Ray not run: n/a
     assert targets["round trip <= 1/2 of Ray"]["met"] is None  # Ray not run: n/a
     assert all(t["met"] in (True, False, None) for t in targets.values())
     # correctness, not speed: every job ran on exactly the cores it was given
     assert doc["results"]["grain"]["pin_mismatches"]["max"] == 0
+
+
+def test_floors_and_capacity_helpers() -> None:
+    """The relay chains and the capacity table work (figures not checked). In a
+    subprocess: ``bench`` here would be this test package."""
+    code = """
+from bench.capacity import capacity_table
+from bench.floors import chain_roundtrip
+for kind in ("raw", "trio"):
+    r = chain_roundtrip(kind, 20, warm=2)
+    assert r["rt_median_ms"] > 0 and r["rt_p95_ms"] >= r["rt_median_ms"], r
+rows = capacity_table([{"jobs_per_s": 1000.0, "executor_cpu_us_per_job": 50.0}])
+assert [r["job_s"] for r in rows] == [1, 10, 60], rows
+assert rows[0]["cores_measured"] == 1000.0 and rows[0]["cores_one_core"] == 20_000.0, rows
+print("fine")
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "fine" in p.stdout, p.stdout + p.stderr

@@ -4,12 +4,10 @@ namespace, a client in the root namespace; and a worker whose cable is cut."""
 from __future__ import annotations
 
 import os
-import time
 
 import netjobs
 import pytest
-import trio
-from grain_harness import TIMEOUT, Harness, each_once, run_client, wait_until
+from grain_harness import TIMEOUT, Harness, each_once, fault_one_worker, run_client, wait_until
 from netns_topology import Topology
 
 from grain.resource import Cores
@@ -56,34 +54,9 @@ def test_cut_off_worker_is_detected_and_its_job_runs_elsewhere(
     ex = _cluster(topology, grain_procs)
     marks = str(tmp_path / "marks")
     node_of = {"node-1": "w1", "node-2": "w2"}
-    info: dict = {}
-
-    async def main() -> dict:
-        box: dict = {}
-
-        async def jobs() -> None:
-            box["out"] = await each_once({t: (Cores(1), netjobs.mark_and_sleep,
-                                              (marks, t, 2.5)) for t in ("a", "b")})
-        async with trio.open_nursery() as n:
-            n.start_soon(jobs)
-            with trio.fail_after(15):
-                while len(netjobs.markers(marks)) < 2:
-                    await trio.sleep(0.05)
-            victim = next(w for t, w, _ in netjobs.markers(marks) if t == "a")
-            info["victim"] = victim
-            topology.link(node_of[victim], up=False)
-            t0 = time.monotonic()
-            while victim in ex.workers():
-                assert time.monotonic() - t0 < TIMEOUT + 2.0, "cut-off worker not detected"
-                await trio.sleep(0.05)
-            info["detected_after"] = time.monotonic() - t0
-        return box["out"]
-
-    try:
-        out = run_client(ex, main, limit=40)
-    finally:
-        if "victim" in info:
-            topology.link(node_of[info["victim"]], up=True)
+    out, info = fault_one_worker(ex, marks,
+                                 lambda v: topology.link(node_of[v], up=False),   # cable cut
+                                 lambda v: topology.link(node_of[v], up=True))
     victim = info["victim"]
     other = "node-2" if victim == "node-1" else "node-1"
     assert info["detected_after"] <= TIMEOUT + 2.0

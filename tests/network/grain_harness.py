@@ -32,6 +32,7 @@ if str(NET_DIR.parent) not in sys.path:   # tests/: also for programs that impor
 
 from support.waiting import free_port as free_port  # noqa: E402 - the tiers' shared helpers
 from support.waiting import wait_until as wait_until  # noqa: E402
+from support.waiting import wait_until_async  # noqa: E402
 
 TOKEN = "s3cret-network-test-token"
 
@@ -363,3 +364,63 @@ async def each_once(jobs: dict[Any, tuple[Any, Callable[..., Any], tuple[Any, ..
             n.start_soon(one, key, res, fn, args)
     assert set(out) == set(jobs)
     return out
+
+
+# -- shapes of fault tests (tests/network/test_faults.py, tests/netns) -----------------------
+async def wait_markers(marks: str, count: int, tag: str | None = None,
+                       limit: float = 20.0) -> list[tuple[str, str, int]]:
+    """Until ``count`` job attempts (of ``tag``) have started (``netjobs.mark_and_sleep``);
+    returns them, oldest first."""
+    import netjobs
+
+    def started() -> list[tuple[str, str, int]] | None:
+        found = netjobs.markers(marks, tag)
+        return found if len(found) >= count else None
+    return await wait_until_async(started, limit, f"{count} attempts of {tag or 'jobs'} to start")
+
+
+def fault_one_worker(ex: ExecutorProc, marks: str, fault: Callable[[str], None],
+                     heal: Callable[[str], None], *, heal_after: float | None = None,
+                     seconds: float = 2.5, limit: float = 40.0
+                     ) -> tuple[dict[Any, tuple[str, Any]], dict[str, Any]]:
+    """A worker goes silent mid-job (SIGSTOP, a cut cable): two jobs, "a" and "b"
+    (``netjobs.mark_and_sleep`` for ``seconds``), one per worker; once both run,
+    ``fault(victim)`` hits the worker running "a", and the executor must declare it lost
+    within the heartbeat timeout. ``heal(victim)`` undoes the fault ``heal_after`` seconds
+    after that (inside the program), or else once the program has ended, and always on the
+    way out. Returns each job's ending (``each_once``) and ``info``: ``victim``,
+    ``detected_after`` (seconds from the fault to the executor dropping the worker)."""
+    import netjobs
+
+    from grain.resource import Cores
+
+    info: dict[str, Any] = {}
+
+    async def main() -> dict[Any, tuple[str, Any]]:
+        box: dict[str, dict[Any, tuple[str, Any]]] = {}
+
+        async def jobs() -> None:
+            box["out"] = await each_once({t: (Cores(1), netjobs.mark_and_sleep,
+                                              (marks, t, seconds)) for t in ("a", "b")})
+        async with trio.open_nursery() as n:
+            n.start_soon(jobs)
+            started = await wait_markers(marks, 2)
+            victim = next(w for t, w, _ in started if t == "a")
+            info["victim"] = victim
+            fault(victim)
+            t0 = time.monotonic()
+            await wait_until_async(lambda: victim not in ex.workers(), TIMEOUT + 2.0,
+                                   f"the executor to find worker {victim} silent")
+            info["detected_after"] = time.monotonic() - t0
+            if heal_after is not None:
+                await trio.sleep(heal_after)   # how long the fault lasts
+                heal(victim)
+                info["healed"] = True
+        return box["out"]
+
+    try:
+        out: dict[Any, tuple[str, Any]] = run_client(ex, main, limit=limit)
+    finally:
+        if "victim" in info and "healed" not in info:
+            heal(info["victim"])
+    return out, info

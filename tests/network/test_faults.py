@@ -15,24 +15,23 @@ import netjobs
 import psutil
 import pytest
 import trio
-from grain_harness import TIMEOUT, GrainProc, Harness, each_once, run_client, wait_until
+from grain_harness import (
+    TIMEOUT,
+    ExecutorProc,
+    GrainProc,
+    Harness,
+    each_once,
+    fault_one_worker,
+    run_client,
+    wait_markers,
+    wait_until,
+)
 
 import grain.client.waitgroup
 from grain.errors import ExecutorLost, WorkerLost
 from grain.resource import Cores
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def wait_markers(marks: str, count: int, tag: str | None = None,
-                       limit: float = 20.0) -> list[tuple[str, str, int]]:
-    """Until ``count`` job attempts (of ``tag``) have started; returns them."""
-    with trio.fail_after(limit):
-        while True:
-            found = netjobs.markers(marks, tag)
-            if len(found) >= count:
-                return found
-            await trio.sleep(0.05)
 
 
 def pid_gone(pid: int) -> bool:
@@ -105,7 +104,7 @@ def test_worker_killed_mid_job_is_retried_then_lost_and_comes_back(
 
 
 def _stop_one_worker(grain_procs: Harness, tmp_path: Path, worker_grace: float,
-                     resume_after: float) -> tuple[dict, dict, object]:
+                     resume_after: float) -> tuple[dict, dict, ExecutorProc]:
     """Two workers, two jobs (one per worker); SIGSTOP the worker running job "a" (its
     socket stays open, it says nothing) and SIGCONT it ``resume_after`` seconds after the
     executor has declared it lost."""
@@ -113,35 +112,9 @@ def _stop_one_worker(grain_procs: Harness, tmp_path: Path, worker_grace: float,
     procs = {"wa": grain_procs.worker("wa", ex, cores="0"),
              "wb": grain_procs.worker("wb", ex, cores="1")}
     marks = str(tmp_path / "marks")
-    info: dict = {}
-
-    async def main() -> dict:
-        box: dict = {}
-
-        async def jobs() -> None:
-            box["out"] = await each_once({
-                t: (Cores(1), netjobs.mark_and_sleep, (marks, t, 2.5)) for t in ("a", "b")})
-        async with trio.open_nursery() as n:
-            n.start_soon(jobs)
-            started = await wait_markers(marks, 2)
-            victim = next(w for t, w, _ in started if t == "a")
-            info["victim"] = victim
-            procs[victim].kill(signal.SIGSTOP)
-            t0 = time.monotonic()
-            while victim in ex.workers():
-                assert time.monotonic() - t0 < TIMEOUT + 2.0, "half-open worker not detected"
-                await trio.sleep(0.05)
-            info["detected_after"] = time.monotonic() - t0
-            await trio.sleep(resume_after)
-            procs[victim].kill(signal.SIGCONT)
-            info["resumed"] = True
-        return box["out"]
-
-    try:
-        out = run_client(ex, main, limit=40)
-    finally:
-        if "victim" in info and "resumed" not in info:
-            procs[info["victim"]].kill(signal.SIGCONT)
+    out, info = fault_one_worker(ex, marks, lambda v: procs[v].kill(signal.SIGSTOP),
+                                 lambda v: procs[v].kill(signal.SIGCONT),
+                                 heal_after=resume_after)
     info["attempts"] = netjobs.markers(marks, "a")
     return out, info, ex
 

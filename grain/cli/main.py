@@ -53,7 +53,8 @@ def _import_resource_modules(mods: tuple[str, ...]) -> None:
 
 
 common_logging = click.option("--log-level", default="info", show_default=True,
-                              type=click.Choice(["debug", "info", "warning", "error"]))
+                              type=click.Choice(["debug", "info", "warning", "error"]),
+                              help="How much to log (to stderr).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +71,7 @@ def version() -> None:
 
 @cli.command()
 @click.option("--listen", default="grain://0.0.0.0:4242", show_default=True,
+              metavar="grain://HOST:PORT",
               help="Where clients and workers connect: grain://HOST:PORT or unix:///PATH.")
 @click.option("--http", "http_addr", default=None, metavar="HOST:PORT",
               help="Serve /healthz, /status and /metrics here (e.g. 0.0.0.0:8080).")
@@ -85,8 +87,9 @@ def version() -> None:
               help="The workers' secret (else $GRAIN_WORKER_TOKEN); with --client-tokens.")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS certificate chain; with --tls-key, every connection must use TLS.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
-@click.option("--retries", default=config.RETRIES, show_default=True,
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The private key of --tls-cert.")
+@click.option("--retries", default=config.RETRIES, show_default=True, metavar="N",
               help="Times a job is re-run after losing its worker.")
 @click.option("--wait-for-workers", default=config.WAIT_FOR_WORKERS, show_default=True,
               metavar="SECONDS",
@@ -98,7 +101,7 @@ def version() -> None:
               metavar="SECONDS",
               help="How long a lost worker's running jobs wait for it before re-running.")
 @click.option("--max-connections", default=config.MAX_CONNECTIONS, show_default=True,
-              help="Connections served at once; more are refused (and logged).")
+              metavar="N", help="Connections served at once; more are refused (and logged).")
 @click.option("--heartbeat", default=config.HEARTBEAT, show_default=True, metavar="SECONDS",
               help="Ping a silent peer after this long.")
 @click.option("--timeout", "peer_timeout", default=config.PEER_TIMEOUT, show_default=True,
@@ -144,15 +147,16 @@ def executor(listen: str, http_addr: str | None, token_file: str | None,
               help="Dial this executor (the usual form; reconnects by itself).")
 @click.option("--listen", default=None, metavar="grain://HOST:PORT",
               help="Instead, wait for the executor to dial in (the original grain's form).")
-@click.option("--name", default=None, help="Worker name [default: $NODE_NAME, else host name].")
-@click.option("--cores", default="auto", show_default=True,
+@click.option("--name", default=None, metavar="NAME",
+              help="Worker name [default: $NODE_NAME, else host name].")
+@click.option("--cores", default="auto", show_default=True, metavar="auto|CPUS",
               help="'auto' (this process's cpuset) or a CPU list such as 0-3,6.")
-@click.option("--memory", default="auto", show_default=True,
+@click.option("--memory", default="auto", show_default=True, metavar="auto|SIZE",
               help="'auto' (the machine's memory, or its cgroup's limit when smaller: a "
                    "container, a pod, a Slurm job) or a size such as 8GB.")
-@click.option("--reserve-cores", default=0, show_default=True,
+@click.option("--reserve-cores", default=0, show_default=True, metavar="N",
               help="Keep this many of the cores out of Grain's hands.")
-@click.option("--gpus", default="auto", show_default=True,
+@click.option("--gpus", default="auto", show_default=True, metavar="auto|none|IDS",
               help="'auto', 'none' or a device list such as 0,1.")
 @click.option("--walltime", default=None, metavar="[D-]HH:MM:SS",
               help="This worker's remaining lifetime (e.g. the batch allocation's end).")
@@ -166,7 +170,8 @@ def executor(listen: str, http_addr: str | None, token_file: str | None,
               help="CA bundle to verify the executor's certificate (implies --tls).")
 @click.option("--tls-cert", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --listen: serve TLS with this certificate.")
-@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--tls-key", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --listen: the private key of --tls-cert.")
 @click.option("--heartbeat", default=config.HEARTBEAT, show_default=True, metavar="SECONDS",
               help="Ping a silent executor after this long.")
 @click.option("--timeout", "peer_timeout", default=config.PEER_TIMEOUT, show_default=True,
@@ -202,10 +207,14 @@ def worker(executor_addr: str | None, listen: str | None, name: str | None, core
               help="Ask the executor over Grain's protocol (needs the token).")
 @click.option("--http", "http_url", default=None, metavar="http://HOST:PORT",
               help="Read the executor's HTTP /status instead (no token needed).")
-@click.option("--cluster", default=None, help="A GrainCluster's name (through Kubernetes).")
-@click.option("-n", "--namespace", default=None, help="The GrainCluster's namespace.")
-@click.option("--token-file", type=click.Path(dir_okay=False), default=None)
-@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--cluster", default=None, metavar="NAME",
+              help="A GrainCluster's name (through Kubernetes).")
+@click.option("-n", "--namespace", default=None, metavar="NS",
+              help="The GrainCluster's namespace.")
+@click.option("--token-file", type=click.Path(dir_okay=False), default=None,
+              help="With --executor: the token (else $GRAIN_TOKEN).")
+@click.option("--tls-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="With --executor: CA bundle to verify the executor's certificate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON document.")
 @click.option("--watch", is_flag=True,
               help="Redraw the tables in place every --interval seconds, until Ctrl-C.")
@@ -219,7 +228,7 @@ def status(executor_addr: str | None, http_url: str | None, cluster: str | None,
     """Show workers, cores free/total, memory, running jobs, queue, clients and users."""
     from .status import render_status, status_source, watch_status
     executor_addr = executor_addr or (None if (http_url or cluster) else
-                                      os.environ.get("GRAIN_ADDRESS"))
+                                      config.env_str(config.ENV_ADDRESS))
     if not (executor_addr or http_url or cluster):
         raise click.UsageError("give --executor grain://HOST:PORT, --http URL or --cluster NAME")
     if watch and as_json:

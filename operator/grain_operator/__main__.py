@@ -20,8 +20,8 @@ from grain_operator.handlers import operate
 from grain_operator.settings import OperatorConfig
 
 
-def parse_args(argv: list[str] | None = None) -> OperatorConfig:
-    """The command line (and environment) as an OperatorConfig."""
+def build_parser() -> argparse.ArgumentParser:
+    """The operator's command line (also documented in docs/cli.md, generated from it)."""
     parser = argparse.ArgumentParser(prog="python -m grain_operator", description="The Grain Kubernetes operator.")
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
@@ -37,6 +37,12 @@ def parse_args(argv: list[str] | None = None) -> OperatorConfig:
     parser.add_argument("--status-url", default=None,
                         help="template of the executor's /status URL (env GRAIN_OPERATOR_STATUS_URL)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> OperatorConfig:
+    """The command line (and environment) as an OperatorConfig."""
+    parser = build_parser()
     args = parser.parse_args(argv)
 
     namespaces = [ns for item in args.namespace for ns in item.split(",") if ns]

@@ -51,9 +51,12 @@ Chaining (``chain``): when nothing more fits, the head of the most deserving use
 queued *behind* a running job of the same user and request, on that job's allocation, to
 start on the same cores the moment it ends, without a round trip through the executor.
 Only that head is ever chained (so order and fairness are kept), never on a worker
-reserved for another user's head, at most ``chain_depth`` jobs per allocation, and only
-where the caller's ``depth_for`` agrees (the executor allows it for jobs of a function
-whose jobs are observed to be short). An allocation is charged to its user once, however many jobs share it.
+reserved for another user's head, and only as deep as both limits allow: at most
+``chain_depth`` jobs wait behind the running one on an allocation (the executor passes
+``grain.config.CHAIN_DEPTH``), and at most ``depth_for(head, tail)`` (the executor's
+``Executor._chain_depth_for``: jobs of one function observed to be short, as many as take
+about ``CHAIN_SHORT_SECONDS`` together, else 0). An allocation is charged to its user once,
+however many jobs share it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,13 @@
 
 With GRAIN_E2E_REQUIRED=1 (the e2e workflow) a missing piece is an error, not a skip.
 tests/e2e/kind_up.sh (or the e2e workflow) creates the kind cluster and loads the image;
-the `grain_cluster` fixture installs the chart with `helm --wait`, applies a GrainCluster
-and waits for one ready worker per schedulable node. On a failure the cluster's state and
-logs (tests/e2e/dump.sh) are added to the test report.
+the `grain_cluster` fixture installs the chart with `helm --wait`, the operator watching the
+test's namespace only (the chart's least-privilege default: `operator.watchNamespaces`),
+applies a GrainCluster (TLS on, the default) and waits for one ready worker per schedulable
+node. Clients on the runner reach it as a user would, through `cluster=` discovery with the
+kind cluster's kubeconfig (`kubeconfig_file`): the GrainCluster's status, the user's Secret
+(token and CA), a port-forward to the executor pod, the executor Service's name verified. On
+a failure the cluster's state and logs (tests/e2e/dump.sh) are added to the test report.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ IMAGE = os.environ.get("GRAIN_E2E_IMAGE", "grain:e2e")
 NAMESPACE = "grain-e2e"
 SYSTEM = "grain-system"
 NAME = "demo"
+CLIENT_LABEL = {"grain.dev/client": NAME}   # what the executor's NetworkPolicy lets in
+USER_SECRET = f"{NAME}-token"              # the user `default`'s Secret: token and ca.crt
+DRAIN_SECONDS = 30
 WORKERS = {
     "default": {},
     "static-cpu": {"cpus": 2, "memory": "1Gi", "exclusiveCpus": True},
@@ -93,8 +100,16 @@ def schedulable_nodes() -> list[str]:
     ]
 
 
+def roll_env(generation: int) -> list[dict[str, str]]:
+    """An env var of both pod templates: changing it rolls the executor and the workers (and
+    jobs see which generation of worker pod ran them)."""
+    return [{"name": "SWEEP_ROLL", "value": str(generation)}]
+
+
 def graincluster_manifest() -> str:
-    spec = {"image": IMAGE, "imagePullPolicy": "Never", "workers": WORKERS[VARIANT]}
+    workers = {**WORKERS[VARIANT], "drainTimeoutSeconds": DRAIN_SECONDS, "env": roll_env(1)}
+    spec = {"image": IMAGE, "imagePullPolicy": "Never", "executor": {"env": roll_env(1)},
+            "workers": workers}
     obj = {
         "apiVersion": "grain.dev/v1",
         "kind": "GrainCluster",
@@ -108,6 +123,7 @@ def graincluster_manifest() -> str:
 def grain_cluster() -> dict[str, Any]:
     """The chart installed, GrainCluster `demo` Running with one ready worker per node."""
     repo, tag = IMAGE.rsplit(":", 1)
+    kubectl("create", "namespace", NAMESPACE, check=False)  # the chart's Role goes there
     subprocess.run(
         [
             "helm",
@@ -128,6 +144,8 @@ def grain_cluster() -> dict[str, Any]:
             "image.pullPolicy=Never",
             "--set",
             "operator.verbose=true",
+            "--set",  # namespaced (the default RBAC): the operator watches the test's namespace
+            f"operator.watchNamespaces={{{NAMESPACE}}}",
             "--wait",
             "--timeout",
             "5m",
@@ -135,7 +153,6 @@ def grain_cluster() -> dict[str, Any]:
         check=True,
         timeout=360,
     )
-    kubectl("create", "namespace", NAMESPACE, check=False)
     kubectl("apply", "-f", "-", input=graincluster_manifest())
     nodes = schedulable_nodes()
 
@@ -153,6 +170,35 @@ def grain_cluster() -> dict[str, Any]:
     grc = wait_until(ready, 420, f"GrainCluster {NAME} Running with {len(nodes)} ready workers",
                      interval=3)
     return {"object": grc, "nodes": nodes}
+
+
+@pytest.fixture(scope="session")
+def kubeconfig_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The kind cluster's kubeconfig (its admin: what a user's kubeconfig would be, with more
+    rights), for clients that find the cluster through `cluster=` discovery."""
+    path = tmp_path_factory.mktemp("kube") / "config"
+    out = subprocess.run(["kind", "get", "kubeconfig", "--name", CLUSTER], capture_output=True, text=True,
+                         check=True, timeout=60).stdout
+    path.write_text(out)
+    path.chmod(0o600)
+    return str(path)
+
+
+def executor_status(kubeconfig: str) -> dict[str, Any]:
+    """The executor's status document, fetched as `grain status --cluster` does: discovery,
+    the port-forward, TLS verifying the executor Service's name. (Not through the API server's
+    service proxy: the executor's NetworkPolicy lets only the operator reach its http port.)"""
+    from functools import partial
+
+    import trio
+
+    from grain.cli.status import fetch_over_grain
+    from grain.client.discovery import open_cluster
+
+    with open_cluster(NAME, NAMESPACE, kubeconfig=kubeconfig) as conn:
+        assert conn.tls and conn.server_hostname == f"{NAME}-executor.{NAMESPACE}.svc", conn
+        return trio.run(partial(fetch_over_grain, conn.address, conn.token, conn.ca_file,
+                                server_hostname=conn.server_hostname))
 
 
 @pytest.hookimpl(hookwrapper=True)

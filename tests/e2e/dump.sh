@@ -9,6 +9,9 @@ run kubectl get nodes -o wide
 run kubectl get all -A -o wide
 run kubectl get grainclusters -A -o yaml
 run kubectl -n "$ns" describe graincluster
+run kubectl -n "$ns" get networkpolicy,secret -o wide
+run kubectl -n "$ns" rollout history deployment/demo-executor
+run kubectl -n "$ns" rollout history daemonset/demo-worker
 run kubectl -n "$ns" get events --sort-by=.lastTimestamp
 run kubectl -n "$system" get events --sort-by=.lastTimestamp
 run kubectl -n "$system" describe deployment -l app.kubernetes.io/component=operator

@@ -63,11 +63,14 @@ class GroupProgress:
     """One wait group's counts. The wait group calls ``added``, ``started``, ``ended``
     and ``close``; the board turns them into a row."""
 
-    __slots__ = ("board", "name", "total", "done", "failed", "running", "closed", "task")
+    __slots__ = ("board", "name", "parent", "total", "done", "failed", "running", "closed",
+                 "task")
 
-    def __init__(self, board: ProgressBoard, name: str) -> None:
+    def __init__(self, board: ProgressBoard, name: str,
+                 parent: GroupProgress | None = None) -> None:
         self.board = board
         self.name = name
+        self.parent = parent       # the wait group it was opened in
         self.total = 0
         self.done = 0
         self.failed = 0
@@ -107,11 +110,12 @@ class ProgressBoard:
         self._groups: list[GroupProgress] = []     # open groups, and closed ones with rows
         self._progress: Progress | None = None
 
-    def group(self, name: str) -> GroupProgress | None:
-        """Counters for a new wait group (``None`` when nothing is drawn)."""
+    def group(self, name: str, parent: GroupProgress | None = None) -> GroupProgress | None:
+        """Counters for a new wait group (``None`` when nothing is drawn); ``parent``: the
+        counters of the wait group it was opened in."""
         if not self.enabled:
             return None
-        g = GroupProgress(self, name)
+        g = GroupProgress(self, name, parent)
         self._groups.append(g)
         return g
 
@@ -150,20 +154,24 @@ class ProgressBoard:
             p.update(g.task, total=g.total, completed=g.done + g.failed,
                      running=g.running, failed=g.failed)
         open_rows = [g for g in shown if not g.closed]
-        if open_rows:
-            for g in shown:
-                if g.closed:           # others go on: its row makes room
-                    assert g.task is not None
-                    p.remove_task(g.task)
-            self._groups = [g for g in self._groups if not g.closed]
-            p.refresh()
-        else:
-            p.refresh()
-            p.stop()                   # the final rows stay on screen
-            self._progress = None
-            self._groups = [g for g in self._groups if not g.closed]
-            for g in self._groups:
+        for g in shown:
+            if not g.closed:
+                continue
+            assert g.task is not None
+            # A group nested in one that has a row just makes room; any other that ends
+            # while rows go on leaves its final row in the scrollback, above the live ones.
+            nested = g.parent is not None and g.parent.task is not None
+            if open_rows or nested:
+                if not nested:
+                    task = next(t for t in p.tasks if t.id == g.task)
+                    p.console.print(p.make_tasks_table([task]))
+                p.remove_task(g.task)
                 g.task = None
+        self._groups = [g for g in self._groups if not g.closed]
+        p.refresh()
+        if not open_rows:
+            p.stop()                       # the final top-level rows stay on screen
+            self._progress = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                   ) -> None:

@@ -32,6 +32,7 @@ from .progress import GroupProgress
 from .session import Session, run_local
 
 _RUNTIME: ContextVar[Session] = ContextVar("grain_session")
+_GROUP: ContextVar[WaitGroup | None] = ContextVar("grain_waitgroup", default=None)
 _PENDING: Any = object()    # a slot whose child has not ended; never handed to users
 
 MAP_WINDOW = 10_000
@@ -165,11 +166,15 @@ class WaitGroup:
         self._cm = trio.open_nursery()
         self._nursery = await self._cm.__aenter__()
         self._nursery.start_soon(self._watch_jobs)
+        parent = _GROUP.get()          # the group whose block (or child) opens this one
         if self._view.board is not None:
-            self._progress = self._view.board.group(self.name or "")
+            self._progress = self._view.board.group(
+                self.name or "", parent._progress if parent is not None else None)
+        self._group_token = _GROUP.set(self)
         return self
 
     async def __aexit__(self, etype: Any, exc: Any, tb: Any) -> bool:
+        _GROUP.reset(self._group_token)
         self._closing = True
         self._wake.set()
         try:

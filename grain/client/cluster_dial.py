@@ -14,7 +14,9 @@ endpoint that moved, a CA renewed with the rollout, a port-forward whose API con
 broke. So after ``REFRESH_AFTER_FAILURES`` failed dials in a row the dialer looks the cluster
 up again (``ClusterConnection.refresh``, blocking, in a thread) and rebuilds its TLS context
 when the CA changed. A failed look-up is one more failed attempt: the session keeps retrying
-for its reconnect grace.
+for its reconnect grace. Each dial is bounded in time (``CONNECT_TIMEOUT``, then the
+handshake's own limit), so a connection that is accepted but never answered counts as a
+failure instead of holding the reconnect loop.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 #   scripts/wheelhouse.sh [DIR]      (default build/wheelhouse; `make wheelhouse` runs this)
 #   docker build --build-arg OFFLINE=1 -t grain:dev .     (installs from build/wheelhouse only)
 #
-# What it downloads: the pins of constraints.txt (the runtime dependencies of grain[operator])
+# What it downloads: the pins of constraints.txt (the runtime dependencies of grain-trio[operator])
 # and the project's build backend (pyproject.toml's build-system.requires), as binary wheels
 # for the IMAGE's platform, not this host's: CPython $WHEEL_PYTHON (default 3.11) on
 # Linux/glibc $WHEEL_ARCH (default: this machine's; x86_64 or aarch64). So a wheelhouse can be

@@ -59,7 +59,7 @@ def _cell(text: str | None) -> str:
 def _operator_parser() -> argparse.ArgumentParser | None:
     try:
         from grain_operator.__main__ import build_parser
-    except ImportError:   # grain[operator] not installed: the section says so
+    except ImportError:   # grain-trio[operator] not installed: the section says so
         return None
     return build_parser()
 
@@ -92,7 +92,8 @@ def render_reference() -> str:
 def _operator_section() -> list[str]:
     parser = _operator_parser()
     if parser is None:
-        return ["The operator's options are listed here when `grain[operator]` is installed.",
+        return ["The operator's options are listed here when `grain-trio[operator]` is "
+                "installed.",
                 ""]
     out = ["Its arguments go to `python -m grain_operator`:", "",
            "| option | value | default | what |", "| --- | --- | --- | --- |"]

@@ -258,12 +258,13 @@ def status(executor_addr: str | None, http_url: str | None, cluster: str | None,
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 @click.pass_context
 def operator(ctx: click.Context) -> None:
-    """Run the Kubernetes operator (same as python -m grain_operator; needs grain[operator])."""
+    """Run the Kubernetes operator (same as python -m grain_operator; needs
+    grain-trio[operator])."""
     try:
         from grain_operator.__main__ import main as operator_main
     except ImportError as e:
         raise click.UsageError(f"the operator is not installed ({e}): "
-                               f"pip install 'grain[operator]'") from None
+                               f"pip install 'grain-trio[operator]'") from None
     sys.argv = ["grain operator", *ctx.args]
     operator_main()
 

@@ -424,11 +424,9 @@ class WorkerAgent:
             return cached
         kinds = from_wire(alloc_wire, strict=False).kinds()
         cores = kinds.get("Cores")
-        cpus = self.inventory.real_cpus(cores.c) if cores is not None and \
-            cores.c else None  # type: ignore[attr-defined]
+        cpus = self.inventory.real_cpus(cores.c) if cores is not None and cores.c else None
         gpu = kinds.get("GPU")
-        out = (cpus, job_env(cpus, sorted(gpu.g) if gpu is not None  # type: ignore[attr-defined]
-                             else None))
+        out = (cpus, job_env(cpus, sorted(gpu.g) if gpu is not None else None))
         if len(self._env_cache) < 4096:
             self._env_cache[key] = out
         return out

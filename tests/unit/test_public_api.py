@@ -7,8 +7,8 @@ import grain.resource
 def test_all_is_pinned():
     assert sorted(grain.__all__) == sorted([
         "GPU", "GVAR", "ZERO", "Cores", "Memory", "Node", "Resource", "WTime", "WaitGroup",
-        "__version__", "exec1", "load_cache_or_exec1", "open_waitgroup", "res2link0",
-        "run_combine",
+        "__version__", "combine", "exec1", "load_cache_or_exec1", "open_waitgroup",
+        "res2link0", "run_combine",
     ])
     for name in grain.__all__:
         assert hasattr(grain, name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import resource
 import signal
@@ -64,7 +65,17 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         await n.start(ex.run)
         n.start_soon(_watch_tokens, credentials, ex)
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
+        _freeze_startup_objects()
         task_status.started(bound)
+
+
+def _freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, classes, functions: some 40,000 objects that
+    live as long as the process) out of every later garbage collection: each full
+    collection otherwise walks them all, a stall of 10-30 ms of the event loop, frequent
+    while a client sends a million jobs."""
+    gc.collect()
+    gc.freeze()
 
 
 async def _exit_on_sigterm(scope: trio.CancelScope) -> None:

@@ -38,17 +38,25 @@ __all__ = ["DEFAULT_HEARTBEAT", "DEFAULT_TIMEOUT", "Link", "LinkClosed", "Memory
            "StreamLink", "handling", "memory_link_pair", "open_stream_link"]
 
 
+INBOX_HIGH = 4096
+"""Received messages a stream link holds for its receiver before it stops reading the
+socket (about one 256 KiB read of small messages) ..."""
+INBOX_BYTES = 16 * 1024 * 1024
+"""... or bytes read for them (big payloads)."""
+
+
 class LinkClosed(Exception):
     """The link is closed; ``reason`` says why."""
 
 
 class _Box:
-    __slots__ = ("items", "event", "closed")
+    __slots__ = ("items", "event", "closed", "taken")
 
     def __init__(self) -> None:
         self.items: list[Message] = []
         self.event = trio.Event()
         self.closed: str | None = None
+        self.taken: trio.Event | None = None   # set when the consumer takes the items
 
     def put(self, msg: Message) -> None:
         items = self.items
@@ -73,7 +81,17 @@ class _Box:
             await self.event.wait()
             self.event = trio.Event()
         items, self.items = self.items, []
+        if self.taken is not None:
+            self.taken.set()
+            self.taken = None
         return items
+
+    async def wait_taken(self) -> None:
+        """Until the consumer has taken what is in the box."""
+        if self.items and self.closed is None:
+            if self.taken is None:
+                self.taken = trio.Event()
+            await self.taken.wait()
 
 
 class Link:
@@ -318,12 +336,22 @@ class StreamLink(Link):
 
     async def _reader(self) -> str:
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
+        waiting = 0     # bytes read since the receiver last took its messages
         while True:
+            inbox = self._in.items
+            if inbox and (len(inbox) >= INBOX_HIGH or waiting >= INBOX_BYTES):
+                # Back-pressure: read on only once the receiver has taken what it was
+                # given. A peer sending faster than it is served waits in TCP (its
+                # kernel's buffers), not in this process's memory as decoded messages.
+                await self._in.wait_taken()
+            if not self._in.items:
+                waiting = 0
             with trio.fail_after(self.timeout):
                 data = await self.stream.receive_some(1 << 18)
             if not data:
                 return "connection closed by peer"
             self.bytes_in += len(data)
+            waiting += len(data)
             self._deliver(self._decoder.feed(data))
 
     def _deliver(self, batches: list[list[Message]]) -> None:

@@ -278,7 +278,7 @@ def _load_api_client(kubeconfig: str | None) -> tuple[Any, bool, str]:
 
     cfg = client.Configuration()
     if kubeconfig is None and _in_pod():
-        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        config.load_incluster_config(client_configuration=cfg)
         ns_file = SERVICE_ACCOUNT_DIR / "namespace"
         default_ns = ns_file.read_text().strip() if ns_file.exists() else "default"
         return client.ApiClient(cfg), True, default_ns
@@ -292,8 +292,8 @@ def _load_api_client(kubeconfig: str | None) -> tuple[Any, bool, str]:
             "directly with address='grain://HOST:4242' and token=."
         )
     try:
-        config.load_kube_config(config_file=path, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        _, active = config.list_kube_config_contexts(config_file=path)  # type: ignore[no-untyped-call]
+        config.load_kube_config(config_file=path, client_configuration=cfg)
+        _, active = config.list_kube_config_contexts(config_file=path)
     except (ConfigException, OSError, ValueError) as e:
         raise KubeconfigNotFoundError(
             f"The kubeconfig at {path!r} cannot be used ({e}). Check its current context "

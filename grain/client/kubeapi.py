@@ -289,15 +289,16 @@ class PortForwarder:
         remote = stream.socket(port)
         remote.setblocking(True)
         with selectors.DefaultSelector() as sel:
-            sel.register(conn, selectors.EVENT_READ, remote)
-            sel.register(remote._socket, selectors.EVENT_READ, conn)
+            sel.register(conn, selectors.EVENT_READ, (conn, remote))
+            sel.register(remote._socket, selectors.EVENT_READ, (remote._socket, conn))
             try:
                 while not self._closed.is_set():
                     for key, _ in sel.select(timeout=0.5):
-                        data = key.fileobj.recv(65536)  # type: ignore[union-attr]
+                        source, sink = key.data   # what is readable, where its bytes go
+                        data = source.recv(65536)
                         if not data:
                             return
-                        key.data.sendall(data)
+                        sink.sendall(data)
             except OSError as e:
                 if not self._closed.is_set():
                     log.debug("port-forward connection ended: %s", e)

@@ -200,7 +200,8 @@ class ProgressBoard:
 
 
 def _is_tty(f: object) -> bool:
+    isatty = getattr(f, "isatty", None)
     try:
-        return bool(f is not None and f.isatty())  # type: ignore[attr-defined]
+        return bool(isatty is not None and isatty())
     except (ValueError, OSError, AttributeError):
         return False

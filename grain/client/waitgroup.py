@@ -214,6 +214,7 @@ class WaitGroup:
         if isinstance(exc, trio.Cancelled) or hasattr(exc, "grain_finished"):
             return
         try:
+            # an attribute of our own on any exception type: what the group finished
             exc.grain_finished = self.finished  # type: ignore[attr-defined]
         except (AttributeError, TypeError):
             pass

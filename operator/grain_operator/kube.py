@@ -48,12 +48,12 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
     cfg = kubernetes.client.Configuration()
     if kubeconfig is None:
         try:
-            kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            kubernetes.config.load_incluster_config(client_configuration=cfg)
         except kubernetes.config.ConfigException:
-            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            kubernetes.config.load_kube_config(
                 context=context, client_configuration=cfg)
     else:
-        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+        kubernetes.config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=cfg)
     return cfg
 
@@ -106,7 +106,7 @@ class Kube:
 
     def close(self) -> None:
         """Release the connection pool (idempotent)."""
-        self.client.close()  # type: ignore[no-untyped-call]
+        self.client.close()
 
     def _method(self, verb: str, api_version: str, kind: str) -> Any:
         api_name, suffix = KINDS[(api_version, kind)]

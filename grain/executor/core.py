@@ -53,6 +53,16 @@ def limits_for(request: Resource) -> tuple[float | None, int | None]:
             int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0 else None)
 
 
+def _small_wire(wire: Any) -> bool:
+    """True when a request's wire form is small enough to key a cache by (no list of
+    more than 16 values in it)."""
+    for _, state in wire:
+        for v in state.values():
+            if type(v) is list and len(v) > 16:
+                return False
+    return True
+
+
 @dataclass(slots=True)
 class _Bulk:
     """Jobs (records or ids) to end as ``end``, from ``pos`` on (``Executor.end_later``).
@@ -126,7 +136,13 @@ class Executor(ClientsMixin, RecoveryMixin):
 
     def _request_for(self, req_wire: Any) -> tuple[Resource, Any]:
         """The checked request and its shape, shared by every job asking the same (requests
-        are only read): saves the checking per job and most of a queued job's memory."""
+        are only read): saves the checking per job and most of a queued job's memory.
+        Only small requests are remembered: a request may carry a list of 65,536 core ids
+        (ignored: jobs ask for a count), and a cache keyed by such lists grew by half a
+        megabyte per distinct list, for ever."""
+        if not _small_wire(req_wire):
+            request = request_from_wire(req_wire)
+            return request, shape_of(request)
         key = repr(req_wire)
         hit = self._requests.get(key)
         if hit is None:

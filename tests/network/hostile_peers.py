@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 import trio
-from grain_harness import TOKEN, process_env
+from grain_harness import TOKEN, Harness, process_env
 
 from grain.protocol import handshake
 from grain.protocol import messages as m
@@ -181,12 +181,16 @@ def run_program(main: Path, *args: str, timeout: float = 120.0
                           stdin=subprocess.DEVNULL)
 
 
-def start_program(main: Path, *args: str, log: Path) -> subprocess.Popen[bytes]:
-    """``python main.py ARGS`` in the background, its output in ``log``."""
+def start_program(main: Path, *args: str, log: Path, harness: Harness
+                  ) -> subprocess.Popen[bytes]:
+    """``python main.py ARGS`` in the background, its output in ``log``; killed with the
+    test's other processes if it is still running then."""
     with open(log, "ab") as f:
-        return subprocess.Popen([sys.executable, main.name, *args], stdout=f,
-                                stderr=subprocess.STDOUT, env=program_env(), cwd=main.parent,
-                                stdin=subprocess.DEVNULL)
+        p = subprocess.Popen([sys.executable, main.name, *args], stdout=f,
+                             stderr=subprocess.STDOUT, env=program_env(), cwd=main.parent,
+                             stdin=subprocess.DEVNULL)
+    harness._clients.append(p)
+    return p
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> Any:

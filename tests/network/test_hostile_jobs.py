@@ -119,7 +119,7 @@ BYSTANDER = """\
 def _bystander(h: Harness, tmp: Path, ex_address: str):  # type: ignore[no-untyped-def]
     stop = tmp / "stop"
     p = start_program(write_program(tmp / "bystander", BYSTANDER), ex_address,
-                      str(h.token_file), str(stop), log=tmp / "bystander.log")
+                      str(h.token_file), str(stop), log=tmp / "bystander.log", harness=h)
     return p, stop
 
 

@@ -168,7 +168,7 @@ def test_hand_edited_requests_are_refused_and_nobody_else_notices(grain_procs: H
     release = tmp_path / "release"
     bob = start_program(write_program(tmp_path / "bob", BYSTANDER), ex.address,
                         str(tmp_path / "bob.token"), str(marks), str(release),
-                        log=tmp_path / "bob.log")
+                        log=tmp_path / "bob.log", harness=grain_procs)
     wait_until(lambda: len(files_in(marks)) == 2, 30, "bob's jobs to hold both cores")
     ex.wait_status(lambda st: st["cores"]["free"] == 0 and st["running_jobs"] == 2, 10,
                    "both cores busy")
@@ -254,11 +254,11 @@ def test_per_user_queue_limit_is_a_clear_error(grain_procs: Harness, tmp_path: P
     release = tmp_path / "release"
     prog = write_program(tmp_path / "queuer", QUEUER)
     alice = start_program(prog, ex.address, str(tmp_path / "alice.token"), str(release), "9",
-                          log=tmp_path / "alice.log")
+                          log=tmp_path / "alice.log", harness=grain_procs)
     ex.wait_status(lambda st: st["running_jobs"] == 1 and st["queue_length"] == 5, 30,
                    "alice's first job running and five queued")
     bob = start_program(prog, ex.address, str(tmp_path / "bob.token"), str(release), "8",
-                        log=tmp_path / "bob.log")
+                        log=tmp_path / "bob.log", harness=grain_procs)
     ex.wait_status(lambda st: st["queue_length"] == 13, 30, "bob's eight jobs queued too")
     release.write_text("go")
     assert alice.wait(60) == 0 and bob.wait(60) == 0

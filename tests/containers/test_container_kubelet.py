@@ -194,12 +194,10 @@ def subprocess_probe_plain(tmp_path: Path, cluster: Cluster) -> None:
         raise ClientFailed(out.stderr[-2000:])
 
 
-@pytest.mark.xfail(strict=True, raises=ClientFailed, reason=(
-    "grain/client/api.py open_session(cluster=...) dials conn.address without TLS: it ignores "
-    "the CA (conn.ca_file) and the server name (conn.server_hostname) that discovery returns, "
-    "so a client cannot reach a GrainCluster with TLS on (the default) through cluster="))
 def test_discovery_reaches_a_tls_cluster(engine: Engine, image: str, client_env: dict[str, str],
                                          tmp_path: Path) -> None:
+    """TLS on (the default): the user's program finds the cluster through ``cluster=``, trusts
+    the CA from its Secret and verifies the executor Service's name through the port-forward."""
     spec = {"workers": {"memory": "1Gi", "drainTimeoutSeconds": 1}}
     with running_cluster(engine, image, client_env, tmp_path, spec) as cluster:
         check_jobs(run_probe(tmp_path, cluster, 2), cluster.nodes,

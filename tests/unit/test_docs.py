@@ -51,3 +51,18 @@ def test_python_examples_are_found_and_compile() -> None:
         "the README's program runs in a test"
     for e in examples:
         compile(e.code, e.name, "exec")   # a typo fails here even where not run
+
+
+def test_metric_names_anywhere_in_the_docs_are_the_executors() -> None:
+    """Every ``grain_*`` name the docs mention is a metric the executor serves (or a module
+    or attribute named here). The table of docs/interfaces.md is checked field by field in
+    tests/network/test_observability.py."""
+    import re
+
+    from grain.executor.http import METRICS
+
+    not_metrics = {"grain_operator", "grain_harness", "grain_finished"}
+    served = {d.name for d in METRICS}
+    for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        for name in set(re.findall(r"\bgrain_[a-z_]+", path.read_text())) - not_metrics:
+            assert name in served, f"{path.name} names {name}, which /metrics does not serve"

@@ -237,8 +237,10 @@ class RecoveryMixin:
         rec.parked_on = None
 
     def recently_seen_fit(self: ExecutorHost, request: Resource) -> bool:
-        """Could a worker that was lost lately (and may come back) run ``request``?"""
-        return any(cap.request(request) for cap, _ in self.seen.values())
+        """Could a worker that was lost lately (and may come back), or one draining now
+        (replaced by a new one in a rolling update), run ``request``?"""
+        return any(cap.request(request) for cap, _ in self.seen.values()) or any(
+            w.draining and w.capacity.request(request) for w in self.workers.values())
 
     # -- results ------------------------------------------------------------------------
     def on_done(self: ExecutorHost, w: WorkerSession, msg: m.Done, payload: bytes) -> None:

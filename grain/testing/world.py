@@ -82,7 +82,7 @@ class SimWorker:
     draining: bool = False
     starting: bool = False
     outages: list[list[Any]] = field(default_factory=list)   # [start, end|None, kind]
-    drains: list[float] = field(default_factory=list)        # when drains began
+    drains: list[list[Any]] = field(default_factory=list)    # [start, exit|None]
 
 
 @dataclass(eq=False)
@@ -279,6 +279,8 @@ class SimWorld:
 
     def _outage(self, w: SimWorker, kind: str) -> None:
         w.epoch += 1
+        if kind != "partition" and w.drains and w.drains[-1][1] is None:
+            w.drains[-1][1] = self.now()     # the machine is gone: its drain is over
         if not w.outages or w.outages[-1][1] is not None:
             w.outages.append([self.now(), None, kind])
 
@@ -337,7 +339,7 @@ class SimWorld:
         if not w.up or w.draining or w.agent is None:
             return
         w.draining = True
-        w.drains.append(self.now())
+        w.drains.append([self.now(), None])
         agent = w.agent
 
         async def drain() -> None:

@@ -111,11 +111,13 @@ def _worker(world: SimWorld, name: str) -> SimWorker:
 
 
 def _faulted_after(world: SimWorld, run: Run, until: float | None = None) -> bool:
-    """Did the run's worker go away (crash, partition, drain) after the run started?"""
+    """Did the run's worker go away (crash, partition) after the run started, or drain
+    while it ran (a job given to a worker before its drain may start after it began)?"""
     w = _worker(world, run.worker)
     end = until if until is not None else float("inf")
     return any(run.started <= start <= end for start, _, _ in w.outages) or \
-        any(run.started <= t <= end for t in w.drains)
+        any(start <= end and (exit is None or exit >= run.started)
+            for start, exit in w.drains)
 
 
 # -- what ran where ----------------------------------------------------------------------

@@ -169,3 +169,20 @@ def test_a_worker_that_reconnected_still_hears_that_a_session_ended() -> None:
         sim.call(lambda w: w.finish_client(c))
         sim.advance(5)
         sim.run(check_forgotten)
+
+
+def test_a_job_submitted_while_its_only_worker_drains_waits_for_capacity() -> None:
+    """Found by the state machine: while the one worker that fits a job drains (a rolling
+    update replaces it), a job submitted then failed at once as Unschedulable, naming
+    that very worker. It must wait for capacity, as for a worker seen lately."""
+    with Driver(SimParams(workers=((1, 2.0),), wait_for_workers=30.0)) as sim:
+        sim.advance(60)        # long after the executor started (it waits for anyone then)
+        c, g = start(sim)
+        submit(sim, g, duration=0.5)
+        sim.run(lambda w: w.drain_worker(w.workers[0], timeout=1.0))
+        sim.run(lambda w: w.restart_worker(w.workers[0], after=12.0))
+        t = submit(sim, g, duration=0.5)
+        sim.run(lambda w: w.close_waitgroup(g))
+        sim.advance(20)
+        assert [e.value for e in sim.world.ends[t]] == [t]  # type: ignore[union-attr]
+        sim.run(check_step)

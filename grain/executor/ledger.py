@@ -18,8 +18,8 @@ duplicate after a re-attach) returns ``None`` and is dropped.
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from enum import Enum
-from typing import Any
 
 import msgspec
 
@@ -44,7 +44,7 @@ class JobRecord(msgspec.Struct, gc=False, eq=False):
     cid: int
     user: str
     request: Resource          # shared by every job of the same request
-    shape: Any
+    shape: Hashable
     fid: int
     payload: bytes
     retries: int
@@ -87,7 +87,7 @@ class Ledger:
         self._next += 1
         return gid
 
-    def submit(self, sess: int, cid: int, user: str, request: Resource, shape: Any,
+    def submit(self, sess: int, cid: int, user: str, request: Resource, shape: Hashable,
                fid: int, payload: bytes, retries: int, name: str = "",
                now: float | None = None) -> JobRecord:
         rec = JobRecord(self.new_gid(), sess, cid, user, request, shape, fid, payload,
@@ -98,7 +98,7 @@ class Ledger:
         return rec
 
     def adopt(self, sess: int, cid: int, user: str, fid: int, worker: int, alloc: Resource,
-              request: Resource, shape: Any, name: str, started_at: float) -> JobRecord:
+              request: Resource, shape: Hashable, name: str, started_at: float) -> JobRecord:
         """A job a worker reports running that this executor did not know (after a
         restart): RUNNING at once, an orphan until its client claims it."""
         rec = JobRecord(self.new_gid(), sess, cid, user, request, shape, fid, b"", 0, name,

@@ -29,6 +29,7 @@ import select
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -180,21 +181,27 @@ class OutputCapture:
     def _pump(self) -> None:
         fds = list(self._fds)
         while True:
-            with self._lock:
-                wait = None if self._first is None else \
-                    max(0.0, self._first + BATCH_SECONDS - time.monotonic())
-            ready, _, _ = select.select(fds, [], [], wait)
-            with self._lock:
-                self._drain(keep=self.jid is not None, only=ready)
-                if self._first is not None and (
-                        self._batch_bytes >= BATCH_BYTES
-                        or time.monotonic() >= self._first + BATCH_SECONDS):
-                    msgs = self._take()
-                    if msgs:
-                        try:
-                            self._send(msgs)
-                        except OSError:
-                            return   # the worker is gone; the runner goes with it
+            try:
+                self._pump_once(fds)
+            except OSError:
+                return   # the worker is gone; the runner goes with it
+            except Exception:  # noqa: BLE001 - never stop draining: a full pipe blocks the job
+                with contextlib.suppress(OSError):
+                    os.write(self.log_fd, traceback.format_exc().encode(errors="replace"))
+                with self._lock:
+                    self._batch, self._batch_bytes, self._first = [], 0, None
+
+    def _pump_once(self, fds: list[int]) -> None:
+        with self._lock:
+            wait = None if self._first is None else \
+                max(0.0, self._first + BATCH_SECONDS - time.monotonic())
+        ready, _, _ = select.select(fds, [], [], wait)
+        with self._lock:
+            self._drain(keep=self.jid is not None, only=ready)
+            if self._first is not None and (
+                    self._batch_bytes >= BATCH_BYTES
+                    or time.monotonic() >= self._first + BATCH_SECONDS):
+                self._flush_locked()
 
     # -- under the lock ------------------------------------------------------------------
     def _drain(self, keep: bool, only: list[int] | None = None) -> None:

@@ -67,7 +67,10 @@ def job_env(cpus: list[int] | None, gpus: list[int] | None) -> dict[str, str]:
 @dataclass(eq=False)
 class Lane:
     """Jobs sharing one allocation, run in order on one runner: the first runs, the others
-    (chained by the executor) wait in the runner's socket and start the moment it ends."""
+    (chained by the executor) wait in the runner's socket and start the moment it ends.
+    The worker takes as many as the executor chains (its placement allows at most
+    ``grain.config.CHAIN_DEPTH`` waiting, about ``CHAIN_SHORT_SECONDS`` of work in all); a
+    job whose predecessor is no longer the lane's last starts a lane of its own."""
 
     jobs: deque[Job]
     runner: RunnerProcess | None = None

@@ -250,7 +250,7 @@ def test_nested_groups_share_one_display_with_a_row_each() -> None:
                     for s in subs[8:]:
                         fake.result(s.cid, 0)
                 board.refresh()                     # inner ended, outer goes on
-                assert board._progress is live and len(live.tasks) == 1
+                assert live is not None and board._progress is live and len(live.tasks) == 1
                 for s in subs[:8]:
                     fake.result(s.cid, 0)
             board.refresh()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import RunScript, last_json
-from runner_cluster import Harness, TcpCluster, tcp_cluster  # noqa: F401 - a fixture
+from runner_cluster import TcpCluster, tcp_cluster  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -155,7 +155,7 @@ PASSIVE = """
 def test_the_original_form_with_a_passive_worker_elsewhere(run_script: RunScript,
                                                            tmp_path: Path) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
-    from grain_harness import free_port
+    from grain_harness import Harness, free_port
     (tmp_path / "elsewhere").mkdir()
     h = Harness(tmp_path / "elsewhere")
     try:

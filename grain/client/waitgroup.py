@@ -27,6 +27,7 @@ from typing import Any
 import trio
 
 from ..resource import ZERO, Resource
+from . import display
 from .display import STREAM_NAMES, KeptOutput, current_view
 from .progress import GroupProgress
 from .session import Session, run_local
@@ -152,7 +153,9 @@ class WaitGroup:
         self._changed: trio.Event | None = None    # as_completed waits on it
         self._freed: trio.Event | None = None      # a map waits on it for room
         self._errors: list[BaseException] = []
-        self._kept: dict[int, KeptOutput] = {}
+        self._kept: dict[int, KeptOutput] = {}     # by slot, oldest first
+        self._kept_bytes = 0
+        self._let_go: set[int] = set()             # slots whose kept output was dropped
         self._closing = False
         self._over = False               # the block has ended
         self._nursery: trio.Nursery | None = None
@@ -379,7 +382,14 @@ class WaitGroup:
         kept = self._kept.get(child.slot)
         if kept is None:
             kept = self._kept[child.slot] = KeptOutput()
+        before = kept.size
         kept.add(stream, data, dropped)
+        self._kept_bytes += kept.size - before
+        while self._kept_bytes > display.KEEP_PER_GROUP and len(self._kept) > 1:
+            slot, old = next(iter(self._kept.items()))   # the job that printed first
+            del self._kept[slot]
+            self._kept_bytes -= old.size
+            self._let_go.add(slot)
         self._view.emit(f"{self.name or child.fn_name}#{child.slot}", child.worker or "?",
                         stream, data, dropped)
 
@@ -417,7 +427,8 @@ class WaitGroup:
         """What child ``index`` (a job) printed, as text: its last
         ``config.OUTPUT_KEEP_PER_JOB`` bytes, ``stream="stdout"`` or ``"stderr"`` alone,
         ``""`` if it printed nothing (a subtask's or ``ZERO`` job's prints go straight to
-        the program's own output)."""
+        the program's own output). A group keeps ``display.KEEP_PER_GROUP`` bytes in all:
+        past that, the jobs that printed first lose theirs (the text then says so)."""
         if not -len(self._slots) <= index < len(self._slots):
             raise IndexError(f"wait group has {len(self._slots)} children, no index {index}")
         index %= len(self._slots)
@@ -428,7 +439,8 @@ class WaitGroup:
                 raise ValueError(f"stream={stream!r}: expected 'stdout', 'stderr' or None")
             code = codes[stream]
         kept = self._kept.get(index)
-        return kept.text(code) if kept is not None else ""
+        head = display.LET_GO if index in self._let_go else ""
+        return head + (kept.text(code) if kept is not None else "")
 
     def __len__(self) -> int:
         """Children added so far."""

@@ -371,3 +371,26 @@ def test_client_memory_per_queued_job_is_under_a_kilobyte(how: str) -> None:
                 wg.cancel()
             return per_job
     assert trio.run(main) <= 1024
+
+
+def test_a_group_keeps_a_bounded_amount_of_output_in_all(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from grain.client import display
+    monkeypatch.setattr(display, "KEEP_PER_GROUP", 10_000)
+
+    async def main() -> grain.WaitGroup:
+        async with scripted(View()) as (_, fake):
+            async with grain.open_waitgroup() as wg:
+                for i in range(20):
+                    wg.submit(Cores(1), square, i)
+                subs = await fake.take(20)
+                for s in subs:
+                    fake.started(s.cid)
+                    fake.output(s.cid, 1, (f"{s.cid} " + "x" * 1000 + "\n").encode())
+                    fake.result(s.cid, 0)
+            return wg
+    wg = trio.run(main)
+    assert wg._kept_bytes <= 10_000
+    assert wg.output(19).endswith("x" * 1000 + "\n")          # the latest are kept
+    assert wg.output(0).startswith("… this job's output is no longer kept")
+    assert sum(len(wg.output(i)) for i in range(20)) < 20 * 1000

@@ -421,3 +421,27 @@ def test_misread_arguments_fail_at_once_saying_how_to_pass_them(run_script: RunS
                                                                 what: str) -> None:
     message = last_json(run_script(ARGS, args=(what,), timeout=20))
     assert "waddrs" in message and "functools.partial" in message
+
+
+REMOTE_DASHBOARD = """
+    import sys
+
+    import grain
+    from grain import Cores
+
+
+    async def main():
+        return await grain.exec1(Cores(1), abs, -3)
+
+
+    print(grain.run_combine(main, address=sys.argv[1], token=sys.argv[2], dashboard=True))
+"""
+
+
+def test_dashboard_names_a_remote_executor(run_script: RunScript,
+                                           tcp_cluster: TcpCluster) -> None:  # noqa: F811
+    proc = run_script(REMOTE_DASHBOARD, args=tcp_cluster.args)
+    assert proc.returncode == 0 and proc.stdout.strip() == "3", proc.stderr
+    address = tcp_cluster.executor.address
+    assert f"grain: this run's executor is {address}" in proc.stderr
+    assert f"grain status --executor {address}" in proc.stderr

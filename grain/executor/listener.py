@@ -4,8 +4,10 @@ Every connection is authenticated by the handshake (with the secret of the role 
 claims) before any payload is read; a peer that fails it, or later sends a malformed
 frame, is logged and dropped without disturbing the others. What one peer can cost is
 bounded: unauthenticated connections are capped (each may hold at most one 64 KiB
-handshake frame, for at most the handshake timeout), connections in all are capped, and
-running out of file descriptors is a log line, not a storm of tracebacks.
+handshake frame, for at most the handshake timeout; at the cap, the one waiting longest
+makes room for the newcomer, so a burst of peers that never authenticate cannot lock real
+clients out), connections in all are capped, and running out of file descriptors is a
+log line, not a storm of tracebacks.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ class ExecutorListener:
         self.shed = 0
         self.connections = 0
         self.pending = 0
+        self.evicted = 0
+        self._handshakes: dict[trio.CancelScope, None] = {}   # oldest first
         self._last_shed_log = -1e9
 
     async def serve(self, ep: Endpoint, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -76,14 +80,27 @@ class ExecutorListener:
                                f"connections wait")
                 await trio.sleep(0.1)
                 continue
-            if self.connections >= self.max_connections or self.pending >= self.max_pending:
+            if self.connections >= self.max_connections:
                 self.shed += 1
                 self._log_shed(f"refusing connections: {self.connections} open (limit "
                                f"{self.max_connections}), {self.pending} authenticating "
                                f"(limit {self.max_pending})")
                 await trio.aclose_forcefully(stream)
                 continue
-            n.start_soon(self._handle, stream)
+            if self.pending >= self.max_pending and self._handshakes:
+                # the peer that has been authenticating longest goes (a real peer takes
+                # milliseconds): new peers are never locked out by idle ones
+                oldest = next(iter(self._handshakes))
+                del self._handshakes[oldest]
+                oldest.cancel()
+                self.evicted += 1
+                self._log_shed(f"{self.pending} connections authenticating (limit "
+                               f"{self.max_pending}): dropping the oldest for each new one")
+            scope = trio.CancelScope(deadline=trio.current_time() + config.HANDSHAKE_TIMEOUT)
+            self._handshakes[scope] = None
+            self.connections += 1   # counted at once: a burst is capped before it runs
+            self.pending += 1
+            n.start_soon(self._handle, stream, scope)
 
     def _log_shed(self, text: str) -> None:
         now = trio.current_time()
@@ -91,35 +108,41 @@ class ExecutorListener:
             self._last_shed_log = now
             log.warning("%s", text)
 
-    async def _handle(self, stream: trio.abc.Stream) -> None:
-        self.connections += 1
+    async def _handle(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         try:
-            await self._handle_counted(stream)
+            await self._handle_counted(stream, scope)
         finally:
             self.connections -= 1
 
-    async def _authenticate(self, stream: trio.abc.Stream, peer: str
+    async def _authenticate(self, stream: trio.abc.Stream, peer: str, scope: trio.CancelScope
                             ) -> tuple[str, str, dict[str, Any], Any] | None:
-        self.pending += 1
+        why = ""
         try:
-            if isinstance(stream, trio.SSLStream):
-                with trio.fail_after(config.HANDSHAKE_TIMEOUT):
+            with scope:   # the handshake timeout, or room made for a newer peer
+                if isinstance(stream, trio.SSLStream):
                     await stream.do_handshake()
-            return await handshake.accept(
-                stream, self.credentials.keys, "executor", ("client", "worker", "observer"),
-                info={"name": self.executor.name})
+                return await handshake.accept(
+                    stream, self.credentials.keys, "executor",
+                    ("client", "worker", "observer"), info={"name": self.executor.name})
+            why = ("no handshake within the handshake timeout" if scope.deadline
+                   <= trio.current_time() else "made room for a newer connection while "
+                   "too many were authenticating")
         except (ProtocolError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError, OSError, ssl.SSLError) as e:
-            self.refused += 1
-            log.warning("refused connection from %s: %s", peer, transport.describe_error(e))
-            await trio.aclose_forcefully(stream)
-            return None
+            # a string, not the exception: its traceback holds the handshake's buffers,
+            # which would wait for the cycle collector (64 KiB per refused peer)
+            why = transport.describe_error(e)
         finally:
             self.pending -= 1
+            self._handshakes.pop(scope, None)
+        self.refused += 1
+        log.warning("refused connection from %s: %s", peer, why)
+        await trio.aclose_forcefully(stream)
+        return None
 
-    async def _handle_counted(self, stream: trio.abc.Stream) -> None:
+    async def _handle_counted(self, stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
         peer = transport.peer_name(stream)
-        auth = await self._authenticate(stream, peer)
+        auth = await self._authenticate(stream, peer, scope)
         if auth is None:
             return
         role, user, info, dec = auth

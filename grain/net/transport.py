@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -10,6 +12,8 @@ from typing import Any
 import trio
 
 from .endpoints import Endpoint
+
+log = logging.getLogger("grain.net")
 
 
 def server_ssl_context(cert: str, key: str) -> ssl.SSLContext:
@@ -93,10 +97,45 @@ async def open_listeners(ep: Endpoint, ssl_context: ssl.SSLContext | None = None
     return listeners, bound
 
 
+ACCEPT_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+"""``accept`` errors that mean "out of file descriptors or memory, for now"."""
+ACCEPT_RETRY = 0.1
+LOG_EVERY = 10.0
+
+
 async def serve(listeners: list[trio.abc.Listener[trio.abc.Stream]],
-                handler: Callable[[trio.abc.Stream], Awaitable[None]]) -> None:
-    """Serve connections forever, each in its own task."""
-    await trio.serve_listeners(handler, listeners)
+                handler: Callable[[trio.abc.Stream], Awaitable[None]],
+                what: str = "connections") -> None:
+    """Serve connections forever, each in its own task.
+
+    Out of file descriptors, ``accept`` fails until some are closed: that is one log line
+    (at most every 10 s) and a retry every 0.1 s, not a traceback per attempt (as
+    ``trio.serve_listeners`` logs); waiting connections are accepted once descriptors
+    are free again."""
+    async with trio.open_nursery() as n:
+        for listener in listeners:
+            n.start_soon(_accept_loop, listener, handler, what, n)
+
+
+async def _accept_loop(listener: trio.abc.Listener[trio.abc.Stream],
+                       handler: Callable[[trio.abc.Stream], Awaitable[None]], what: str,
+                       n: trio.Nursery) -> None:
+    last_log = -LOG_EVERY
+    async with listener:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as e:
+                if e.errno not in ACCEPT_EXHAUSTED:
+                    raise
+                now = trio.current_time()
+                if now - last_log >= LOG_EVERY:
+                    last_log = now
+                    log.warning("cannot accept %s: %s (at the limit of open files); "
+                                "they wait until some are closed", what, e.strerror)
+                await trio.sleep(ACCEPT_RETRY)
+                continue
+            n.start_soon(handler, stream)
 
 
 def send_nowait(sock: socket.socket, parts: list[Any]) -> list[memoryview]:

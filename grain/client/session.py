@@ -45,6 +45,10 @@ OnEnd = Callable[[bool, Any], None]
 OnStart = Callable[[str], None]
 OnOutput = Callable[[int, bytes, int], None]
 IDLE_FUNCTIONS = 256
+ACK_DELAY = 0.05
+"""Acknowledgements of results wait this long for a message to ride on (the next
+submission, usually): a job's round trip then costs the executor and the worker no
+message of its own for it. Workers hold a result until its acknowledgement arrives."""
 IDLE_FUNCTION_BYTES = 64 * 1024 ** 2
 Connect = Callable[[int, bool], Awaitable[Link]]
 """``connect(session_id, resume)`` -> a started link to the executor."""
@@ -127,6 +131,7 @@ class Session:
         self._jobs: dict[int, _Job] = {}
         self._wires: dict[str, Any] = {}
         self._closed: str | None = None
+        self._acks: list[int] = []    # results received, not yet acknowledged (``_ack``)
         self.reconnects = 0
         self.connected = trio.Event()
         self.connected.set()
@@ -228,11 +233,21 @@ class Session:
 
     def _send(self, msg: Any, payload: bytes = b"") -> None:
         """Queue a message; while reconnecting, messages are dropped (the resubmission
-        after reconnecting carries everything that matters)."""
+        after reconnecting carries everything that matters). Pending acknowledgements go
+        first, in the same frame."""
         try:
-            self.link.send(msg, payload)
+            if self._acks and type(msg) is not m.Ack:
+                with handling():
+                    self.link.send(m.Ack(self._take_acks()))
+                    self.link.send(msg, payload)
+            else:
+                self.link.send(msg, payload)
         except LinkClosed:
             pass
+
+    def _take_acks(self) -> list[int]:
+        acks, self._acks = self._acks, []
+        return acks
 
     # -- receiving -----------------------------------------------------------------------
     async def run(self) -> None:
@@ -242,7 +257,16 @@ class Session:
             try:
                 while True:
                     acks: list[int] = []
-                    batch = await self.link.receive()
+                    if self._acks:
+                        # acknowledgements ride on the next message this session sends,
+                        # or go alone after ACK_DELAY without one
+                        with trio.move_on_after(ACK_DELAY) as idle:
+                            batch = await self.link.receive()
+                        if idle.cancelled_caught:
+                            self._send(m.Ack(self._take_acks()))
+                            continue
+                    else:
+                        batch = await self.link.receive()
                     with handling():   # what this sends goes out at the end, one frame
                         for h, data in batch:
                             t = type(h)
@@ -253,8 +277,7 @@ class Session:
                                 self._on_started(h)
                             elif t is m.Output:
                                 self._on_output(h, data)
-                        if acks:
-                            self._send(m.Ack(acks))
+                        self._acks += acks
                     del batch
             except LinkClosed as e:
                 if self._closed is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import sys
 from typing import Any
 
 import trio
@@ -191,8 +192,10 @@ class ClientsMixin:
                         f"queued, the limit (max-queued in the client tokens file)")
             return
         retries = self.retries if msg.retries is None else min(msg.retries, 10)
+        # the job's name is the same string for most of a session's jobs: one copy of it,
+        # not one per queued job (~56 bytes each; interned strings are freed when unused)
         rec = self.ledger.submit(s.sess, msg.cid, s.user, request, shape, msg.fid, payload,
-                                 retries, msg.name, self.clock())
+                                 retries, sys.intern(msg.name), self.clock())
         s.jobs[msg.cid] = rec
         fn.refs += 1
         if msg.started_on is not None:

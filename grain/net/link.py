@@ -111,6 +111,13 @@ class Link:
             raise LinkClosed(self._out.closed)
         self._out.put((header, payload))
 
+    def send_later(self, header: Any, payload: bytes = b"") -> None:
+        """Queue a message that need not go at once: on a stream it waits for the next
+        message to the same peer, or ``LAZY_DELAY`` at most (a job's ``Started``: a short
+        job's goes in the same frame as its ``Result``, one write and one wake-up fewer
+        on both ends). Order is kept. Elsewhere the same as ``send``."""
+        self.send(header, payload)
+
     async def receive(self) -> list[Message]:
         """The next batch of messages. Raises ``LinkClosed`` (with why) at the end."""
         return await self._in.take()
@@ -188,6 +195,8 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
+LAZY_DELAY = 0.02
+"""How long a message sent with ``send_later`` may wait for company."""
 IOV_MAX = 512
 """Buffers per ``sendmsg`` call (the kernel's limit is 1024)."""
 SMALL = 64 * 1024
@@ -242,6 +251,7 @@ class StreamLink(Link):
         self._raw = _raw_socket(stream)
         self._pending: list[Any] = []      # buffers written in part: the writer finishes
         self._queued = False     # the outbox waits for a step's end or for the writer
+        self._lazy_since: float | None = None  # when the oldest ``send_later`` was queued
         self._writer_idle = False          # True while the writer waits for messages
         self._direct_epoch = -1  # the step after which this link last wrote at once
         self.bytes_in = 0
@@ -269,6 +279,17 @@ class StreamLink(Link):
         else:
             out.event.set()
 
+    def send_later(self, header: Any, payload: bytes = b"") -> None:
+        out = self._out
+        if out.closed is not None:
+            raise LinkClosed(out.closed)
+        out.items.append((header, payload))
+        if self._queued or self._lazy_since is not None:
+            return               # goes with what is queued already, or by its own deadline
+        self._lazy_since = now = trio.current_time()
+        if self._idle is not None:   # the idle writer wakes for it by then
+            self._idle.deadline = min(self._idle.deadline, now + LAZY_DELAY)
+
     def _flush(self) -> None:
         """Write the outbox now from the calling task if the writer is idle and the
         socket takes it; else leave it (or its rest) to the writer."""
@@ -278,8 +299,10 @@ class StreamLink(Link):
             return
         raw = self._raw
         if raw is None or not self._writer_idle or self._pending or out.closed is not None:
+            self._queued = True
             out.event.set()
             return
+        self._lazy_since = None
         items, out.items = out.items, []
         try:
             parts = _coalesce(encode_parts(items))
@@ -381,12 +404,16 @@ class StreamLink(Link):
                 parts, self._pending = self._pending, []
                 await self._write(parts)
                 continue
-            if not out.items:
+            if not (self._queued and out.items):
+                # nothing to write at once: wait for it, for the deadline of messages
+                # sent later (``send_later``), or for the time to ping
+                deadline = self._last_send + self.heartbeat
+                if self._lazy_since is not None:
+                    deadline = min(deadline, self._lazy_since + LAZY_DELAY)
                 self._writer_idle = True
                 try:
-                    with trio.CancelScope(
-                            deadline=self._last_send + self.heartbeat) as self._idle:
-                        while not (out.items or self._pending):
+                    with trio.CancelScope(deadline=deadline) as self._idle:
+                        while not ((self._queued and out.items) or self._pending):
                             if out.closed is not None:
                                 return out.closed
                             await out.event.wait()
@@ -396,15 +423,21 @@ class StreamLink(Link):
                     self._idle = None
                 if self._pending:
                     continue
-                if not out.items:
+                if not (self._queued and out.items):
                     if out.closed is not None:
                         return out.closed
-                    if trio.current_time() < self._last_send + self.heartbeat:
+                    now = trio.current_time()
+                    if out.items and self._lazy_since is not None \
+                            and now >= self._lazy_since + LAZY_DELAY:
+                        pass              # messages sent later: their time has come
+                    elif now < self._last_send + self.heartbeat:
                         continue          # written meanwhile by a step: no ping needed
-                    await self._write(encode_parts([(_PING, b"")]))
-                    continue
+                    else:
+                        await self._write(encode_parts([(_PING, b"")]))
+                        continue
             items, out.items = out.items, []
             self._queued = False
+            self._lazy_since = None
             await self._write(encode_parts(items))
 
     async def _write(self, parts: list[Any]) -> None:

@@ -81,7 +81,9 @@ class SimWorker:
     scope: trio.CancelScope | None = None
     draining: bool = False
     starting: bool = False
-    outages: list[list[Any]] = field(default_factory=list)   # [start, end|None, kind]
+    # [start, end|None, kind]: kind is crashed, drained, partition (the executor sees the
+    # connection close) or silence (it sees a heartbeat timeout)
+    outages: list[list[Any]] = field(default_factory=list)
     drains: list[list[Any]] = field(default_factory=list)    # [start, exit|None]
 
 
@@ -118,6 +120,8 @@ class SimClient:
     wgs: list[SimWaitGroup] = field(default_factory=list)
     outputs: list[tuple[int, bytes]] = field(default_factory=list)
     outages: list[list[Any]] = field(default_factory=list)   # [start, end|None]
+    connected_at: float = 0.0          # its latest connection to an executor
+    gone_at: float | None = None       # when the program died or finished
 
 
 class SimSession(Session):
@@ -157,6 +161,7 @@ class SimWorld:
         self.specs: dict[int, JobSpec] = {}
         self.requests: dict[int, Resource] = {}
         self.slow: dict[str, tuple[float, float]] = {}      # party -> (extra delay, until)
+        self.executor_stops: list[float] = []
         self.last_change = 0.0
         self._tokens = itertools.count(1)
         self._sids = itertools.count(1_000)
@@ -220,6 +225,7 @@ class SimWorld:
         if self.executor is None:
             return
         self.executor = None
+        self.executor_stops.append(self.now())
         assert self._exec_scope is not None
         self._exec_scope.cancel()
         for link in self._exec_links:
@@ -320,7 +326,7 @@ class SimWorld:
         else a closed connection); its jobs go on. It heals after ``heal_after``."""
         if not w.up or not w.net_up:
             return
-        self._outage(w, "partition")
+        self._outage(w, "silence" if silent else "partition")
         w.net_up = False
         if w.link is not None:
             w.link.cut(f"worker {w.name} unreachable", silent=silent)
@@ -391,6 +397,7 @@ class SimWorld:
             n.start_soon(ex.serve_client, theirs, c.user,
                          {"name": c.name, "session": session_id, "resume": resume})
             c.link = mine
+            c.connected_at = self.now()
             self._changed()
             return mine
 
@@ -489,6 +496,7 @@ class SimWorld:
         if c.state != "up":
             return
         c.state = "crashed"
+        c.gone_at = self.now()
         if c.link is not None:
             c.link.cut(f"client {c.name} died")
         assert c.scope is not None
@@ -500,6 +508,7 @@ class SimWorld:
         if c.state != "up":
             return
         c.state = "finished"
+        c.gone_at = self.now()
         s = c.session
         assert s is not None and c.scope is not None
         s.goodbye()

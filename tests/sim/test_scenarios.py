@@ -186,3 +186,24 @@ def test_a_job_submitted_while_its_only_worker_drains_waits_for_capacity() -> No
         sim.advance(20)
         assert [e.value for e in sim.world.ends[t]] == [t]  # type: ignore[union-attr]
         sim.run(check_step)
+
+
+@pytest.mark.xfail(strict=True, reason="known limitation: a session the dead executor knew "
+                   "and no worker reports is never ended on the workers (needs Attach to "
+                   "name the sessions a worker holds runners of, or idle runners to expire)")
+def test_idle_runners_of_a_session_whose_executor_died_are_closed() -> None:
+    """Found by the state machine: a program dies and the executor restarts before the
+    program's grace ran out. The new executor never knew the session and no worker
+    reports a job of it, so no one ever ends it: its idle runners stay on the worker for
+    ever (they also hold idle slots that live sessions then lack)."""
+    with Driver(SimParams(workers=((1, 2.0),), client_grace=10.0)) as sim:
+        c, g = start(sim)
+        submit(sim, g, duration=0.5)
+        sim.run(lambda w: w.close_waitgroup(g))
+        sim.advance(2)
+        sim.run(lambda w: w.crash_client(c))
+        sim.run(lambda w: (w.stop_executor(), w.start_executor(0.0)))
+        sim.advance(30)
+        pool = sim.world.workers[0].pool  # type: ignore[union-attr]
+        assert pool is not None
+        assert [r.session for r in pool.idle if r.session is not None] == []

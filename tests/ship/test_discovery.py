@@ -440,8 +440,15 @@ def _squares(**where: Any) -> list[Any]:
 def test_cluster_reaches_a_tls_executor_as_the_user_given(real, kubeconfig):
     """The default GrainCluster has TLS on: through the port-forward on 127.0.0.1 the client
     trusts the CA from alice's Secret and verifies the executor Service's name."""
+    import tempfile
+
+    ca_files = lambda: set(Path(tempfile.gettempdir()).glob("grain-demo-ca-*"))  # noqa: E731
+    before = ca_files()
     assert _squares(cluster="demo", namespace=NS, kubeconfig=kubeconfig, user="alice") == [0, 1, 4, 9]
     assert real.api.km.forwards and set(real.api.km.forwards) == {f"{NS}/demo-executor-abc:4242"}
+    # the session's end closed the connection: no port-forward thread left, no CA file
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("grain-portforward")]
+    assert ca_files() == before
     gets = [str(r.url.path) for r in real.api.requests() if "/secrets/" in str(r.url.path)]
     assert gets and all(p.endswith("/demo-user-alice") for p in gets)  # user= went to discovery
 

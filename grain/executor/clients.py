@@ -254,7 +254,7 @@ class ClientsMixin:
         """A session is over for good: drop its queue, kill its jobs, free its code."""
         s.closing = True
         log.info("session of %s (user %s) ends: %s", s.name, s.user, why)
-        self.ended_sessions[s.sess] = (s.user, why)
+        self.ended_sessions[s.sess] = (s.user, why, self.clock())
         if len(self.ended_sessions) > ENDED_KEPT:
             del self.ended_sessions[next(iter(self.ended_sessions))]
         # Every worker is told: one that reconnected (or this executor, restarted) does not

@@ -64,7 +64,7 @@ class ExecutorHost(Protocol):
     seen: dict[str, tuple[Resource, float]]
     deferred: dict[int, None]
     worker_names: dict[str, int]
-    ended_sessions: dict[int, tuple[str, str]]
+    ended_sessions: dict[int, tuple[str, str, float]]
 
     # -- core -------------------------------------------------------------------------
     def _enqueue(self, rec: JobRecord, resumed: bool = False) -> None: ...

@@ -42,9 +42,10 @@ class RecoveryMixin:
         self.seen: dict[str, tuple[Resource, float]] = {}  # lost worker -> capacity, when
         self.deferred: dict[int, None] = {}             # resubmitted jobs held back
         self.worker_names: dict[str, int] = {}          # attached worker name -> id
-        # sessions ended for good here (session -> user, why), the latest ENDED_KEPT: a
-        # client back after its grace is told, rather than finding its jobs run again
-        self.ended_sessions: dict[int, tuple[str, str]] = {}
+        # sessions ended for good here (session -> user, why, when), the latest ENDED_KEPT:
+        # a client back after its grace is told, rather than finding its jobs run again,
+        # and so is a worker that was away when they ended
+        self.ended_sessions: dict[int, tuple[str, str, float]] = {}
 
     # -- workers that (re)connect ------------------------------------------------------
     def on_attach(self: ExecutorHost, w: WorkerSession, msg: m.Attach) -> None:
@@ -58,7 +59,14 @@ class RecoveryMixin:
                                   capacity_from_wire(to_wire(w.capacity)))
         w.attached = True
         self.worker_names[w.name] = w.wid
-        self.seen.pop(w.name, None)
+        away = self.seen.pop(w.name, None)
+        if away is not None:
+            # sessions that ended while it was away: the EndSession was lost with its
+            # connection, and it keeps their runners and results until told
+            for sess, (_, _, when) in reversed(self.ended_sessions.items()):
+                if when < away[1]:
+                    break
+                _send(w.link, m.EndSession(sess))
         for held in msg.held:
             w.held.add((held.sess, held.cid))
             if held.sess not in self.sessions:
@@ -171,6 +179,22 @@ class RecoveryMixin:
         running = self.placement.remove_worker(w.wid)
         now = self.clock()
         self.seen[w.name] = (w.capacity, now)
+        if w.draining and w.said_bye:
+            # It drained and said goodbye: what it finished was reported before the
+            # goodbye (one ordered link), and what it did not finish it handed back. A job
+            # still counted here was sent after it stopped reading (a Run in flight when
+            # it left): it never ran there, so it is queued again without counting.
+            for gid in sorted(running):
+                rec = self.ledger.get(gid)
+                if rec is not None and rec.state is JobState.RUNNING and rec.worker == w.wid:
+                    back = self.ledger.requeue(gid, w.name, count=False)
+                    if back is not None and not back.orphan:
+                        self._enqueue(back)
+                    elif back is not None:
+                        self._end(back, End.WORKER_LOST, f"worker {w.name} left (drained)")
+            self._worker_changed()
+            self._pump()
+            return
         # a worker that fell silent may be alive behind a broken network: wait the whole
         # grace; one whose connection closed is dead, or redials at once
         grace = self.worker_grace if w.link.silent else \

@@ -207,3 +207,18 @@ def test_idle_runners_of_a_session_whose_executor_died_are_closed() -> None:
         pool = sim.world.workers[0].pool  # type: ignore[union-attr]
         assert pool is not None
         assert [r.session for r in pool.idle if r.session is not None] == []
+
+
+def test_a_worker_away_when_a_session_ended_is_told_when_it_returns() -> None:
+    """Found by the state machine: a session ends (its program says goodbye) while a worker
+    that ran it is cut off; the EndSession is lost with the connection and the worker,
+    back, kept the session's idle runners for ever."""
+    with Driver(SimParams(workers=((1, 2.0),), latency=0.001)) as sim:
+        c, g = start(sim)
+        submit(sim, g, duration=0.5)
+        sim.run(lambda w: w.close_waitgroup(g))
+        sim.advance(2)
+        sim.run(lambda w: w.partition_worker(w.workers[0], silent=False, heal_after=0.5))
+        sim.call(lambda w: w.finish_client(c))
+        sim.advance(5)
+        sim.run(check_forgotten)

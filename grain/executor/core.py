@@ -255,6 +255,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         elif t is m.StatusRequest:
             _send(w.link, m.Status(self.status()))
         elif t is m.Bye:
+            w.said_bye = True
             w.link.close("worker said goodbye")
         else:
             raise ValueError(f"unexpected {t.__name__} from a worker")

@@ -80,5 +80,6 @@ class WorkerSession:
     sessions: set[int] = field(default_factory=set)           # sessions that ran here
     attached: bool = False     # its Attach arrived: it may be given jobs
     draining: bool = False
+    said_bye: bool = False     # it left on purpose (after draining)
     held: set[tuple[int, int]] = field(default_factory=set)   # results it will resend
     connected_at: float = 0.0

@@ -139,6 +139,7 @@ class WorkerAgent:
         self._nursery: trio.Nursery | None = None
         self._jids = 0
         self._idle = trio.Event()
+        self._link_closed = trio.Event()
         self.draining = False
         self.jobs_done = 0
 
@@ -165,6 +166,7 @@ class WorkerAgent:
         """Serve one executor link until it closes. Jobs and held results stay."""
         assert self._nursery is not None, "start WorkerAgent.run first"
         self._link = link
+        self._link_closed = trio.Event()
         now = self.clock()
         running: list[m.AttachedJob] = []
         for lane in self.lanes:    # in lane order: the running job, then those behind it
@@ -196,6 +198,7 @@ class WorkerAgent:
         finally:
             if self._link is link:
                 self._link = None
+                self._link_closed.set()
 
     def _send(self, msg: Any, payload: bytes = b"") -> None:
         if self._link is not None:
@@ -478,6 +481,15 @@ class WorkerAgent:
                 self._idle = trio.Event()
                 self._check_idle()
                 await self._idle.wait()
+        # Goodbye: the executor then queues again, uncounted, any job it sent after this
+        # worker stopped taking them (a Run still in flight is never read). It closes
+        # the link when it has read the goodbye: wait for that (briefly), so the goodbye
+        # is not lost with this process.
+        link = self._link
+        if link is not None:
+            self._send(m.Bye("drained"))
+            with trio.move_on_after(release_wait):
+                await self._link_closed.wait()
 
     # -- limits --------------------------------------------------------------------
     def _current_jobs(self) -> list[Job]:

@@ -1,21 +1,39 @@
-"""A real TCP cluster for the script tier: ``grain executor`` and ``grain worker`` processes
-on loopback (started as in the network tests, see ``tests/network/grain_harness.py``), for
-programs that connect with ``address=`` and ``token=`` like a user's program on a cluster.
+"""Helpers of the runner's script tests: a real TCP cluster (``grain executor`` and ``grain
+worker`` processes on loopback, started as in the network tests, see
+``tests/network/grain_harness.py``) for programs that connect with ``address=`` and
+``token=`` like a user's program on a cluster, and the reading of a program's answer.
 
-Import the fixture into a test module: ``from runner_cluster import tcp_cluster``.
+Import the fixture into a test module: ``from runner_cluster import tcp_cluster``. The
+``run_script`` fixture comes from this tier's conftest; nothing here imports ``conftest`` by
+name (another tier's conftest may hold that name when tiers run together).
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
 from grain_harness import ExecutorProc, GrainProc, Harness, process_env  # noqa: E402, F401
+
+RunScript = Callable[..., subprocess.CompletedProcess[str]]
+"""The type of the ``run_script`` fixture (see this tier's conftest)."""
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON document on the program's last line of output; fails showing what the
+    program said when it did not finish well."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert lines, f"no output\n{proc.stderr}"
+    return json.loads(lines[-1])
 
 
 @dataclass

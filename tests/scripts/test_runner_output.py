@@ -21,8 +21,7 @@ from typing import Any
 
 import pytest
 import trio
-from conftest import RunScript, last_json
-from runner_cluster import TcpCluster, tcp_cluster  # noqa: F401 - a fixture
+from runner_cluster import RunScript, TcpCluster, last_json, tcp_cluster  # noqa: F401
 
 from grain import config
 from grain.local import embedded_runner_env

@@ -8,8 +8,7 @@ persists between jobs of one runner, and of one program only.
 from __future__ import annotations
 
 import pytest
-from conftest import RunScript, last_json
-from runner_cluster import TcpCluster, tcp_cluster  # noqa: F401 - a fixture
+from runner_cluster import RunScript, TcpCluster, last_json, tcp_cluster  # noqa: F401
 
 pytestmark = pytest.mark.timeout(180)
 

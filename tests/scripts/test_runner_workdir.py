@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import RunScript, last_json
-from runner_cluster import Harness, process_env
+from runner_cluster import Harness, RunScript, last_json, process_env
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -241,8 +241,8 @@ def check_executor(world: SimWorld) -> None:
                 fail(f"session {s.sess} holds job {cid} ({rec}) that the ledger does not")
     pl = ex.placement
     for rec in ex.ledger.jobs.values():
-        s = ex.sessions.get(rec.sess)
-        if s is None or s.jobs.get(rec.cid) is not rec:
+        owner = ex.sessions.get(rec.sess)
+        if owner is None or owner.jobs.get(rec.cid) is not rec:
             fail(f"the ledger holds job {rec.key} ({rec.state}) that no session does")
         if rec.state is JobState.RUNNING:
             ws = pl.workers.get(rec.worker) if rec.worker is not None else None
@@ -257,13 +257,13 @@ def check_executor(world: SimWorld) -> None:
     for wid, ws in pl.workers.items():
         held: dict[int, frozenset[int]] = {}    # allocation -> its cores
         for gid in ws.running:
-            rec = ex.ledger.jobs.get(gid)
-            if rec is None or rec.state is not JobState.RUNNING or rec.worker != wid:
+            placed = ex.ledger.jobs.get(gid)
+            if placed is None or placed.state is not JobState.RUNNING or placed.worker != wid:
                 fail(f"placement has job {gid} running on worker {ws.name}; the ledger "
-                     f"says {rec}")
-            assert rec is not None and rec.alloc is not None
+                     f"says {placed}")
+            assert placed is not None and placed.alloc is not None
             chain = pl._chain_of.get(gid)    # chained jobs share one allocation
-            held[id(chain) if chain is not None else gid] = _cores(rec.alloc)
+            held[id(chain) if chain is not None else gid] = _cores(placed.alloc)
         used: set[int] = set()
         for cores in held.values():
             if used & cores:

@@ -78,6 +78,11 @@ class ClusterMachine(RuleBasedStateMachine):
 
     # -- helpers -------------------------------------------------------------------------
     @property
+    def drv(self) -> Driver:
+        assert self.d is not None
+        return self.d
+
+    @property
     def world(self) -> SimWorld:
         assert self.d is not None and self.d.world is not None
         return self.d.world
@@ -116,7 +121,7 @@ class ClusterMachine(RuleBasedStateMachine):
     def start(self, params: SimParams) -> None:
         self.d = Driver(params)
         ClusterMachine.last_world = self.d.world
-        self.d.call(lambda w: w.new_client("alice"))
+        self.drv.call(lambda w: w.new_client("alice"))
 
     def teardown(self) -> None:
         if self.d is None:
@@ -130,20 +135,20 @@ class ClusterMachine(RuleBasedStateMachine):
     @invariant()
     def invariants_hold(self) -> None:
         if self.d is not None:
-            self.d.run(check_step)
+            self.drv.run(check_step)
 
     # -- client programs -----------------------------------------------------------------
     @precondition(lambda self: len(self.world.clients) < 3)
     @rule(user=st.sampled_from(["alice", "bob"]))
     def new_client(self, user: str) -> None:
         if self.world.executor is not None:
-            self.d.call(lambda w: w.new_client(user))  # type: ignore[union-attr]
+            self.drv.call(lambda w: w.new_client(user))
 
     @rule(i=st.integers(0, 5))
     def open_waitgroup(self, i: int) -> None:
         c = self.pick(self.live_clients(), i)
         if c is not None and sum(not g.done for g in c.wgs) < 3:
-            self.d.call(lambda w: w.open_waitgroup(c))  # type: ignore[union-attr]
+            self.drv.call(lambda w: w.open_waitgroup(c))
 
     @precondition(lambda self: self.jobs < MAX_JOBS)
     @rule(i=st.integers(0, 5), kind=st.sampled_from(KINDS),
@@ -155,14 +160,14 @@ class ClusterMachine(RuleBasedStateMachine):
         if c is None:
             return
         groups = [g for g in self.open_groups() if g.client is c]
-        g = self.pick(groups, i) or self.d.call(lambda w: w.open_waitgroup(c))  # type: ignore[union-attr]
+        g = self.pick(groups, i) or self.drv.call(lambda w: w.open_waitgroup(c))
 
         def go(w: SimWorld) -> None:
             for _ in range(n):
                 t = w.next_token()
                 w.submit(g, make_spec(t, kind, duration, 1000 + t), SHAPES[shape])
         self.jobs += n
-        self.d.run(go)  # type: ignore[union-attr]
+        self.drv.run(go)
 
     @precondition(lambda self: self.jobs < MAX_JOBS)
     @rule(i=st.integers(0, 5), kind=st.sampled_from(KINDS),
@@ -176,14 +181,14 @@ class ClusterMachine(RuleBasedStateMachine):
     def close_waitgroup(self, i: int) -> None:
         g = self.pick(self.open_groups(), i)
         if g is not None:
-            self.d.run(lambda w: w.close_waitgroup(g))  # type: ignore[union-attr]
+            self.drv.run(lambda w: w.close_waitgroup(g))
 
     @rule(i=st.integers(0, 5))
     def cancel_waitgroup(self, i: int) -> None:
         groups = [g for c in self.live_clients() for g in c.wgs if not g.done]
         g = self.pick(groups, i)
         if g is not None:
-            self.d.run(lambda w: w.cancel_waitgroup(g))  # type: ignore[union-attr]
+            self.drv.run(lambda w: w.cancel_waitgroup(g))
 
     @rule(i=st.integers(0, 5))
     def finish_client(self, i: int) -> None:
@@ -191,12 +196,12 @@ class ClusterMachine(RuleBasedStateMachine):
         done = [c for c in self.live_clients() if all(g.done for g in c.wgs)]
         c = self.pick(done, i)
         if c is not None:
-            self.d.call(lambda w: w.finish_client(c))  # type: ignore[union-attr]
+            self.drv.call(lambda w: w.finish_client(c))
 
     # -- time --------------------------------------------------------------------------
     @rule(dt=st.sampled_from([0.0005, 0.01, 0.1, 0.5, 1.0, 2.0, 5.0, 15.0, 40.0]))
     def advance(self, dt: float) -> None:
-        self.d.advance(dt)  # type: ignore[union-attr]
+        self.drv.advance(dt)
 
     @rule(dt=st.sampled_from([0.01, 0.5, 2.0, 10.0]))
     def wait(self, dt: float) -> None:
@@ -210,14 +215,14 @@ class ClusterMachine(RuleBasedStateMachine):
         runs = self.world.log.executing()
         r = self.pick(runs, i)
         if r is not None:
-            self.d.run(lambda w: w.crash_runner(r.runner))  # type: ignore[union-attr]
+            self.drv.run(lambda w: w.crash_runner(r.runner))
 
     @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), silent=st.booleans(),
           heal_after=st.sampled_from([0.5, 2.0, 10.0, 60.0, None]))
     def partition_worker(self, i: int, silent: bool, heal_after: float | None) -> None:
         w = self.pick_worker(i)
-        self.d.run(lambda world: world.partition_worker(w, silent, heal_after))  # type: ignore[union-attr]
+        self.drv.run(lambda world: world.partition_worker(w, silent, heal_after))
 
     @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), restart_after=st.sampled_from([0.0, 1.0, 5.0, 60.0, None]))
@@ -228,7 +233,7 @@ class ClusterMachine(RuleBasedStateMachine):
             world.crash_worker(w)
             if restart_after is not None:
                 world.restart_worker(w, restart_after)
-        self.d.run(go)  # type: ignore[union-attr]
+        self.drv.run(go)
 
     @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), timeout=st.sampled_from([0.0, 1.0, 10.0, 60.0]),
@@ -241,7 +246,7 @@ class ClusterMachine(RuleBasedStateMachine):
             if restart_after is not None:
                 world.restart_worker(w, timeout + world.p.drain_release_wait
                                      + restart_after)
-        self.d.run(go)  # type: ignore[union-attr]
+        self.drv.run(go)
 
     @precondition(lambda self: self.may_break())
     @rule(downtime=st.sampled_from([0.0, 0.5, 3.0, 20.0]))
@@ -249,21 +254,21 @@ class ClusterMachine(RuleBasedStateMachine):
         def go(world: SimWorld) -> None:
             world.stop_executor()
             world.start_executor(downtime)
-        self.d.run(go)  # type: ignore[union-attr]
+        self.drv.run(go)
 
     @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2), heal_after=st.sampled_from([0.5, 5.0, 30.0, 100.0, None]))
     def partition_client(self, i: int, heal_after: float | None) -> None:
         c = self.pick(self.live_clients(), i)
         if c is not None:
-            self.d.run(lambda w: w.partition_client(c, heal_after))  # type: ignore[union-attr]
+            self.drv.run(lambda w: w.partition_client(c, heal_after))
 
     @precondition(lambda self: self.may_break())
     @rule(i=st.integers(0, 2))
     def crash_client(self, i: int) -> None:
         c = self.pick(self.live_clients(), i)
         if c is not None:
-            self.d.run(lambda w: w.crash_client(c))  # type: ignore[union-attr]
+            self.drv.run(lambda w: w.crash_client(c))
 
     @precondition(lambda self: self.busy())
     @rule(party=st.integers(0, 5), extra=st.sampled_from([0.05, 0.3, 1.0]),
@@ -272,14 +277,13 @@ class ClusterMachine(RuleBasedStateMachine):
         parties = [f"worker:{w.name}" for w in self.world.workers] + \
             [f"client:{c.name}" for c in self.world.clients]
         p = self.pick(parties, party)
-        self.d.run(lambda w: w.slow_link(p, extra, duration))  # type: ignore[union-attr]
+        self.drv.run(lambda w: w.slow_link(p, extra, duration))
 
     # -- recovery ----------------------------------------------------------------------
     @rule()
     def settle(self) -> None:
         """Heal every fault and wait out every grace: the cluster must recover."""
-        d = self.d
-        assert d is not None
+        d = self.drv
         d.run(lambda w: w.heal_all())
         p = self.world.p
         d.advance(max(p.client_grace, p.worker_grace, p.settle, p.reconnect_grace)
@@ -289,24 +293,39 @@ class ClusterMachine(RuleBasedStateMachine):
     def finish_everything(self) -> None:
         """Every program leaves its blocks (cancelling what never ends), says goodbye;
         then the executor, the workers and the runners hold nothing."""
-        d = self.d
-        assert d is not None
+        d = self.drv
         self.settle()
-        d.run(lambda w: [w.close_waitgroup(g) for c in w.clients for g in c.wgs
-                         if not g.done])
+        d.run(close_all)
         for _ in range(20):
             if all(g.done for c in self.world.clients for g in c.wgs):
                 break
             d.advance(30.0)
-        d.run(lambda w: [w.cancel_waitgroup(g) for c in w.clients for g in c.wgs
-                         if not g.done])
+        d.run(cancel_all)
         d.advance(2 * BOUND)      # what was cancelled stops while the programs go on
         d.run(check_step)
-        for c in list(self.world.clients):
-            d.call(lambda w, c=c: w.finish_client(c))
+        d.call(finish_all)
         d.advance(2 * BOUND)
         d.run(check_step)
         d.run(check_forgotten)
+
+
+def close_all(world: SimWorld) -> None:
+    for c in world.clients:
+        for g in c.wgs:
+            if not g.done:
+                world.close_waitgroup(g)
+
+
+def cancel_all(world: SimWorld) -> None:
+    for c in world.clients:
+        for g in c.wgs:
+            if not g.done:
+                world.cancel_waitgroup(g)
+
+
+async def finish_all(world: SimWorld) -> None:
+    for c in list(world.clients):
+        await world.finish_client(c)
 
 
 def check_settled(world: SimWorld) -> None:

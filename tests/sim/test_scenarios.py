@@ -23,6 +23,11 @@ def sim() -> Iterator[Driver]:
         yield d
 
 
+def restart_executor(w: SimWorld) -> None:
+    w.stop_executor()
+    w.start_executor(0.0)
+
+
 def start(d: Driver) -> tuple[SimClient, SimWaitGroup]:
     c = d.call(lambda w: w.new_client("alice"))
     g = d.call(lambda w: w.open_waitgroup(c))
@@ -131,7 +136,7 @@ def test_a_stale_job_killed_after_an_executor_restart_leaves_no_result() -> None
         sim.run(lambda w: w.cancel_waitgroup(g))
         # the client's link is slow: the worker reports the job before the client resumes
         sim.run(lambda w: w.slow_link("client:c0", 1.0, 5.0))
-        sim.run(lambda w: (w.stop_executor(), w.start_executor(0.0)))
+        sim.run(restart_executor)
         sim.advance(10)
         agent = sim.world.workers[0].agent  # type: ignore[union-attr]
         assert agent is not None and not agent.running and not agent.held
@@ -202,7 +207,7 @@ def test_idle_runners_of_a_session_whose_executor_died_are_closed() -> None:
         sim.run(lambda w: w.close_waitgroup(g))
         sim.advance(2)
         sim.run(lambda w: w.crash_client(c))
-        sim.run(lambda w: (w.stop_executor(), w.start_executor(0.0)))
+        sim.run(restart_executor)
         sim.advance(30)
         pool = sim.world.workers[0].pool  # type: ignore[union-attr]
         assert pool is not None

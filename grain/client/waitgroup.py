@@ -133,7 +133,11 @@ class _Completed:
 
 
 class WaitGroup:
-    """Returned by ``open_waitgroup()``; use as ``async with open_waitgroup() as wg:``."""
+    """Returned by ``open_waitgroup()``; use as ``async with open_waitgroup() as wg:``.
+
+    Add children with ``submit``, ``start_subtask`` and ``map``; read ``results`` (after
+    the block), ``finished`` and ``output(i)`` (any time), ``as_completed()`` (as they
+    end); stop early with ``cancel()``. docs/api.md has the whole reference."""
 
     def __init__(self, session: Session, *, return_exceptions: bool = False,
                  name: str | None = None) -> None:

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RunScript, last_json
-from runner_cluster import TcpCluster, tcp_cluster  # noqa: F401 - a fixture
+from runner_cluster import RunScript, TcpCluster, last_json, tcp_cluster  # noqa: F401
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -11,9 +11,22 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import RunScript, last_json
+from runner_cluster import RunScript, last_json
 
 from grain.client.project import ProjectTooLarge, build_bundle, project_files
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment (as this tier's ``run_script`` gives it): this checkout
+    importable, no Grain settings inherited. Not imported from ``conftest``: another tier's
+    conftest may hold that name when tiers run together."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 def _tree(root: Path, files: dict[str, str | bytes]) -> None:
@@ -109,7 +122,6 @@ def test_python_dash_m_ships_from_where_it_was_run(run_script: RunScript,
     import subprocess
     import sys
 
-    from conftest import script_env
     run_script("", files={"app/__init__.py": "", "app/probe.py": ROOT_PROBE})
     out = subprocess.run([sys.executable, "-m", "app.probe"], capture_output=True, text=True,
                          cwd=tmp_path / "project", env=script_env(), timeout=60)

@@ -40,9 +40,6 @@ from collections.abc import Callable, Iterator
 from types import FunctionType, ModuleType
 from typing import Any
 
-import dill
-from dill._dill import _import_module, save_module
-
 from ..errors import SerializationError
 
 # -- objects that must not be copied into a job ------------------------------------------
@@ -149,40 +146,55 @@ def _by_reference(obj: Any) -> Any:
 
 
 # -- the pickler behind both directions --------------------------------------------------
-class _Pickler(dill.Pickler):  # type: ignore[misc]  # dill has no type information
-    """dill, except that importable modules go by reference, objects that cannot be copied
-    are refused and (in a runner) classes of the client's ``__main__`` go by reference.
+# dill is imported only when a payload needs it (the executor never does, nor a client
+# whose jobs are all importable): it costs memory and start-up time, and its import asks
+# for a writable temporary directory, which a read-only container may not have.
+_DILL_PICKLERS: tuple[type[Any], type[Any]] | None = None
+
+
+def _dill_picklers() -> tuple[type[Any], type[Any]]:
+    """(client pickler, runner pickler): dill, except that importable modules go by
+    reference, objects that cannot be copied are refused and (in a runner) classes of the
+    client's ``__main__`` go by reference.
 
     dill pickles every module outside ``sys.prefix`` by value (its whole ``__dict__``),
     which drags the user's local packages, and Grain itself when installed in develop
-    mode, into each function. Runners import them instead, as the client does.
-    """
+    mode, into each function. Runners import them instead, as the client does."""
+    global _DILL_PICKLERS
+    if _DILL_PICKLERS is None:
+        import dill
+        from dill._dill import _import_module, save_module
 
-    dispatch = dill.Pickler.dispatch.copy()
-    by_reference = False
+        class Pickler(dill.Pickler):  # type: ignore[misc]  # dill has no type information
+            dispatch = dill.Pickler.dispatch.copy()
+            by_reference = False
 
-    def reducer_override(self, obj: Any) -> Any:
-        if _refused(obj):
-            raise _Refused(obj)
-        if self.by_reference:
-            ref = _by_reference(obj)
-            if ref is not None:
-                return ref
-        return NotImplemented
+            def reducer_override(self, obj: Any) -> Any:
+                if _refused(obj):
+                    raise _Refused(obj)
+                if self.by_reference:
+                    ref = _by_reference(obj)
+                    if ref is not None:
+                        return ref
+                return NotImplemented
+
+        class RunnerPickler(Pickler):
+            by_reference = True
+
+        def save(pickler: Any, obj: ModuleType) -> None:
+            if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
+                pickler.save_reduce(_import_module, (obj.__name__,), obj=obj)
+            else:
+                save_module(pickler, obj)
+
+        Pickler.dispatch[ModuleType] = save
+        _DILL_PICKLERS = (Pickler, RunnerPickler)
+    return _DILL_PICKLERS
 
 
-class _RunnerPickler(_Pickler):
-    by_reference = True
-
-
-def _save_module(pickler: dill.Pickler, obj: ModuleType) -> None:
-    if obj.__name__ != "__main__" and sys.modules.get(obj.__name__) is obj:
-        pickler.save_reduce(_import_module, (obj.__name__,), obj=obj)
-    else:
-        save_module(pickler, obj)
-
-
-_Pickler.dispatch[ModuleType] = _save_module
+def _dill_loads(data: bytes) -> Any:
+    import dill
+    return dill.loads(data)
 
 
 class _NeedsDill(Exception):
@@ -241,7 +253,7 @@ class _Capped(io.BytesIO):
 
 
 def _dumps(obj: Any, what: str, limit: int | None, std: type[_StdPickler],
-           slow: type[_Pickler]) -> bytes:
+           runner: bool) -> bytes:
     buf = io.BytesIO() if limit is None else _Capped(limit)
     try:
         std(buf, protocol=5).dump(obj)
@@ -256,6 +268,7 @@ def _dumps(obj: Any, what: str, limit: int | None, std: type[_StdPickler],
         pass
     buf = io.BytesIO() if limit is None else _Capped(limit)
     try:
+        slow = _dill_picklers()[1 if runner else 0]
         slow(buf, protocol=5, recurse=True).dump(obj)
         return buf.getvalue()
     except (_Refused, TooLarge) as e:
@@ -276,7 +289,7 @@ def _raise(e: Exception, what: str, obj: Any, limit: int | None) -> None:
 def dumps(obj: Any, what: str = "object", *, limit: int | None = None) -> bytes:
     """Pickle ``obj`` (the client's side); raise ``SerializationError`` naming ``what``
     when it cannot be, or ``TooLarge`` when its pickle would pass ``limit`` bytes."""
-    return _dumps(obj, what, limit, _StdPickler, _Pickler)
+    return _dumps(obj, what, limit, _StdPickler, runner=False)
 
 
 def loads(data: bytes) -> Any:
@@ -285,7 +298,7 @@ def loads(data: bytes) -> Any:
         return pickle.loads(data)
     except Exception as first:  # noqa: BLE001 - dill's loader knows a few more tricks
         try:
-            return dill.loads(data)
+            return _dill_loads(data)
         except Exception:  # noqa: BLE001
             raise first from None
 
@@ -297,7 +310,7 @@ def runner_loads(data: bytes) -> Any:
         return _RunnerUnpickler(io.BytesIO(data)).load()
     except Exception as first:  # noqa: BLE001
         try:
-            return dill.loads(data)
+            return _dill_loads(data)
         except Exception:  # noqa: BLE001
             raise first from None
 
@@ -305,7 +318,7 @@ def runner_loads(data: bytes) -> Any:
 def runner_dumps(obj: Any, what: str = "object", *, limit: int | None = None) -> bytes:
     """``dumps`` in a runner: classes that came from the client's ``__main__`` go back by
     reference, so the client gets its own classes."""
-    return _dumps(obj, what, limit, _StdRunnerPickler, _RunnerPickler)
+    return _dumps(obj, what, limit, _StdRunnerPickler, runner=True)
 
 
 # -- naming where a refused object was found ------------------------------------------------

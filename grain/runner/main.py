@@ -86,7 +86,10 @@ class Runner:
     def _function(self, key: int) -> Any:
         fn = self.fns.get(key)
         if fn is None:
-            fn = self.fns[key] = pl.runner_loads(self.fn_bytes.pop(key))
+            # the bytes go only once they loaded: a function that fails to load fails each
+            # job of it with the real error, not the first one only
+            fn = self.fns[key] = pl.runner_loads(self.fn_bytes[key])
+            del self.fn_bytes[key]
         return fn
 
     def _prepare(self, cpus: list[int] | None, env: dict[str, str]) -> int:

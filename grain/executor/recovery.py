@@ -296,6 +296,11 @@ class RecoveryMixin:
             return
         if end is End.HANDED_BACK:
             return
+        if end is End.CANCELLED and not (rec.state is JobState.PARKED
+                                         and rec.parked_on == w.name):
+            # a stale copy, stopped because the job runs or waits elsewhere: not a result
+            _send(w.link, m.Release(msg.sess, [msg.cid]))
+            return
         # a result for a job that waits elsewhere (parked, re-queued, or re-run): the
         # first result wins, other runs are stopped
         if rec.state is JobState.QUEUED:

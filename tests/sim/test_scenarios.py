@@ -10,7 +10,7 @@ import pytest
 
 from grain.resource import Cores
 from grain.testing.jobs import JobSpec
-from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorld
+from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorker, SimWorld
 
 from .driver import Driver
 from .invariants import check_step
@@ -227,3 +227,25 @@ def test_a_worker_away_when_a_session_ended_is_told_when_it_returns() -> None:
         sim.call(lambda w: w.finish_client(c))
         sim.advance(5)
         sim.run(check_forgotten)
+
+
+def test_a_stale_copy_stopped_on_a_returning_worker_does_not_end_the_job() -> None:
+    """Found by the state machine: a worker comes back just after its grace, still running
+    a job that was re-run elsewhere meanwhile. The executor kills the returning copy, and
+    took that copy's CANCELLED for the job's result ("the first result wins"): it stopped
+    the live copy too and told the client its job was cancelled."""
+    with Driver(SimParams(workers=((1, 2.0), (1, 2.0)), retries=1)) as sim:
+        c, g = start(sim)
+        t = submit(sim, g, hang=True)
+        first = sim.world.log.runs[t][0].worker  # type: ignore[union-attr]
+        sim.run(lambda w: w.partition_worker(_worker(w, first), silent=False,
+                                             heal_after=2.0))
+        sim.advance(10)       # the worker redials at 3.1 s, after its 3 s grace
+        runs = sim.world.log.runs[t]  # type: ignore[union-attr]
+        assert [r.worker != first for r in runs] == [False, True]
+        assert runs[1].ended is None and t not in sim.world.ends  # type: ignore[union-attr]
+        sim.run(check_step)
+
+
+def _worker(w: SimWorld, name: str) -> SimWorker:
+    return next(x for x in w.workers if x.name == name)

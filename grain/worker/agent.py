@@ -189,7 +189,12 @@ class WorkerAgent:
                 batch = await link.receive()
                 with handling():   # replies go out at the end, as one frame
                     for h, payload in batch:
-                        self._on_message(h, payload)
+                        try:
+                            self._on_message(h, payload)
+                        except Exception:  # noqa: BLE001 - a bug must not end the worker
+                            log.exception("worker %s: internal error handling %s from the "
+                                          "executor (the worker goes on)", self.name,
+                                          type(h).__name__)
                     self._flush_chained()
                 del batch
         except LinkClosed as e:
@@ -252,9 +257,10 @@ class WorkerAgent:
         from .bundles import unpack_bundle
         try:
             self.bundles[sess] = unpack_bundle(digest, data)
-        except (OSError, ValueError) as e:
-            log.warning("worker %s: cannot unpack the project code of session %d: %s",
-                        self.name, sess, e)
+        except Exception as e:  # noqa: BLE001 - bytes from a client: a bad zip, a bad CRC,
+            # a compression method zipfile does not know... each is that session's problem
+            log.warning("worker %s: cannot unpack the project code of session %d: %s: %s",
+                        self.name, sess, type(e).__name__, e)
 
     def _on_run(self, msg: m.Run, payload: bytes) -> None:
         key = (msg.sess, msg.cid)

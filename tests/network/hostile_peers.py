@@ -41,6 +41,7 @@ class RawPeer:
         self.user = user
         self.inbox: list[Message] = []
         self.closed = False
+        self._sending = trio.Lock()   # a pinger may send while a test does
 
     @classmethod
     async def connect(cls, port: int, role: str = "client", info: dict[str, Any] | None = None,
@@ -56,10 +57,21 @@ class RawPeer:
         """One frame carrying ``messages`` (``(struct, payload)`` pairs)."""
         batch = list(messages)
         if batch:
-            await self.stream.send_all(encode_batch(batch))
+            await self.send_raw(encode_batch(batch))
 
     async def send_raw(self, data: bytes) -> None:
-        await self.stream.send_all(data)
+        async with self._sending:
+            await self.stream.send_all(data)
+
+    async def keep_alive(self, every: float = 0.5) -> None:
+        """Ping for as long as the connection lasts (run it as a task): a peer that says
+        nothing for the executor's timeout is dropped."""
+        while not self.closed:
+            await trio.sleep(every)
+            try:
+                await self.send([(m.Ping(), b"")])
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
 
     async def pump(self) -> bool:
         """Read what arrived (waiting for at least one byte); False at the end."""
@@ -77,13 +89,23 @@ class RawPeer:
         return True
 
     async def until(self, pred: Callable[[list[Message]], Any], limit: float = 10.0) -> Any:
-        """Read until ``pred(inbox)`` is truthy (returns it), or fail after ``limit``."""
+        """Read until ``pred(inbox)`` is truthy (returns it), or fail after ``limit``.
+        Pings while it waits, as a real peer does (the executor drops silent peers)."""
         with trio.fail_after(limit):
             while True:
                 got = pred(self.inbox)
                 if got:
                     return got
-                if not await self.pump():
+                alive = True
+                with trio.move_on_after(0.3) as waited:
+                    alive = await self.pump()
+                if waited.cancelled_caught:
+                    try:
+                        await self.send([(m.Ping(), b"")])
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        alive = False
+                    continue
+                if not alive:
                     got = pred(self.inbox)
                     if got:
                         return got

@@ -358,9 +358,7 @@ class StreamLink(Link):
         n.cancel_scope.cancel()
 
     async def _reader(self) -> str:
-        dec = self._decoder
-        self._deliver(dec.feed(b""))  # frames that arrived with the handshake
-        raw = self._raw
+        self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
         waiting = 0     # bytes read since the receiver last took its messages
         while True:
             inbox = self._in.items
@@ -371,25 +369,13 @@ class StreamLink(Link):
                 await self._in.wait_taken()
             if not self._in.items:
                 waiting = 0
-            target = dec.into() if raw is not None else None
-            if target is not None:
-                # the rest of a big frame: read straight into its buffer (no piece to
-                # copy or join afterwards)
-                with trio.fail_after(self.timeout):
-                    n = await _recv_into(raw, target)
-                if not n:
-                    return "connection closed by peer"
-                self.bytes_in += n
-                waiting += n
-                self._deliver(dec.filled(n))
-                continue
             with trio.fail_after(self.timeout):
                 data = await self.stream.receive_some(1 << 18)
             if not data:
                 return "connection closed by peer"
             self.bytes_in += len(data)
             waiting += len(data)
-            self._deliver(dec.feed(data))
+            self._deliver(self._decoder.feed(data))
 
     def _deliver(self, batches: list[list[Message]]) -> None:
         for batch in batches:
@@ -477,18 +463,6 @@ class StreamLink(Link):
 
 
 _PING = Ping()
-
-
-async def _recv_into(raw: socket.socket, target: memoryview) -> int:
-    """``recv_into`` on a non-blocking socket, waiting until it is readable."""
-    while True:
-        try:
-            n = raw.recv_into(target)
-        except BlockingIOError:
-            await trio.lowlevel.wait_readable(raw)
-            continue
-        await trio.lowlevel.checkpoint()   # never hog the loop while data keeps coming
-        return n
 
 
 @asynccontextmanager

@@ -27,9 +27,6 @@ PREFIX = struct.Struct(">II")
 DEFAULT_MAX_HEADER = MAX_FRAME_HEADER
 DEFAULT_MAX_PAYLOAD = MAX_FRAME_PAYLOAD
 BIG_FRAME = 1024 * 1024   # frames this big are gathered in pieces, joined once
-PREALLOCATE = 64 * 1024 * 1024
-"""A big frame up to this size gets its whole buffer when its prefix arrives (bigger ones
-are kept in pieces as they come: an 8-byte promise must not cost a gigabyte)."""
 COPY_BELOW = 64 * 1024
 """Payloads smaller than this are copied out of a big frame's buffer (see ``_split``)."""
 
@@ -101,10 +98,8 @@ class FrameDecoder:
         self.set_schema(schema)
         self._buf = bytearray()
         self._need: tuple[int, int] | None = None
-        self._chunks: list[bytes | bytearray] | None = None   # a very big frame's pieces
+        self._chunks: list[bytes | bytearray] | None = None   # the pieces of a big frame
         self._chunked = 0
-        self._frame: bytearray | None = None      # a big frame's buffer, being filled
-        self._filled = 0
 
     def set_schema(self, schema: Any) -> None:
         """Decode later frames as ``schema`` (after the handshake, the hop's union)."""
@@ -115,13 +110,11 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
-        return len(self._buf) + self._chunked + self._filled
+        return len(self._buf) + self._chunked
 
     def feed(self, data: bytes | bytearray,
              max_frames: int | None = None) -> list[list[Message]]:
         """Add ``data``; return the complete batches (at most ``max_frames`` of them)."""
-        if self._frame is not None:
-            return self._feed_frame(data, max_frames)
         if self._chunks is not None:
             return self._feed_big(data, max_frames)
         self._buf += data
@@ -144,19 +137,10 @@ class FrameDecoder:
             hlen, plen = self._need
             if len(buf) - pos < hlen + plen:
                 if hlen + plen >= self.big:
-                    if hlen + plen <= PREALLOCATE:
-                        # A big frame: one buffer of its size, filled as bytes arrive
-                        # (a reader may read straight into it: ``into``), rather than
-                        # grow a buffer and copy the payload out of it.
-                        self._frame = bytearray(hlen + plen)
-                        have = len(buf) - pos
-                        self._frame[:have] = memoryview(buf)[pos:]
-                        self._filled = have
-                    else:
-                        # Bigger still: keep its pieces as they come (memory grows with
-                        # what the peer really sent) and join them once.
-                        self._chunks = [bytes(buf[pos:])]
-                        self._chunked = len(buf) - pos
+                    # A big frame: keep its pieces and join them once, rather than grow
+                    # a buffer and copy the payload out of it.
+                    self._chunks = [bytes(buf[pos:])]
+                    self._chunked = len(buf) - pos
                     pos = len(buf)
                 break
             header = bytes(buf[pos:pos + hlen])
@@ -166,43 +150,6 @@ class FrameDecoder:
             out.append(self._split(header, payload))
         if pos:
             del buf[:pos]
-        return out
-
-    def into(self) -> memoryview | None:
-        """While a big frame is arriving, the part of its buffer still missing: read
-        straight into it (``recv_into``) and report how much with ``filled``; no piece is
-        copied or joined afterwards. ``None`` otherwise (then ``feed``)."""
-        if self._frame is None:
-            return None
-        return memoryview(self._frame)[self._filled:]
-
-    def filled(self, n: int) -> list[list[Message]]:
-        """``n`` more bytes of the big frame were written into ``into()``'s buffer."""
-        assert self._frame is not None
-        self._filled += n
-        if self._filled < len(self._frame):
-            return []
-        return [self._finish_frame()]
-
-    def _finish_frame(self) -> list[Message]:
-        assert self._frame is not None and self._need is not None
-        hlen = self._need[0]
-        view = memoryview(self._frame)
-        self._frame, self._filled, self._need = None, 0, None
-        return self._split(bytes(view[:hlen]), view[hlen:])
-
-    def _feed_frame(self, data: bytes | bytearray,
-                    max_frames: int | None) -> list[list[Message]]:
-        assert self._frame is not None
-        take = min(len(data), len(self._frame) - self._filled)
-        self._frame[self._filled:self._filled + take] = memoryview(data)[:take]
-        self._filled += take
-        if self._filled < len(self._frame) or max_frames == 0:
-            return []
-        out = [self._finish_frame()]
-        if take < len(data):
-            out += self.feed(bytes(memoryview(data)[take:]),
-                             None if max_frames is None else max_frames - 1)
         return out
 
     def _feed_big(self, data: bytes | bytearray,

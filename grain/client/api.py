@@ -352,8 +352,7 @@ async def _serve(connect: Any, session_opts: dict[str, Any]) -> AsyncIterator[Se
         try:
             yield session
         finally:
-            session.goodbye()
-            await trio.lowlevel.checkpoint()   # let the goodbye go out
+            await session.goodbye()
             session.close("the program finished")
             n.cancel_scope.cancel()
 

@@ -133,6 +133,8 @@ class Session:
         self._closed: str | None = None
         self._acks: list[int] = []    # results received, not yet acknowledged (``_ack``)
         self.reconnects = 0
+        self._leaving = False           # said goodbye: a closed link is the executor's answer
+        self._gone = trio.Event()       # ... which ``goodbye`` waits for
         self.connected = trio.Event()
         self.connected.set()
         if bundle is not None:
@@ -280,7 +282,8 @@ class Session:
                         self._acks += acks
                     del batch
             except LinkClosed as e:
-                if self._closed is not None:
+                if self._closed is not None or self._leaving:
+                    self._gone.set()
                     return
                 reason = f"connection to the executor lost: {e}"
                 if self.connect is None or self.reconnect_grace <= 0:
@@ -391,8 +394,18 @@ class Session:
         self.connected.set()
         self.link.close(reason)
 
-    def goodbye(self) -> None:
-        """The program is done: tell the executor (no grace needed), then close."""
+    async def goodbye(self, wait: float = 2.0) -> None:
+        """The program is done: tell the executor, so that it ends the session at once
+        instead of keeping it for the reconnect grace, and wait (at most ``wait`` seconds,
+        even when cancelled) for the executor to close the link: then the goodbye has
+        arrived and not been lost with this process."""
+        self.say_goodbye()
+        with trio.CancelScope(shield=True), trio.move_on_after(wait):
+            await self._gone.wait()
+
+    def say_goodbye(self) -> None:
+        """Send the goodbye without waiting for it to arrive (see ``goodbye``)."""
+        self._leaving = True
         self._send(m.Bye("the program finished"))
 
 

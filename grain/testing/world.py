@@ -511,7 +511,7 @@ class SimWorld:
         c.gone_at = self.now()
         s = c.session
         assert s is not None and c.scope is not None
-        s.goodbye()
+        s.say_goodbye()
         await trio.lowlevel.checkpoint()
         s.close("the program finished")
         c.scope.cancel()

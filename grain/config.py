@@ -88,9 +88,13 @@ OUTPUT_BYTES_PER_SECOND = 256 * 1024
 """A job's output rate past which lines are dropped (counted, and said so)."""
 OUTPUT_KEEP_PER_JOB = 64 * 1024
 """How much of each job's output the client keeps for ``wg.output(i)``."""
+OUTPUT_KEEP_PER_GROUP = 32 * 1024 ** 2
+"""... and of all the jobs of one wait group (the jobs that printed first let theirs go)."""
 
 # -- the client --------------------------------------------------------------------------
 TEMPORARY_ATTEMPTS = 3
+MAP_WINDOW = 10_000
+"""``wg.map`` keeps at most this many of its jobs submitted and unfinished at once."""
 PROGRESS_MIN_JOBS = 8
 """A wait group with at least this many jobs shows a progress bar (in a terminal)."""
 PROJECT_BUNDLE_LIMIT = MAX_BUNDLE_BYTES

@@ -125,7 +125,7 @@ class OutputPrinter:
             self._file.close()
 
 
-KEEP_PER_GROUP = 32 * 1024 ** 2
+KEEP_PER_GROUP = config.OUTPUT_KEEP_PER_GROUP
 """Output a wait group keeps for ``wg.output`` in all; past it, the output of the jobs that
 printed first is let go (a million chatty jobs must not fill the client's memory)."""
 LET_GO = "… this job's output is no longer kept (its wait group keeps 32 MiB in all)\n"

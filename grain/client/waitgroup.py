@@ -26,6 +26,7 @@ from typing import Any
 
 import trio
 
+from .. import config
 from ..resource import ZERO, Resource
 from . import display
 from .display import STREAM_NAMES, KeptOutput, current_view
@@ -36,7 +37,7 @@ _RUNTIME: ContextVar[Session] = ContextVar("grain_session")
 _GROUP: ContextVar[WaitGroup | None] = ContextVar("grain_waitgroup", default=None)
 _PENDING: Any = object()    # a slot whose child has not ended; never handed to users
 
-MAP_WINDOW = 10_000
+MAP_WINDOW = config.MAP_WINDOW
 """Jobs of a wait group a ``map`` keeps submitted but not ended, by default."""
 _FEED_BATCH = 64            # submissions between checkpoints: the first jobs go out early
 

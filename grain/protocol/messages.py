@@ -325,7 +325,8 @@ class RunnerDone(Message, tag=33):
 
 
 class RunnerOutput(Message, tag=34):
-    """Lines the runner's job wrote through ``sys.stdout``/``sys.stderr`` (payload)."""
+    """Whole lines the runner's job wrote to its fds 1 and 2 (Python, C code and the job's
+    subprocesses alike), batched (payload), and how many lines were dropped before them."""
 
     jid: Id
     stream: Stream

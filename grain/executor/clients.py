@@ -169,6 +169,12 @@ class ClientsMixin:
         if msg.cid in s.unacked:
             return    # its result is on its way to the client already
         held = s.held.pop(msg.cid, None)
+        if held is not None and msg.started_on is not None and held.worker \
+                and held.worker != msg.started_on:
+            # the client saw the job start on another worker: not this one's to answer
+            log.warning("a result for job %s came from worker %s, but it started on %s: "
+                        "dropped", (s.sess, msg.cid), held.worker, msg.started_on)
+            held = None
         if held is not None:                   # it ended while the client was away
             self._deliver(s, msg.cid, held.end, held.worker, held.message, held.payload,
                           held.wid)

@@ -301,8 +301,16 @@ class RecoveryMixin:
             # a stale copy, stopped because the job runs or waits elsewhere: not a result
             _send(w.link, m.Release(msg.sess, [msg.cid]))
             return
-        # a result for a job that waits elsewhere (parked, re-queued, or re-run): the
-        # first result wins, other runs are stopped
+        # A result for a job that waits elsewhere (parked, re-queued, or re-run): taken
+        # only from a worker that was given the job (the one it waits for, or one it was
+        # given up on), never from any other: the first such result wins, other runs stop.
+        ran_there = (rec.state is JobState.PARKED and rec.parked_on == w.name) or \
+            w.name in (rec.lost_on or ())
+        if not ran_there:
+            log.warning("worker %s sent a result for job %s, which was never given to it: "
+                        "dropped", w.name, rec.key)
+            _send(w.link, m.Release(msg.sess, [msg.cid]))
+            return
         if rec.state is JobState.QUEUED:
             self._unqueue(rec)
             self.undefer(rec)

@@ -24,6 +24,7 @@ from typing import Any
 
 import trio
 
+from .. import config
 from ..protocol import messages as m
 from ..protocol import payload as pl
 from ..protocol.frames import Message
@@ -218,12 +219,15 @@ class FakeRunnerPool:
     ones are closed, and a session's runners go with it."""
 
     def __init__(self, worker: str, log: RunLog, nursery: trio.Nursery,
-                 incarnation: Callable[[], int], keep_idle: int = 64) -> None:
+                 incarnation: Callable[[], int], keep_idle: int = config.KEEP_IDLE_RUNNERS,
+                 spares: int = config.WARM_RUNNERS) -> None:
         self.worker = worker
         self.log = log
         self.nursery = nursery
         self.incarnation = incarnation
         self.keep_idle = keep_idle
+        self.spares = spares
+        self._refilling = False
         self.idle: list[FakeRunnerProcess] = []
         self.busy: set[FakeRunnerProcess] = set()
         self.ended: set[int | None] = set()
@@ -244,6 +248,22 @@ class FakeRunnerPool:
     async def warm(self, n: int) -> None:
         for _ in range(n - len(self.idle)):
             self.idle.append(self.spawn())
+
+    def wants_spares(self) -> bool:
+        return not self._refilling and \
+            sum(1 for r in self.idle if r.session is None) < self.spares
+
+    async def refill(self) -> None:
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while sum(1 for r in self.idle if r.session is None) < self.spares \
+                    and len(self.idle) < self.keep_idle:
+                self.idle.append(self.spawn())
+                await trio.sleep(0)
+        finally:
+            self._refilling = False
 
     async def acquire(self, cpus: Any = None, session: int | None = None
                       ) -> FakeRunnerProcess:

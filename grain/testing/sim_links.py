@@ -32,7 +32,6 @@ class _Pipe:
         self.closed: str | None = None
         self._queue: deque[tuple[float, Any]] = deque()
         self._last = 0.0
-        self._wake = trio.Event()
         self._nursery = nursery
         self._pumping = False
 
@@ -46,7 +45,6 @@ class _Pipe:
             return
         self._last = max(self._last, trio.current_time() + d)
         self._queue.append((self._last, item))
-        self._wake.set()
         if not self._pumping:
             self._pumping = True
             self._nursery.start_soon(self._pump)
@@ -59,7 +57,6 @@ class _Pipe:
     def cut(self, reason: str) -> None:
         self.closed = self.closed or reason
         self._queue.clear()
-        self._wake.set()
         self.dest.close(reason)
 
     async def _pump(self) -> None:

@@ -7,16 +7,20 @@ stretches; everywhere else the threshold is infinite, so the clock stands still 
 test thread thinks. Scheduling is deterministic: hypothesis seeds trio's scheduler.
 
 Any exception that escapes a production task (the executor, an agent, a session) ends the
-run; the next call re-raises it as ``WorldCrashed``: that is a bug found.
+run; the next call re-raises it as ``WorldCrashed``: that is a bug found. A step that does
+not settle within ``STEP_TIMEOUT`` real seconds (a task that never blocks, a deadlock) is
+``WorldHung``, with every trio task's stack.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import outcome
 import trio
 import trio.testing
 
@@ -24,9 +28,16 @@ from grain.testing.world import SimParams, SimWorld
 
 T = TypeVar("T")
 
+STEP_TIMEOUT = 30.0
+"""Real seconds a step may take (they take milliseconds): past it, the world hangs."""
+
 
 class WorldCrashed(AssertionError):
     """A production task raised: the whole simulated cluster stopped."""
+
+
+class WorldHung(AssertionError):
+    """A step never settled: some task never blocks, or waits for ever."""
 
 
 class Driver:
@@ -74,18 +85,67 @@ class Driver:
         """Run ``await step(world)`` in the world, then let everything settle (no time
         passes)."""
         self._check()
+        box: list[outcome.Outcome[T]] = []
+        finished = threading.Event()
 
-        async def run() -> T:
+        async def run() -> None:
             assert self.world is not None
-            value = await step(self.world)
-            await trio.testing.wait_all_tasks_blocked()
-            return value
+            try:
+                value = await step(self.world)
+                await trio.testing.wait_all_tasks_blocked()
+                box.append(outcome.Value(value))
+            except BaseException as e:  # noqa: BLE001 - handed to the test thread
+                box.append(outcome.Error(e))
+            finally:
+                finished.set()
+        assert self._token is not None
         try:
-            return trio.from_thread.run(run, trio_token=self._token)
-        except (trio.RunFinishedError, trio.Cancelled):
+            self._token.run_sync_soon(trio.lowlevel.spawn_system_task, run)
+        except trio.RunFinishedError:
             self._thread.join()
             self._check()
             raise
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while not finished.wait(0.2):
+            if not self._thread.is_alive():
+                self._check()
+                raise WorldCrashed("the simulated cluster stopped during a step")
+            if time.monotonic() > deadline:
+                raise WorldHung(f"a step did not settle within {STEP_TIMEOUT:g}s; the "
+                                f"tasks:\n{self.dump()}")
+        if isinstance(box[0], outcome.Error) and isinstance(box[0].error, trio.Cancelled):
+            self._thread.join()   # the step was cancelled because the world crashed
+            self._check()
+        return box[0].unwrap()
+
+    def dump(self) -> str:
+        """Every task of the run and where it waits (from inside the run)."""
+        lines: list[str] = []
+        got = threading.Event()
+
+        def walk(task: trio.lowlevel.Task, depth: int) -> None:
+            lines.append("  " * depth + task.name)
+            for frame, lineno in task.iter_await_frames():
+                lines.append("  " * depth + f"    {frame.f_code.co_filename}:{lineno} "
+                                            f"{frame.f_code.co_name}")
+            for nursery in task.child_nurseries:
+                for child in nursery.child_tasks:
+                    walk(child, depth + 1)
+
+        def collect() -> None:
+            try:
+                root = trio.lowlevel.current_root_task()
+                if root is not None:
+                    walk(root, 0)
+            finally:
+                got.set()
+        assert self._token is not None
+        try:
+            self._token.run_sync_soon(collect)
+        except trio.RunFinishedError:
+            return "(the run has finished)"
+        got.wait(5)
+        return "\n".join(lines)
 
     def run(self, fn: Callable[[SimWorld], T]) -> T:
         """``fn(world)`` (synchronous) in the world, then settle."""

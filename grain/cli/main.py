@@ -119,6 +119,9 @@ def executor(listen: str, http_addr: str | None, token_file: str | None,
     from ..auth import Credentials
     _setup_logging(log_level)
     if client_tokens:
+        if token_file:
+            raise click.UsageError("--token-file (one shared token) and --client-tokens "
+                                   "(tokens by role) exclude each other")
         worker_token = read_token(worker_token_file, env=(config.ENV_WORKER_TOKEN,))
         token = None
     else:

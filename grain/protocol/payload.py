@@ -192,6 +192,12 @@ def _dill_picklers() -> tuple[type[Any], type[Any]]:
     return _DILL_PICKLERS
 
 
+def preload() -> None:
+    """Import dill now (a runner's idle moment) rather than at the first payload needing
+    it."""
+    _dill_picklers()
+
+
 def _dill_loads(data: bytes) -> Any:
     import dill
     return dill.loads(data)

@@ -172,11 +172,20 @@ async def serve(channel: Channel, runner: Runner) -> None:
     sock = channel.sock
     dec = FrameDecoder(m.WorkerToRunner)
     inbox: deque[Message] = deque()
+    preloaded = False
     while True:
         if not inbox:
             try:
                 data = sock.recv(1 << 18)
             except BlockingIOError:
+                if not preloaded:
+                    # The first idle moment (a spare runner waits for a new session):
+                    # import what jobs usually need (dill for functions of a script's
+                    # __main__, threadpoolctl), so that a session's first job does not
+                    # wait ~0.1 s for it. A runner given a job at once skips this.
+                    preloaded = True
+                    preload()
+                    continue
                 # Idle between jobs, nothing else can run here (a job's tasks end with
                 # it): block in select() rather than a trio wait, which costs an epoll
                 # registration and a scheduler round per job.
@@ -196,6 +205,15 @@ async def serve(channel: Channel, runner: Runner) -> None:
         elif t is m.RunnerForget:
             runner.fns.pop(h.key, None)
             runner.fn_bytes.pop(h.key, None)
+
+
+def preload() -> None:
+    """Import what most jobs need, ahead of the first job."""
+    pl.preload()
+    try:
+        import threadpoolctl  # noqa: F401 - imported for its side effect: ready
+    except ImportError:
+        pass
 
 
 def main() -> None:

@@ -335,6 +335,8 @@ class WorkerAgent:
                 return
             try:
                 runner = await self.pool.acquire(jobs[0].cpus, jobs[0].sess)
+                if self.pool.wants_spares() and self._nursery is not None:
+                    self._nursery.start_soon(self.pool.refill)   # for the next session
             except OSError as e:
                 for job in list(jobs):
                     self._finish(job, End.CRASHED,

@@ -155,11 +155,14 @@ class RunnerPool:
 
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  keep_idle: int = config.KEEP_IDLE_RUNNERS,
-                 max_result: int = config.MAX_RESULT_BYTES) -> None:
+                 max_result: int = config.MAX_RESULT_BYTES,
+                 spares: int = config.WARM_RUNNERS) -> None:
         self.env = runner_env(os.environ if env is None else env)
         self.cwd = cwd
         self.max_result = max_result
         self.keep_idle = keep_idle
+        self.spares = spares
+        self._refilling = False
         self.idle: list[RunnerProcess] = []
         self.busy: set[RunnerProcess] = set()
         self.ended: set[int | None] = set()
@@ -186,6 +189,27 @@ class RunnerPool:
         """Start ``n`` idle runners ahead of the first jobs."""
         for _ in range(n - len(self.idle)):
             self.idle.append(await self.spawn())
+
+    def wants_spares(self) -> bool:
+        """Fewer never-used runners are ready than ``spares``: a new session's first job
+        would wait for a runner to start (~0.3 s of interpreter start and imports)."""
+        return not self._refilling and \
+            sum(1 for r in self.idle if r.session is None) < self.spares
+
+    async def refill(self) -> None:
+        """Start never-used runners until ``spares`` are ready (call in the background
+        after taking one: runners serve one session each, so a new session, e.g. another
+        user's, finds a runner that has started already)."""
+        if self._refilling:
+            return
+        self._refilling = True
+        try:
+            while sum(1 for r in self.idle if r.session is None) < self.spares \
+                    and len(self.idle) < self.keep_idle:
+                self.idle.append(await self.spawn())
+                await trio.sleep(0)
+        finally:
+            self._refilling = False
 
     async def acquire(self, cpus: Any = None, session: int | None = None) -> RunnerProcess:
         """An idle runner of ``session`` (a runner never serves two sessions: one user's

@@ -35,6 +35,12 @@ from support.waiting import wait_until as wait_until  # noqa: E402
 from support.waiting import wait_until_async  # noqa: E402
 
 TOKEN = "s3cret-network-test-token"
+WORKER_TOKEN = "s3cret-network-test-workers-secret"
+
+
+def user_token(user: str) -> str:
+    """The client token of ``user`` when tokens are by role."""
+    return f"s3cret-token-of-{user}-0123456789"
 
 # Small heartbeat settings so that dead and half-open peers are found in seconds.
 HEARTBEAT = 0.5
@@ -248,10 +254,17 @@ class Harness:
                  retries: int | None = None, tls: tuple[str, str] | None = None,
                  token_file: Path | None = None, extra: Sequence[str] = (),
                  netns: str | None = None, wait: bool = True,
-                 name: str = "executor") -> ExecutorProc:
+                 name: str = "executor",
+                 users: dict[str, str] | None = None) -> ExecutorProc:
+        """``users`` (name -> a line's options after the token, e.g. ``"weight=2"``): tokens
+        by role (``--client-tokens`` with a token per user, and the workers' secret in
+        ``self.worker_token_file``) instead of the one shared token."""
+        auth = ["--token-file", str(token_file or self.token_file)]
+        if users is not None:
+            auth = ["--client-tokens", str(self.client_tokens(users)),
+                    "--worker-token-file", str(self.worker_token_file)]
         argv = ["executor", "--listen", f"grain://{host}:{port}", "--http", f"{host}:{http_port}",
-                "--token-file", str(token_file or self.token_file),
-                "--heartbeat", str(heartbeat), "--timeout", str(timeout), *extra]
+                *auth, "--heartbeat", str(heartbeat), "--timeout", str(timeout), *extra]
         if retries is not None:
             argv += ["--retries", str(retries)]
         if tls:
@@ -262,6 +275,21 @@ class Harness:
         if wait:
             p.ready()
         return p
+
+    @property
+    def worker_token_file(self) -> Path:
+        """The workers' secret when tokens are by role (see ``executor(users=...)``)."""
+        path = self.tmp / "worker-token"
+        if not path.exists():
+            path.write_text(WORKER_TOKEN + "\n")
+        return path
+
+    def client_tokens(self, users: dict[str, str]) -> Path:
+        """Write the client tokens file: user ``u``'s token is ``user_token(u)``."""
+        path = self.tmp / "client-tokens"
+        path.write_text("# user token options\n" + "".join(
+            f"{u} {user_token(u)} {opts}\n" for u, opts in users.items()))
+        return path
 
     def worker(self, name: str, executor: ExecutorProc | str, *, cores: str = "0",
                heartbeat: float = HEARTBEAT, timeout: float = TIMEOUT,

@@ -13,6 +13,7 @@ T0 = time.perf_counter()
 import json  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
+from typing import Any  # noqa: E402
 
 
 def main() -> int:
@@ -23,7 +24,7 @@ def main() -> int:
     from .systems import Unavailable, run_on
     from .workloads import WORKLOADS
     fn = WORKLOADS[workload][0]
-    out: dict = {"system": system, "workload": workload}
+    out: dict[str, Any] = {"system": system, "workload": workload}
     try:
         if workload == "cpu":
             metrics = fn(system, params, T0)

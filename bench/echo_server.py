@@ -5,7 +5,6 @@ back. Started and killed by ``bench.workloads.tcp_echo``."""
 from __future__ import annotations
 
 import socket
-import sys
 
 
 def main() -> None:
@@ -39,4 +38,4 @@ def _recv(conn: socket.socket, n: int) -> bytes | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

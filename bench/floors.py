@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     elif role == "trio-echo":
         trio.run(trio_echo)
     elif role == "trio-relay":
-        trio.run(trio_relay, *rest)
+        trio.run(trio_relay, rest[0])
     else:
         raise SystemExit(f"unknown role {role!r}")
     return 0

@@ -44,7 +44,7 @@ def tree_memory(pid: int | None = None, *, pss: bool = True) -> dict[str, Any]:
     for p in procs:
         try:
             if pss:
-                mi = p.memory_full_info()
+                mi: Any = p.memory_full_info()
                 pss_total += getattr(mi, "pss", mi.rss)
             else:
                 mi = p.memory_info()

@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 from .run import FLOORS, GRAINS, METRICS, PEERS, ROOT, _fmt
 from .systems import SYSTEMS
 
 
-def markdown(doc: dict) -> str:
+def markdown(doc: dict[str, Any]) -> str:
     res, systems = doc["results"], doc["systems"]
     cols = [s for s in SYSTEMS if s in systems]
     meta = doc["meta"]

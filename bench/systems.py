@@ -26,7 +26,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from . import procs
 
@@ -61,10 +61,10 @@ class Ops:
         self.ready_at: float | None = None  # when the system was up (before the workload)
         self.extra: dict[str, Any] = {}
 
-    async def call(self, fn: Callable, *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
 
-    async def map(self, fn: Callable, args_list: list[tuple]) -> list[Any]:
+    async def map(self, fn: Callable[..., Any], args_list: list[tuple[Any, ...]]) -> list[Any]:
         raise NotImplementedError
 
     async def sleep(self, seconds: float) -> None:
@@ -84,11 +84,11 @@ class GrainOps(Ops):
         self.address: str | None = None   # over TCP: where the executor listens
         self.token: str | None = None
 
-    async def call(self, fn: Callable, *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         import grain
         return await grain.exec1(self.one, fn, *args)
 
-    async def map(self, fn: Callable, args_list: list[tuple], res: Any = None) -> list[Any]:
+    async def map(self, fn: Callable[..., Any], args_list: list[tuple[Any, ...]], res: Any = None) -> list[Any]:
         import grain
         r = res or self.one
         async with grain.open_waitgroup() as wg:
@@ -126,10 +126,10 @@ def grain_cli_status() -> str | None:
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
-def _wait_port(port: int, proc: subprocess.Popen, timeout: float, log: str) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float, log: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -151,7 +151,7 @@ def _tail(path: str, n: int = 5) -> str:
         return ""
 
 
-def _stop(p: subprocess.Popen | None, timeout: float = 5.0) -> None:
+def _stop(p: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
     if p is None or p.poll() is not None:
         return
     p.terminate()
@@ -179,25 +179,26 @@ async def _await_worker(ops: GrainOps, timeout: float = 30.0) -> None:
             await trio.sleep(0.01)
 
 
-def run_grain(workload: Callable, params: dict, t0: float, *, tcp: bool,
-              workers: int = 2) -> dict:
+def run_grain(workload: Callable[..., Any], params: dict[str, Any], t0: float, *, tcp: bool,
+              workers: int = 2) -> dict[str, Any]:
     import grain
     from grain.resource import Cores
     ncores = len(os.sched_getaffinity(0))
     ops = GrainOps(t0, "grain-tcp" if tcp else "grain", min(workers, ncores))
 
-    async def main() -> dict:
+    async def main() -> dict[str, Any]:
         if tcp:
             await _await_worker(ops)
         ops.ready_at = time.perf_counter()
         try:
-            return await workload(ops, params)
+            out: dict[str, Any] = await workload(ops, params)
+            return out
         finally:
             procs.remember()
 
     if not tcp:
         rpw = Cores(workers) if workers != ncores else None
-        return grain.run_combine(main, rpw=rpw)
+        return cast(dict[str, Any], grain.run_combine(main, rpw=rpw))
     why = grain_cli_status()
     if why:
         raise Unavailable(why)
@@ -230,7 +231,8 @@ def run_grain(workload: Callable, params: dict, t0: float, *, tcp: bool,
         ops.address, ops.token = addr, token
         ops.extra["worker_pid"] = wk.pid
         try:
-            return grain.run_combine(main, address=addr, token=token, progress=False)
+            return cast(dict[str, Any],
+                        grain.run_combine(main, address=addr, token=token, progress=False))
         except BaseException as e:
             for who, p, log in (("executor", ex, exlog), ("worker", wk, wklog)):
                 if p.poll() is not None:
@@ -252,15 +254,15 @@ class DaskOps(Ops):
         self.client = client
         self.cores = workers
 
-    async def call(self, fn: Callable, *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.client.submit(fn, *args, pure=False).result()
 
-    async def map(self, fn: Callable, args_list: list[tuple]) -> list[Any]:
+    async def map(self, fn: Callable[..., Any], args_list: list[tuple[Any, ...]]) -> list[Any]:
         futs = self.client.map(fn, *zip(*args_list, strict=True), pure=False)
-        return self.client.gather(futs)
+        return list(self.client.gather(futs))
 
 
-def run_dask(workload: Callable, params: dict, t0: float, workers: int = 2) -> dict:
+def run_dask(workload: Callable[..., Any], params: dict[str, Any], t0: float, workers: int = 2) -> dict[str, Any]:
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError as e:
@@ -270,15 +272,15 @@ def run_dask(workload: Callable, params: dict, t0: float, workers: int = 2) -> d
     try:
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                host=LOOPBACK, dashboard_address=None,
-                               silence_logs=logging.ERROR)
-        client = Client(cluster)
+                               silence_logs=logging.ERROR)  # type: ignore[no-untyped-call]
+        client = Client(cluster)  # type: ignore[no-untyped-call]
         ops = DaskOps(t0, client, workers)
         ops.ready_at = time.perf_counter()
-        return drive(workload(ops, params))
+        return cast(dict[str, Any], drive(workload(ops, params)))
     finally:
         procs.remember()
         if client is not None:
-            client.close()
+            client.close()  # type: ignore[no-untyped-call]
         if cluster is not None:
             cluster.close()
 
@@ -293,21 +295,21 @@ class RayOps(Ops):
         self.cores = workers
         self._remote: dict[Any, Any] = {}
 
-    def _r(self, fn: Callable) -> Any:
+    def _r(self, fn: Callable[..., Any]) -> Any:
         r = self._remote.get(fn)
         if r is None:
             r = self._remote[fn] = self.ray.remote(fn)
         return r
 
-    async def call(self, fn: Callable, *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.ray.get(self._r(fn).remote(*args))
 
-    async def map(self, fn: Callable, args_list: list[tuple]) -> list[Any]:
+    async def map(self, fn: Callable[..., Any], args_list: list[tuple[Any, ...]]) -> list[Any]:
         r = self._r(fn)
-        return self.ray.get([r.remote(*a) for a in args_list])
+        return list(self.ray.get([r.remote(*a) for a in args_list]))
 
 
-def run_ray(workload: Callable, params: dict, t0: float, workers: int = 2) -> dict:
+def run_ray(workload: Callable[..., Any], params: dict[str, Any], t0: float, workers: int = 2) -> dict[str, Any]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
@@ -318,7 +320,7 @@ def run_ray(workload: Callable, params: dict, t0: float, workers: int = 2) -> di
                  log_to_driver=False, logging_level=logging.ERROR)
         ops = RayOps(t0, ray, workers)
         ops.ready_at = time.perf_counter()
-        return drive(workload(ops, params))
+        return cast(dict[str, Any], drive(workload(ops, params)))
     finally:
         procs.remember()
         ray.shutdown()
@@ -333,28 +335,28 @@ class PoolOps(Ops):
         self.pool = pool
         self.cores = workers
 
-    async def call(self, fn: Callable, *args: Any) -> Any:
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         return self.pool.submit(fn, *args).result()
 
-    async def map(self, fn: Callable, args_list: list[tuple]) -> list[Any]:
+    async def map(self, fn: Callable[..., Any], args_list: list[tuple[Any, ...]]) -> list[Any]:
         futs = [self.pool.submit(fn, *a) for a in args_list]
         return [f.result() for f in futs]
 
 
-def run_pool(workload: Callable, params: dict, t0: float, workers: int = 2) -> dict:
+def run_pool(workload: Callable[..., Any], params: dict[str, Any], t0: float, workers: int = 2) -> dict[str, Any]:
     from concurrent.futures import ProcessPoolExecutor
     pool = ProcessPoolExecutor(workers)
     try:
         ops = PoolOps(t0, pool, workers)
         ops.ready_at = time.perf_counter()
-        return drive(workload(ops, params))
+        return cast(dict[str, Any], drive(workload(ops, params)))
     finally:
         procs.remember()
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def run_on(system: str, workload: Callable, params: dict, t0: float,
-           workers: int = 2) -> dict:
+def run_on(system: str, workload: Callable[..., Any], params: dict[str, Any], t0: float,
+           workers: int = 2) -> dict[str, Any]:
     """Start ``system``, run ``workload`` on it, stop it; the workload's metrics."""
     if system == "grain":
         return run_grain(workload, params, t0, tcp=False, workers=workers)

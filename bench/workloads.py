@@ -67,14 +67,14 @@ async def warm(ops: Ops, n: int = 0) -> None:
 
 
 # -- workloads on every system --------------------------------------------------------
-async def cold(ops: Ops, p: dict) -> dict:
+async def cold(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """Process start (before importing the system) to the first job's result."""
     await ops.call(noop, 0)
     t = time.perf_counter()
     return {"cold_start_s": t - ops.t0, "cold_ready_s": (ops.ready_at or t) - ops.t0}
 
 
-async def roundtrip(ops: Ops, p: dict) -> dict:
+async def roundtrip(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """One job at a time: submit, wait for its result, again."""
     await warm(ops)
     for i in range(20):
@@ -87,7 +87,7 @@ async def roundtrip(ops: Ops, p: dict) -> dict:
     return {"rt_median_ms": statistics.median(lat) * 1e3, "rt_p95_ms": p95(lat) * 1e3}
 
 
-async def noops(ops: Ops, p: dict) -> dict:
+async def noops(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """N no-op jobs submitted at once: jobs/s from the first submit to the last result."""
     await warm(ops, 200)
     n = p["noop_jobs"]
@@ -98,7 +98,7 @@ async def noops(ops: Ops, p: dict) -> dict:
     return {"noop_jobs_per_s": n / dt}
 
 
-async def sleeps(ops: Ops, p: dict) -> dict:
+async def sleeps(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """N jobs sleeping 1 ms, submitted at once; ideal is cores / 1 ms."""
     await warm(ops)
     n = p["sleep_jobs"]
@@ -109,7 +109,7 @@ async def sleeps(ops: Ops, p: dict) -> dict:
     return {"sleep_jobs_per_s": rate, "sleep_of_ideal": rate / ideal}
 
 
-async def big(ops: Ops, p: dict) -> dict:
+async def big(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """One job taking and returning a 10 MiB bytes object, several times: round trip."""
     data = os.urandom(p["big_bytes"])
     await warm(ops)
@@ -124,7 +124,7 @@ async def big(ops: Ops, p: dict) -> dict:
     return {"big_rt_ms": statistics.median(times) * 1e3}
 
 
-async def idle(ops: Ops, p: dict) -> dict:
+async def idle(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """Memory of the driver and all its descendants once warm and idle."""
     await warm(ops)
     await ops.sleep(p["idle_wait"])
@@ -139,8 +139,8 @@ async def idle(ops: Ops, p: dict) -> dict:
 
 
 # -- CPU scaling: two clusters ---------------------------------------------------------
-def _cpu_phase(fn: Any):
-    async def phase(ops: Ops, p: dict) -> dict:
+def _cpu_phase(fn: Any) -> Any:
+    async def phase(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
         await warm(ops, 2 * ops.cores)
         t = time.perf_counter()
         out = await ops.map(fn, [(p["burn_n"],)] * p["cpu_jobs"])
@@ -152,7 +152,7 @@ def _cpu_phase(fn: Any):
     return phase
 
 
-def cpu(system: str, p: dict, t0: float) -> dict:
+def cpu(system: str, p: dict[str, Any], t0: float) -> dict[str, Any]:
     """8 CPU-bound jobs of ~0.5 s on one worker, then on two: the speed-up.
     Grain: the embedded cluster with ``rpw=Cores(1)`` then ``Cores(2)`` (over TCP: a worker
     with ``--cores 0`` then ``--cores 0,1``), each job checking its pinning."""
@@ -166,7 +166,7 @@ def cpu(system: str, p: dict, t0: float) -> dict:
 
 
 # -- Grain only ------------------------------------------------------------------------
-async def pinning(ops: Any, p: dict) -> dict:
+async def pinning(ops: Any, p: dict[str, Any]) -> dict[str, Any]:
     """Jobs of mixed shapes (Cores(1), Cores(2)); each reports its affinity, its
     allocation and OMP_NUM_THREADS; count jobs where they disagree."""
     from grain.resource import Cores
@@ -182,7 +182,7 @@ async def pinning(ops: Any, p: dict) -> dict:
 
 
 # -- the bare TCP echo (the 10 MiB target's yardstick) --------------------------------
-def tcp_echo(p: dict) -> dict:
+def tcp_echo(p: dict[str, Any]) -> dict[str, Any]:
     """10 MiB to an echo server in another process on loopback and back, store and
     forward (the server reads all of it before answering, as a job does)."""
     import socket
@@ -191,6 +191,7 @@ def tcp_echo(p: dict) -> dict:
     srv = subprocess.Popen([sys.executable, "-m", "bench.echo_server"],
                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     try:
+        assert srv.stdout is not None
         port = int(srv.stdout.readline())
         data = os.urandom(p["big_bytes"])
         times = []

@@ -15,6 +15,7 @@ not settle within ``STEP_TIMEOUT`` real seconds (a task that never blocks, a dea
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from grain.testing.world import SimParams, SimWorld
 
 T = TypeVar("T")
 
-STEP_TIMEOUT = 30.0
+STEP_TIMEOUT = float(os.environ.get("GRAIN_SIM_STEP_TIMEOUT", "30"))
 """Real seconds a step may take (they take milliseconds): past it, the world hangs."""
 
 
@@ -102,7 +103,7 @@ class Driver:
         try:
             self._token.run_sync_soon(trio.lowlevel.spawn_system_task, run)
         except trio.RunFinishedError:
-            self._thread.join()
+            self._join()
             self._check()
             raise
         deadline = time.monotonic() + STEP_TIMEOUT
@@ -114,7 +115,7 @@ class Driver:
                 raise WorldHung(f"a step did not settle within {STEP_TIMEOUT:g}s; the "
                                 f"tasks:\n{self.dump()}")
         if isinstance(box[0], outcome.Error) and isinstance(box[0].error, trio.Cancelled):
-            self._thread.join()   # the step was cancelled because the world crashed
+            self._join()   # the step was cancelled because the world crashed
             self._check()
         return box[0].unwrap()
 
@@ -170,7 +171,15 @@ class Driver:
                 trio.from_thread.run_sync(self._stop.cancel, trio_token=self._token)
             except trio.RunFinishedError:
                 pass
-        self._thread.join()
+        self._join()
+
+    def _join(self) -> None:
+        """Wait for the world's thread; a run that cannot finish (a task that ignores
+        its cancellation) is a hang, reported with the tasks."""
+        self._thread.join(STEP_TIMEOUT)
+        if self._thread.is_alive():
+            raise WorldHung(f"the simulated cluster did not stop within {STEP_TIMEOUT:g}s; "
+                            f"the tasks:\n{self.dump()}")
 
     def __enter__(self) -> Driver:
         return self

@@ -40,7 +40,7 @@ KINDS = ["ok"] * 6 + ["prints", "temp1", "temp2", "temp_hang", "hang", "raises",
                       "crash", "hog"]
 SHAPE_MIX = ["c1"] * 5 + ["c2"] * 2 + ["c1m1", "c1t3", "c4", "c9"]
 DURATIONS = [0.0, 0.001, 0.05, 0.5, 2.0, 10.0, 30.0]
-MAX_JOBS = 60
+MAX_JOBS = 80
 
 
 def make_spec(token: int, kind: str, duration: float, value: int) -> JobSpec:
@@ -176,6 +176,14 @@ class ClusterMachine(RuleBasedStateMachine):
     def submit_more(self, i: int, kind: str, duration: float, shape: str, n: int) -> None:
         """``submit`` again (rules are drawn alike: programs submit more than they fail)."""
         self.submit(i, kind, duration, shape, n)
+
+    @precondition(lambda self: self.jobs < MAX_JOBS)
+    @rule(i=st.integers(0, 5), duration=st.sampled_from([0.0, 0.001, 0.004]),
+          n=st.integers(6, 20))
+    def submit_sweep(self, i: int, duration: float, n: int) -> None:
+        """A sweep of short jobs of one function: once their run time is known, the
+        executor chains them behind each other on one allocation."""
+        self.submit(i, "ok", duration, "c1", n)
 
     @rule(i=st.integers(0, 5))
     def close_waitgroup(self, i: int) -> None:

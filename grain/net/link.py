@@ -195,6 +195,9 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
+BURST = 1024
+"""Messages queued outside a handling step that are written at once, without waiting for
+the sending task to yield."""
 LAZY_DELAY = 0.02
 """How long a message sent with ``send_later`` may wait for company."""
 IOV_MAX = 512
@@ -266,6 +269,12 @@ class StreamLink(Link):
             raise LinkClosed(out.closed)
         out.items.append((header, payload))
         if self._queued:
+            if len(out.items) >= BURST and not _steps.depth and self._writer_idle \
+                    and not self._pending:
+                # A long burst from code that does not yield (a loop submitting thousands
+                # of jobs): write it now rather than after the loop, or the peer hears
+                # nothing for as long as the loop runs and may take this end for dead.
+                self._flush()
             return               # written with the others, at the step's end or by the writer
         st = _steps
         self._queued = True

@@ -260,6 +260,8 @@ class Harness:
         by role (``--client-tokens`` with a token per user, and the workers' secret in
         ``self.worker_token_file``) instead of the one shared token."""
         auth = ["--token-file", str(token_file or self.token_file)]
+        if "--client-tokens" in extra:
+            auth = []        # the caller gives tokens by role itself
         if users is not None:
             auth = ["--client-tokens", str(self.client_tokens(users)),
                     "--worker-token-file", str(self.worker_token_file)]

@@ -14,49 +14,19 @@ integers that wait groups bump as their children start and end.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import trio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
 
 from .. import config
+
+if TYPE_CHECKING:   # rich is imported only when a display is drawn (it costs ~2.5 MiB)
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 MAX_ROWS = 10
 """Rows shown at once; more groups wait for a row to free."""
 REFRESH_SECONDS = 0.25
-
-
-class _CountsColumn(ProgressColumn):
-    """``3 running · 1 failed`` (failed only when there are some)."""
-
-    def render(self, task: Task) -> Text:
-        text = Text(f"{task.fields.get('running', 0)} running")
-        failed = task.fields.get("failed", 0)
-        if failed:
-            text.append(" · ")
-            text.append(f"{failed} failed", style="red")
-        return text
-
-
-class _RateColumn(ProgressColumn):
-    """Jobs ended per second (rich's speed estimate over the last half minute)."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None:
-            return Text("– jobs/s", style="progress.data.speed")
-        return Text(f"{speed:.3g} jobs/s", style="progress.data.speed")
 
 
 class GroupProgress:
@@ -103,8 +73,9 @@ class ProgressBoard:
 
     def __init__(self, console: Console | None = None, *,
                  min_jobs: int = config.PROGRESS_MIN_JOBS, max_rows: int = MAX_ROWS) -> None:
-        self.console = console if console is not None else Console()
-        self.enabled = self.console.is_terminal
+        # without a console given: a terminal on stdout, found without importing rich
+        self._console = console
+        self.enabled = console.is_terminal if console is not None else _is_tty(sys.stdout)
         self.min_jobs = min_jobs
         self.max_rows = max_rows
         self._groups: list[GroupProgress] = []     # open groups, and closed ones with rows
@@ -119,16 +90,20 @@ class ProgressBoard:
         self._groups.append(g)
         return g
 
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+            self._console = Console()
+        return self._console
+
     def _start(self) -> Progress:
         # While the display is live, the program's own prints and jobs' output lines go
         # through it (above the rows) instead of tearing them; only when it draws on the
         # real stdout, and stderr only when that is a terminal too.
+        from .progress_rich import make_progress
         redirect = self.console.file in (sys.stdout, sys.__stdout__)
-        p = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                     _CountsColumn(), _RateColumn(), TimeElapsedColumn(),
-                     TextColumn("eta"), TimeRemainingColumn(),
-                     console=self.console, auto_refresh=False, transient=False,
-                     redirect_stdout=redirect, redirect_stderr=redirect and _is_tty(sys.stderr))
+        p = make_progress(self.console, redirect, redirect and _is_tty(sys.stderr))
         p.start()
         return p
 

@@ -41,6 +41,8 @@ def check_step(world: SimWorld) -> None:
     check_runs(world)
     check_cores(world)
     check_cancelled_stop(world)
+    check_client_knows_where(world)
+    check_output(world)
     check_results(world)
     check_executor(world)
 
@@ -160,6 +162,52 @@ def check_runs(world: SimWorld) -> None:
                 continue
             fail(f"job {token} started again at {nxt.started:g} on {nxt.worker} although "
                  f"its previous run ({prev}) was not lost with its worker", token)
+        temps = sum(r.how == "temp" for r in runs)
+        if temps > world.p.temporary_attempts:
+            fail(f"job {token} was retried after {temps} temporary errors, more than its "
+                 f"{world.p.temporary_attempts} attempts", token)
+
+
+def check_client_knows_where(world: SimWorld) -> None:
+    """Once the cluster has been whole for ``BOUND``, a client knows where each of its
+    running jobs runs (what it names as ``started_on`` when it resubmits after a restart,
+    so that the job is re-attached there rather than run again)."""
+    healthy = world.healthy_since()
+    if healthy is None:
+        return
+    now = world.now()
+    for r in world.log.executing():
+        if now - max(r.started, healthy) <= BOUND or _faulted_after(world, r):
+            continue
+        sid, cid = world.cids.get(r.token, (None, None))
+        c = next((c for c in world.clients if c.sid == sid), None)
+        job = c.session._jobs.get(cid) if c is not None and c.session is not None \
+            and cid is not None else None
+        if job is not None and job.worker != r.worker:
+            fail(f"job {r.token} runs on {r.worker} since {r.started:g}, but its client "
+                 f"believes it started on {job.worker}", r.token)
+
+
+def check_output(world: SimWorld) -> None:
+    """A job that printed and ended while the cluster stayed whole delivered each of its
+    lines to its client once, in order, before its result."""
+    healthy = world.healthy_since()
+    if healthy is None:
+        return
+    seen: dict[int, list[bytes]] = {}
+    for c in world.clients:
+        for _, data in c.outputs:
+            for line in data.splitlines():
+                seen.setdefault(int(line.split()[1]), []).append(line)
+    for token, ends in world.ends.items():
+        spec = world.specs[token]
+        runs = world.log.runs.get(token, [])
+        if not spec.prints or not ends or not ends[0].ok or not runs \
+                or runs[0].started < healthy:
+            continue
+        want = [f"job {token} line {i}".encode() for i in range(spec.prints)] * len(runs)
+        if seen.get(token, []) != want:
+            fail(f"job {token} printed {want} and its client got {seen.get(token)}", token)
 
 
 def check_cores(world: SimWorld) -> None:
@@ -183,13 +231,17 @@ def check_cores(world: SimWorld) -> None:
 
 def check_cancelled_stop(world: SimWorld) -> None:
     """A job its client cancelled stops, and its cores return, within ``BOUND`` of the
-    cancellation once the cluster is whole."""
+    cancellation once the cluster is whole. (A program that ended since may have had no
+    connection to say so: the executor then learns it when the client's grace ends, which
+    ``settle`` and the teardown check.)"""
     healthy = world.healthy_since()
     if healthy is None:
         return
     now = world.now()
+    up = {c.sid for c in world.clients if c.state == "up"}
     for token, (at, why) in world.abandoned.items():
-        if why != "cancelled" or now - max(at, healthy) <= BOUND:
+        if why != "cancelled" or now - max(at, healthy) <= BOUND \
+                or world.cids[token][0] not in up:
             continue
         for r in world.log.runs.get(token, ()):
             if r.ended is None:

@@ -174,6 +174,8 @@ class ClientsMixin:
             # the client saw the job start on another worker: not this one's to answer
             log.warning("a result for job %s came from worker %s, but it started on %s: "
                         "dropped", (s.sess, msg.cid), held.worker, msg.started_on)
+            if held.wid is not None and held.wid in self.workers:   # it may forget it
+                _send(self.workers[held.wid].link, m.Release(s.sess, [msg.cid]))
             held = None
         if held is not None:                   # it ended while the client was away
             self._deliver(s, msg.cid, held.end, held.worker, held.message, held.payload,

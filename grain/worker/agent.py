@@ -264,8 +264,18 @@ class WorkerAgent:
 
     def _on_run(self, msg: m.Run, payload: bytes) -> None:
         key = (msg.sess, msg.cid)
-        if key in self.running or key in self.held:
-            return   # a duplicate (the executor re-sent it after a blip)
+        if key in self.running:
+            # An earlier run of the same job still ends here (a kill in flight): the
+            # executor must not count this one as started, or it waits for it for ever.
+            self._send(m.Done(msg.sess, msg.cid, int(End.HANDED_BACK),
+                              f"an earlier run of this job is still ending on {self.name}"))
+            return
+        if self.held.pop(key, None) is not None:
+            # The executor runs the job again, so it does not want the result of an
+            # earlier run any more (a dropped copy; silently ignoring this Run left the
+            # job "running" here for ever, holding its cores).
+            log.info("worker %s: job %s runs again: its earlier result is dropped",
+                     self.name, key)
         if self.draining:
             self._send(m.Done(msg.sess, msg.cid, int(End.HANDED_BACK), "worker draining"))
             return

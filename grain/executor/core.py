@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,12 +66,14 @@ def _small_wire(wire: Any) -> bool:
 
 @dataclass(slots=True)
 class _Bulk:
-    """Jobs (records or ids) to end as ``end``, from ``pos`` on (``Executor.end_later``).
-    ``ended_on``: the workers told their session ended (running jobs end there)."""
+    """Jobs to end as ``end``, from ``pos`` on (``Executor.end_later``): the executor's
+    ids, or ``session``'s client ids. ``ended_on``: the workers told that the session
+    ended (its running jobs end there)."""
 
-    jobs: list[Any]
+    ids: array[int]
     end: End
     message: str
+    session: ClientSession | None = None
     ended_on: set[int] | None = None
     pos: int = 0
 
@@ -410,34 +413,38 @@ class Executor(ClientsMixin, RecoveryMixin):
                     self.wait_for_workers > 0 and self.recently_seen_fit(request)):
                 continue
             self._first_unfit.pop(key, None)
-            self.end_later(self.placement.queued_of(key), End.UNSCHEDULABLE,
+            self.end_later(array("q", self.placement.queued_of(key)), End.UNSCHEDULABLE,
                            self._unfit_message(request))
 
-    def end_later(self, jobs: list[Any], end: End, message: str,
+    def end_later(self, ids: array[int], end: End, message: str,
+                  session: ClientSession | None = None,
                   ended_on: set[int] | None = None) -> None:
-        """End these jobs (records or ids; those still queued or parked when their turn
-        comes) as ``end``: a few now, the rest in steps between other peers' messages, so
-        that ending a million jobs never stalls the event loop. With ``ended_on`` (the
-        workers told that the jobs' session ended), a running job on any other worker
-        has its worker told too."""
-        if jobs:
-            self._bulk.append(_Bulk(jobs, end, message, ended_on))
+        """End these jobs (the executor's ids, or ``session``'s client ids; those still
+        queued or parked when their turn comes) as ``end``: a few now, the rest in steps
+        between other peers' messages, so that ending a million jobs never stalls the
+        event loop. With ``ended_on`` (the workers told that the session ended), a
+        running job on any other worker has its worker told too.
+
+        The ids are kept in an ``array`` (a million of them: one object the garbage
+        collector does not walk, and no reference that would keep ended jobs alive)."""
+        if ids:
+            self._bulk.append(_Bulk(ids, end, message, session, ended_on))
             if not self._end_bulk_step():
                 self._pump_more.set()
 
     def _end_bulk_step(self) -> bool:
         """End up to ``ENDINGS_PER_STEP`` jobs of ``end_later``; True when all are done."""
         budget = config.ENDINGS_PER_STEP
-        jobs = self.ledger.jobs
         while self._bulk and budget > 0:
             b = self._bulk[0]
+            jobs = b.session.jobs if b.session is not None else self.ledger.jobs
             pos = b.pos
-            stop = min(len(b.jobs), pos + budget)
+            stop = min(len(b.ids), pos + budget)
             budget -= stop - pos
             b.pos = stop       # first: a step that fails is not retried for ever
-            for item in b.jobs[pos:stop]:
-                rec = jobs.get(item.gid if isinstance(item, JobRecord) else item)
-                if rec is None or (isinstance(item, JobRecord) and rec is not item):
+            for i in b.ids[pos:stop]:
+                rec = jobs.get(i)
+                if rec is None:
                     continue
                 if rec.state is JobState.QUEUED:
                     self._unqueue(rec)
@@ -452,7 +459,7 @@ class Executor(ClientsMixin, RecoveryMixin):
                         _send(self.workers[rec.worker].link, m.EndSession(rec.sess))
                     continue
                 self._end(rec, b.end, b.message)
-            if stop >= len(b.jobs):
+            if stop >= len(b.ids):
                 self._bulk.popleft()
         return not self._bulk
 

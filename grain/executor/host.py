@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ..net.link import Link, LinkClosed
 
 if TYPE_CHECKING:
+    from array import array
+
     from ..auth import UserPolicy
     from ..protocol import messages as m
     from ..protocol.messages import End
@@ -84,7 +86,8 @@ class ExecutorHost(Protocol):
                  payload: bytes, wid: int | None) -> None: ...
     def _reply(self, s: ClientSession, cid: int, end: End, message: str) -> None: ...
     def sweep_unschedulable(self) -> None: ...
-    def end_later(self, jobs: list[Any], end: End, message: str,
+    def end_later(self, ids: array[int], end: End, message: str,
+                  session: ClientSession | None = None,
                   ended_on: set[int] | None = None) -> None: ...
     def status(self) -> dict[str, Any]: ...
 

@@ -125,7 +125,8 @@ class SimClient:
 
 
 class SimSession(Session):
-    """The production session, with its jobs' endings recorded for the invariants."""
+    """The production session, with its jobs' endings and output recorded for the
+    invariants (then passed on as they would be)."""
 
     world: SimWorld
 
@@ -138,7 +139,13 @@ class SimSession(Session):
         def ended(ok: bool, value: Any) -> None:
             world.ends.setdefault(spec.token, []).append(ClientEnd(world.now(), ok, value))
             on_end(ok, value)
-        cid = super().submit(request, fn, args, kwargs, ended, **kw)
+        sink = kw.pop("on_output", None) or self.default_output
+
+        def output(stream: int, data: bytes, dropped: int) -> None:
+            world.outputs.setdefault(spec.token, []).append(data)
+            if sink is not None:
+                sink(stream, data, dropped)
+        cid = super().submit(request, fn, args, kwargs, ended, on_output=output, **kw)
         world.cids[spec.token] = (self.id, cid)
         return cid
 
@@ -158,6 +165,7 @@ class SimWorld:
         self.ends: dict[int, list[ClientEnd]] = {}
         self.abandoned: dict[int, tuple[float, str]] = {}   # token -> (when, why)
         self.cids: dict[int, tuple[int, int]] = {}          # token -> (session, cid)
+        self.outputs: dict[int, list[bytes]] = {}           # token -> what its client got
         self.specs: dict[int, JobSpec] = {}
         self.requests: dict[int, Resource] = {}
         self.slow: dict[str, tuple[float, float]] = {}      # party -> (extra delay, until)

@@ -59,18 +59,12 @@ class RecoveryMixin:
                                   capacity_from_wire(to_wire(w.capacity)))
         w.attached = True
         self.worker_names[w.name] = w.wid
-        away = self.seen.pop(w.name, None)
-        if away is not None:
-            # sessions that ended while it was away: the EndSession was lost with its
-            # connection, and it keeps their runners and results until told
-            for sess, (_, _, when) in reversed(self.ended_sessions.items()):
-                if when < away[1]:
-                    break
-                _send(w.link, m.EndSession(sess))
+        self.seen.pop(w.name, None)
         for held in msg.held:
             w.held.add((held.sess, held.cid))
             if held.sess not in self.sessions:
                 self._placeholder(held.sess, held.user)
+        self._adopt_kept_sessions(w, msg.sessions)
         attached: dict[tuple[int, int], int] = {}    # (sess, cid) -> gid, this Attach
         for job in msg.running:
             gid = self._attach_one(w, job, attached)
@@ -90,6 +84,22 @@ class RecoveryMixin:
         if w.draining:
             self.placement.cordon(w.wid)
         self._worker_changed()
+
+    def _adopt_kept_sessions(self: ExecutorHost, w: WorkerSession,
+                             kept: list[m.KeptSession]) -> None:
+        """Sessions the worker keeps something of. One ended here (while the worker was
+        away, say: the EndSession was lost with its connection) is ended there; one
+        this executor never knew (it restarted) waits for its client as a placeholder,
+        which the client grace ends, on every worker, if the client never comes back."""
+        for k in kept:
+            w.sessions.add(k.sess)
+            if k.sess in self.sessions:
+                continue
+            if k.sess in self.ended_sessions:
+                _send(w.link, m.EndSession(k.sess))
+                w.sessions.discard(k.sess)
+            else:
+                self._placeholder(k.sess, k.user)
 
     def _attach_one(self: ExecutorHost, w: WorkerSession, job: m.AttachedJob,
                     attached: dict[tuple[int, int], int]) -> int | None:

@@ -78,7 +78,7 @@ def render() -> str:
         lines.append("")
     lines += ["### handshake info", "", "| struct | fields | meaning |",
               "| --- | --- | --- |"]
-    for cls in (m.ClientHello, m.WorkerHello, m.AttachedJob, m.HeldJob):
+    for cls in (m.ClientHello, m.WorkerHello, m.AttachedJob, m.HeldJob, m.KeptSession):
         lines.append(f"| `{cls.__name__}` | {_fields(cls)} | {_summary(cls)} |")
     lines += ["", "### job end codes (`End`)", "", "| code | name |", "| --- | --- |"]
     lines += [f"| {e.value} | `{e.name}` |" for e in m.End]

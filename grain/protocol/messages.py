@@ -257,12 +257,27 @@ class HeldJob(Struct, array_like=True, gc=False):
     user: Name
 
 
+KEPT_SESSIONS_MAX = 1 << 16
+"""At most this many sessions in one ``Attach`` (a worker names its newest)."""
+
+
+class KeptSession(Struct, array_like=True, gc=False):
+    """A client session a (re)connecting worker keeps something of (idle runners, code),
+    whether or not it runs a job of it: a restarted executor that never knew the session
+    must still end it there when its client does not come back."""
+
+    sess: Id
+    user: Name
+
+
 class Attach(Message, tag=23):
-    """First message of a worker after the handshake: the jobs it is running and the
-    results it holds (those follow as ``Done`` messages)."""
+    """First message of a worker after the handshake: the jobs it is running, the
+    results it holds (those follow as ``Done`` messages) and every session it keeps
+    something of."""
 
     running: Annotated[list[AttachedJob], Meta(max_length=1 << 20)] = []
     held: Annotated[list[HeldJob], Meta(max_length=1 << 20)] = []
+    sessions: Annotated[list[KeptSession], Meta(max_length=KEPT_SESSIONS_MAX)] = []
 
 
 class Done(Message, tag=9):

@@ -132,6 +132,10 @@ class WorkerAgent:
         self.lanes: set[Lane] = set()
         self.fn_bytes: dict[tuple[int, int], bytes] = {}
         self.bundles: dict[int, str] = {}        # session -> unpacked project code
+        # every session that ran a job here and has not ended (its user): idle runners,
+        # code and results of it stay until EndSession, which a restarted executor that
+        # never knew the session can only send if the Attach names it
+        self.kept_sessions: dict[int, str] = {}
         self._env_cache: dict[str, tuple[list[int] | None, dict[str, str]]] = {}
         self._deadlines_changed = trio.Event()
         self._chained: dict[RunnerProcess, list[Any]] = {}
@@ -178,7 +182,9 @@ class WorkerAgent:
                 prev = j
         with contextlib.suppress(LinkClosed):
             link.send(m.Attach(
-                running, [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()]))
+                running, [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()],
+                [m.KeptSession(sess, user) for sess, user
+                 in list(self.kept_sessions.items())[-m.KEPT_SESSIONS_MAX:]]))
             for h in self.held.values():
                 link.send(h.done, h.payload)
             if self.draining:
@@ -241,6 +247,7 @@ class WorkerAgent:
         # a job still waiting behind another is dropped when its turn comes
 
     def _end_session(self, sess: int) -> None:
+        self.kept_sessions.pop(sess, None)
         for job in [j for j in self.running.values() if j.sess == sess]:
             job.session_over = True
             self._cancel(job)
@@ -286,6 +293,7 @@ class WorkerAgent:
                               f"bad allocation on worker {self.name}: {e!r}"))
             return
         self._jids += 1
+        self.kept_sessions[msg.sess] = msg.user
         job = Job(msg.sess, msg.cid, msg.fid, msg.user, msg.name, self._jids, msg.alloc,
                   payload, msg.time_limit, msg.memory_limit, cpus, env, self.clock())
         self.running[key] = job

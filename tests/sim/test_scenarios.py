@@ -193,14 +193,12 @@ def test_a_job_submitted_while_its_only_worker_drains_waits_for_capacity() -> No
         sim.run(check_step)
 
 
-@pytest.mark.xfail(strict=True, reason="known limitation: a session the dead executor knew "
-                   "and no worker reports is never ended on the workers (needs Attach to "
-                   "name the sessions a worker holds runners of, or idle runners to expire)")
 def test_idle_runners_of_a_session_whose_executor_died_are_closed() -> None:
     """Found by the state machine: a program dies and the executor restarts before the
     program's grace ran out. The new executor never knew the session and no worker
-    reports a job of it, so no one ever ends it: its idle runners stay on the worker for
-    ever (they also hold idle slots that live sessions then lack)."""
+    reports a job of it: its idle runners stayed on the worker for ever (holding idle
+    slots that live sessions then lack). The worker's Attach now names every session it
+    keeps something of, and the client grace ends it there."""
     with Driver(SimParams(workers=((1, 2.0),), client_grace=10.0)) as sim:
         c, g = start(sim)
         submit(sim, g, duration=0.5)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import secrets
 import sys
-from array import array
 from typing import Any
 
 import trio
@@ -277,7 +276,7 @@ class ClientsMixin:
         # Its queued and parked jobs end, in steps when there are many (a million queued
         # jobs must not stall everyone else); none of them starts meanwhile (``_dispatch``
         # checks). A running job on a worker not told yet (re-attached) has it told then.
-        self.end_later(array("q", s.jobs), End.CANCELLED, why, s, notify)
+        self.end_later(s.jobs.key_chunks(), End.CANCELLED, why, s, notify)
         s.held.clear()
         s.unacked.clear()
         s.bundle = None

@@ -19,7 +19,7 @@ import logging
 import time
 from array import array
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,15 +66,16 @@ def _small_wire(wire: Any) -> bool:
 
 @dataclass(slots=True)
 class _Bulk:
-    """Jobs to end as ``end``, from ``pos`` on (``Executor.end_later``): the executor's
-    ids, or ``session``'s client ids. ``ended_on``: the workers told that the session
-    ended (its running jobs end there)."""
+    """Jobs to end as ``end`` (``Executor.end_later``): the executor's ids, or
+    ``session``'s client ids, in chunks (``ids`` the current one, from ``pos`` on).
+    ``ended_on``: the workers told that the session ended (its running jobs end there)."""
 
-    ids: array[int]
+    chunks: Iterator[Sequence[int]]
     end: End
     message: str
     session: ClientSession | None = None
     ended_on: set[int] | None = None
+    ids: Sequence[int] = ()
     pos: int = 0
 
 
@@ -413,10 +414,10 @@ class Executor(ClientsMixin, RecoveryMixin):
                     self.wait_for_workers > 0 and self.recently_seen_fit(request)):
                 continue
             self._first_unfit.pop(key, None)
-            self.end_later(array("q", self.placement.queued_of(key)), End.UNSCHEDULABLE,
-                           self._unfit_message(request))
+            self.end_later([array("q", self.placement.queued_of(key))],
+                           End.UNSCHEDULABLE, self._unfit_message(request))
 
-    def end_later(self, ids: array[int], end: End, message: str,
+    def end_later(self, chunks: Iterable[Sequence[int]], end: End, message: str,
                   session: ClientSession | None = None,
                   ended_on: set[int] | None = None) -> None:
         """End these jobs (the executor's ids, or ``session``'s client ids; those still
@@ -425,11 +426,11 @@ class Executor(ClientsMixin, RecoveryMixin):
         event loop. With ``ended_on`` (the workers told that the session ended), a
         running job on any other worker has its worker told too.
 
-        The ids are kept in an ``array`` (a million of them: one object the garbage
-        collector does not walk, and no reference that would keep ended jobs alive)."""
-        if ids:
-            self._bulk.append(_Bulk(ids, end, message, session, ended_on))
-            if not self._end_bulk_step():
+        The ids come in chunks, taken one at a time (``JobTable.key_chunks``: a copy of a
+        million ids at once was itself a 50 ms stall); none holds a reference that would
+        keep an ended job alive."""
+        self._bulk.append(_Bulk(iter(chunks), end, message, session, ended_on))
+        if not self._end_bulk_step():
                 self._pump_more.set()
 
     def _end_bulk_step(self) -> bool:
@@ -437,6 +438,12 @@ class Executor(ClientsMixin, RecoveryMixin):
         budget = config.ENDINGS_PER_STEP
         while self._bulk and budget > 0:
             b = self._bulk[0]
+            if b.pos >= len(b.ids):
+                nxt = next(b.chunks, None)
+                if nxt is None:
+                    self._bulk.popleft()
+                    continue
+                b.ids, b.pos = nxt, 0
             jobs = b.session.jobs if b.session is not None else self.ledger.jobs
             pos = b.pos
             stop = min(len(b.ids), pos + budget)
@@ -459,8 +466,6 @@ class Executor(ClientsMixin, RecoveryMixin):
                         _send(self.workers[rec.worker].link, m.EndSession(rec.sess))
                     continue
                 self._end(rec, b.end, b.message)
-            if stop >= len(b.ids):
-                self._bulk.popleft()
         return not self._bulk
 
     def sweep(self) -> None:

@@ -13,14 +13,12 @@ A part that needs something new of the executor adds it here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..net.link import Link, LinkClosed
 
 if TYPE_CHECKING:
-    from array import array
-
     from ..auth import UserPolicy
     from ..protocol import messages as m
     from ..protocol.messages import End
@@ -86,7 +84,7 @@ class ExecutorHost(Protocol):
                  payload: bytes, wid: int | None) -> None: ...
     def _reply(self, s: ClientSession, cid: int, end: End, message: str) -> None: ...
     def sweep_unschedulable(self) -> None: ...
-    def end_later(self, ids: array[int], end: End, message: str,
+    def end_later(self, chunks: Iterable[Sequence[int]], end: End, message: str,
                   session: ClientSession | None = None,
                   ended_on: set[int] | None = None) -> None: ...
     def status(self) -> dict[str, Any]: ...

@@ -24,6 +24,7 @@ from enum import Enum
 import msgspec
 
 from ..resource import Resource
+from .jobtable import JobTable
 
 
 class JobState(Enum):
@@ -70,7 +71,7 @@ class Ledger:
     """All jobs that have not ended, by executor id, with counters for metrics."""
 
     def __init__(self) -> None:
-        self.jobs: dict[int, JobRecord] = {}
+        self.jobs: JobTable[JobRecord] = JobTable()   # a dict that grows in small steps
         self._next = 1
         self.submitted = 0
         self.started = 0
@@ -182,5 +183,3 @@ class Ledger:
     def get(self, gid: int) -> JobRecord | None:
         return self.jobs.get(gid)
 
-    def running_count(self) -> int:
-        return sum(1 for r in self.jobs.values() if r.state is JobState.RUNNING)

@@ -70,6 +70,7 @@ from typing import NamedTuple
 
 from ..resource import Resource
 from . import placement_queue
+from .jobtable import JobTable
 from .placement_attach import AttachMixin
 from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
 from .placement_queue import TRIM_MIN, Chain, JobQueue, User, UserStats
@@ -106,7 +107,7 @@ class Placement(AttachMixin):
         self.more = False
         # ints to ints only, so that the garbage collector never looks at them (a dict of
         # a million ids to objects adds ~20 ms to every full collection)
-        self._where: dict[int, int] = {}          # queued id -> its queue's number
+        self._where: JobTable[int] = JobTable()   # queued id -> its queue's number
         self._run: dict[int, int] = {}            # placed id -> the queue it came from
         self._queues: list[JobQueue] = []         # by number; never dropped (small)
         # shapes and (user, shape) queues are kept once seen: there are as many as

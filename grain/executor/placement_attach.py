@@ -10,6 +10,7 @@ from collections.abc import Hashable
 from typing import Protocol
 
 from ..resource import Resource
+from .jobtable import JobTable
 from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
 from .placement_queue import Chain, JobQueue, User
 
@@ -21,7 +22,7 @@ class PlacementHost(Protocol):
     workers: dict[int, WorkerState]
     index: CapacityIndex
     chain_depth: int
-    _where: dict[int, int]
+    _where: JobTable[int]
     _run: dict[int, int]
     _queues: list[JobQueue]
     _shapes: dict[Hashable, Shape]

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..resource import Resource
+    from .jobtable import JobTable
     from .placement_index import Shape
 
 #: tie-breaker for heap entries, so queue objects are never compared (and a queue's
@@ -54,7 +55,7 @@ class JobQueue:
     __slots__ = ("qid", "user", "shape", "where", "main", "head", "late", "live", "dead",
                  "key", "seq")
 
-    def __init__(self, qid: int, user: User, shape: Shape, where: dict[int, int]) -> None:
+    def __init__(self, qid: int, user: User, shape: Shape, where: JobTable[int]) -> None:
         self.qid = qid              # this queue's number, the value in ``where``
         self.user = user
         self.shape = shape

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..resource import Resource
+from .jobtable import JobTable
 from .ledger import JobRecord
 
 if TYPE_CHECKING:   # a session names its connection; this module does no I/O itself
@@ -46,11 +47,11 @@ class ClientSession:
     user: str
     name: str
     link: Link | None
-    jobs: dict[int, JobRecord] = field(default_factory=dict)        # cid -> live job
+    jobs: JobTable[JobRecord] = field(default_factory=JobTable)     # cid -> live job
     fns: dict[int, FunctionEntry] = field(default_factory=dict)     # fid -> function
     fn_bytes: int = 0
-    unacked: dict[int, int] = field(default_factory=dict)           # cid -> worker id
-    held: dict[int, HeldResult] = field(default_factory=dict)       # cid -> result
+    unacked: JobTable[int] = field(default_factory=JobTable)        # cid -> worker id
+    held: JobTable[HeldResult] = field(default_factory=JobTable)    # cid -> result
     bundle: tuple[str, bytes] | None = None                         # (digest, zip)
     unclaimed: set[int] = field(default_factory=set)   # live at a resume, not resubmitted
     resumed: bool = True       # False from a restart until the client says it resubmitted

@@ -22,6 +22,7 @@ from ..protocol.messages import End
 from ..resource import InvalidResource, UnknownResourceKind
 from .host import ExecutorHost
 from .host import send as _send
+from .jobtable import JobTable
 from .ledger import JobRecord, JobState
 from .sessions import ClientSession, FunctionEntry
 
@@ -277,8 +278,10 @@ class ClientsMixin:
         # jobs must not stall everyone else); none of them starts meanwhile (``_dispatch``
         # checks). A running job on a worker not told yet (re-attached) has it told then.
         self.end_later(s.jobs.key_chunks(), End.CANCELLED, why, s, notify)
-        s.held.clear()
-        s.unacked.clear()
+        # a million results a client never acknowledged take a while to free: in steps
+        self.free_later(s.held)
+        self.free_later(s.unacked)
+        s.held, s.unacked = JobTable(), JobTable()
         s.bundle = None
         for fid in list(s.fns):
             if not s.fns[fid].refs:

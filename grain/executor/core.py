@@ -37,6 +37,7 @@ from ..resource import (
 )
 from .clients import ClientsMixin
 from .host import send as _send
+from .jobtable import JobTable
 from .ledger import JobRecord, JobState, Ledger
 from .placement import Placement, shape_of
 from .recovery import RecoveryMixin
@@ -119,6 +120,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         self._ids = 0
         self.observers: list[Any] = []       # objects with on_start(rec) / on_end(rec, ..)
         self._bulk: deque[_Bulk] = deque()   # jobs being ended in steps (``end_later``)
+        self._shed: deque[JobTable[Any]] = deque()   # tables being freed in steps
         self._last_internal_error = -1e9
         RecoveryMixin.__init__(self)
 
@@ -433,8 +435,21 @@ class Executor(ClientsMixin, RecoveryMixin):
         if not self._end_bulk_step():
                 self._pump_more.set()
 
+    def free_later(self, table: JobTable[Any]) -> None:
+        """Free a table a block at a time, between other peers' messages (the caller
+        forgets it)."""
+        if table:
+            self._shed.append(table)
+            self._pump_more.set()
+
     def _end_bulk_step(self) -> bool:
-        """End up to ``ENDINGS_PER_STEP`` jobs of ``end_later``; True when all are done."""
+        """End up to ``ENDINGS_PER_STEP`` jobs of ``end_later`` (and free as many entries
+        of tables given to ``free_later``); True when all are done."""
+        budget = config.ENDINGS_PER_STEP
+        while self._shed and budget > 0:
+            budget -= self._shed[0].drop_block()
+            if not self._shed[0]:
+                self._shed.popleft()
         budget = config.ENDINGS_PER_STEP
         while self._bulk and budget > 0:
             b = self._bulk[0]
@@ -466,7 +481,7 @@ class Executor(ClientsMixin, RecoveryMixin):
                         _send(self.workers[rec.worker].link, m.EndSession(rec.sess))
                     continue
                 self._end(rec, b.end, b.message)
-        return not self._bulk
+        return not self._bulk and not self._shed
 
     def sweep(self) -> None:
         """Everything that happens with time: graces, parked jobs, deferred jobs."""

@@ -117,6 +117,17 @@ class JobTable(MutableMapping[int, V], Generic[V]):
         for chunk in self.key_chunks():
             yield from chunk
 
+    def drop_block(self) -> int:
+        """Drop one block (the oldest): how many entries went. For freeing a large
+        table in steps."""
+        if not self._blocks:
+            return 0
+        b = next(iter(self._blocks))
+        n = len(self._blocks.pop(b))
+        del self._peak[b]
+        self._len -= n
+        return n
+
     def clear(self) -> None:
         self._blocks.clear()
         self._peak.clear()

@@ -84,3 +84,16 @@ def test_chunks_are_snapshots_so_the_caller_may_change_the_table() -> None:
             seen += 1
             del table[k]
     assert seen == 3 << BLOCK_BITS and len(table) == 0
+
+
+def test_dropping_blocks_frees_a_table_in_steps_oldest_first() -> None:
+    table: JobTable[int] = JobTable()
+    for k in range(10_000):
+        table[k] = k
+    assert table.drop_block() == 1 << BLOCK_BITS
+    assert 0 not in table and (1 << BLOCK_BITS) in table
+    steps = 0
+    while table:
+        steps += 1
+        assert table.drop_block() > 0
+    assert steps == 2 and len(table) == 0 and table.drop_block() == 0

@@ -7,7 +7,8 @@
 - ``/events`` sends that document once a second as an event stream. One document is built
   per interval however many pages watch, and each stream holds only a reference to it.
 - ``/metrics`` is Prometheus text, read from the executor's counters at scrape time by a
-  custom collector (``METRICS`` declares every family; docs/interfaces.md lists them).
+  custom collector (``metrics.METRICS`` declares every family; docs/interfaces.md lists
+  them).
 
 Hardening: GET and HEAD only; a request's head is read within ``REQUEST_TIMEOUT`` seconds
 and ``MAX_REQUEST`` bytes (a request body is never read); at most ``max_connections``
@@ -22,19 +23,16 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 import trio
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..net import transport
 from ..net.endpoints import Endpoint, parse_endpoint
 from . import history
 from .core import Executor
+from .metrics import METRICS_TYPE, exposition, registry_for
 from .status import build_status_stepped
 
 log = logging.getLogger("grain.executor")
@@ -57,102 +55,7 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
                "connect-src 'self'; base-uri 'none'; form-action 'none'; "
                "frame-ancestors 'none'")
 ROUTES = "/ /status /events /metrics /healthz"
-#: what ``generate_latest`` writes (prometheus_client's CONTENT_TYPE_LATEST has moved on)
-METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _json = msgspec.json.Encoder()
-
-
-@dataclass(frozen=True)
-class MetricDef:
-    """One metric family: its name as exposed, its type, help and labels."""
-
-    name: str
-    kind: str          # "counter" or "gauge"
-    help: str
-    labels: tuple[str, ...] = ()
-
-
-#: every family /metrics exposes (counters with their ``_total`` suffix, as scraped)
-METRICS: tuple[MetricDef, ...] = (
-    MetricDef("grain_jobs_submitted_total", "counter", "Jobs submitted"),
-    MetricDef("grain_jobs_started_total", "counter", "Job starts (retries count again)"),
-    MetricDef("grain_jobs_finished_total", "counter", "Jobs that ended with a value"),
-    MetricDef("grain_jobs_failed_total", "counter", "Jobs that ended with an error"),
-    MetricDef("grain_jobs_cancelled_total", "counter", "Jobs cancelled"),
-    MetricDef("grain_jobs_retried_total", "counter", "Jobs re-queued after a worker loss"),
-    MetricDef("grain_queue_length", "gauge", "Jobs waiting"),
-    MetricDef("grain_running_jobs", "gauge", "Jobs running"),
-    MetricDef("grain_cores_in_use", "gauge", "Cores allocated to running jobs"),
-    MetricDef("grain_cores_total", "gauge", "Cores registered"),
-    MetricDef("grain_workers", "gauge", "Workers connected"),
-    MetricDef("grain_clients", "gauge", "Clients connected"),
-    MetricDef("grain_placement_seconds_total", "counter",
-              "Total time jobs waited from submission to start"),
-    MetricDef("grain_placements_total", "counter", "Jobs placed"),
-    MetricDef("grain_user_running_jobs", "gauge", "Jobs running, per user", ("user",)),
-    MetricDef("grain_user_queued_jobs", "gauge", "Jobs waiting, per user", ("user",)),
-    MetricDef("grain_user_cores_in_use", "gauge", "Cores held by a user's jobs", ("user",)),
-    MetricDef("grain_user_share", "gauge",
-              "A user's dominant share of the cluster (0..1)", ("user",)),
-)
-
-
-def _family(d: MetricDef, value: float | None = None) -> CounterMetricFamily | GaugeMetricFamily:
-    if d.kind == "counter":
-        return CounterMetricFamily(d.name.removesuffix("_total"), d.help, value=value)
-    if d.labels:
-        return GaugeMetricFamily(d.name, d.help, labels=list(d.labels))
-    return GaugeMetricFamily(d.name, d.help, value=value)
-
-
-class ExecutorCollector:
-    """Prometheus collector over an ``Executor``'s live state: O(workers + users)."""
-
-    def __init__(self, executor: Executor) -> None:
-        self.x = executor
-
-    def values(self) -> dict[str, float]:
-        """The unlabelled metrics' values, by exposed name."""
-        x, led = self.x, self.x.ledger
-        total = free = 0
-        for st in x.placement.workers.values():
-            cfree, ctot = st.free.stat().get("Cores", (0, 0))
-            total, free = total + int(ctot), free + int(cfree)
-        return {
-            "grain_jobs_submitted_total": led.submitted,
-            "grain_jobs_started_total": led.started,
-            "grain_jobs_finished_total": led.finished,
-            "grain_jobs_failed_total": led.failed,
-            "grain_jobs_cancelled_total": led.cancelled,
-            "grain_jobs_retried_total": led.retried,
-            "grain_queue_length": len(x.placement),
-            "grain_running_jobs": sum(len(s.running) for s in x.placement.workers.values()),
-            "grain_cores_in_use": total - free,
-            "grain_cores_total": total,
-            "grain_workers": len(x.workers),
-            "grain_clients": sum(1 for s in x.sessions.values() if s.link is not None),
-            "grain_placement_seconds_total": x.placement_seconds_sum,
-            "grain_placements_total": x.placement_count,
-        }
-
-    def collect(self) -> Iterator[Metric]:
-        values = self.values()
-        users = self.x.placement.user_stats()
-        per_user = {
-            "grain_user_running_jobs": lambda s: s.running,
-            "grain_user_queued_jobs": lambda s: s.queued,
-            "grain_user_cores_in_use": lambda s: s.cores,
-            "grain_user_share": lambda s: s.share,
-        }
-        for d in METRICS:
-            if d.labels:
-                fam = _family(d)
-                assert isinstance(fam, GaugeMetricFamily)
-                for name, st in sorted(users.items()):
-                    fam.add_metric([name], per_user[d.name](st))
-                yield fam
-            else:
-                yield _family(d, values[d.name])
 
 
 def _head(status: str, ctype: str, length: int | None, extra: str = "") -> bytes:
@@ -186,8 +89,7 @@ class HttpServer:
                  stream_seconds: float = 300.0) -> None:
         self.executor = executor
         self.history = history.attach(executor)
-        self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(ExecutorCollector(executor))
+        self._registry: Any = None   # prometheus_client's, made at the first scrape
         self.static = load_static()
         self.max_connections = max_connections
         self.max_streams = max_streams
@@ -238,9 +140,17 @@ class HttpServer:
             return _response("200 OK", await self.status_json(), "application/json",
                              "Cache-Control: no-store\r\n", head_only)
         if path == "/metrics":
-            return _response("200 OK", generate_latest(self.registry), METRICS_TYPE,
+            return _response("200 OK", exposition(self.registry), METRICS_TYPE,
                              "Cache-Control: no-store\r\n", head_only)
         return _text("404 Not Found", f"not found: try {ROUTES}\n", head_only=head_only)
+
+    @property
+    def registry(self) -> Any:
+        """The Prometheus registry ``/metrics`` reads (prometheus_client, ~3 MiB, is
+        loaded at the first scrape: an executor nobody scrapes does without it)."""
+        if self._registry is None:
+            self._registry = registry_for(self.executor)
+        return self._registry
 
     # -- serving ---------------------------------------------------------------------
     async def serve(self, address: str, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:

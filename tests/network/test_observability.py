@@ -470,7 +470,8 @@ def test_the_metrics_table_in_the_docs_is_the_codes() -> None:
     from prometheus_client import generate_latest
 
     from grain.executor.core import Executor
-    from grain.executor.http import METRICS, HttpServer
+    from grain.executor.http import HttpServer
+    from grain.executor.metrics import METRICS
     documented = _doc_table_names((DOCS / "interfaces.md").read_text(), "### Metrics")
     assert documented == [d.name for d in METRICS]
     ex = Executor()

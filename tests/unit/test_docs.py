@@ -59,7 +59,7 @@ def test_metric_names_anywhere_in_the_docs_are_the_executors() -> None:
     tests/network/test_observability.py."""
     import re
 
-    from grain.executor.http import METRICS
+    from grain.executor.metrics import METRICS
 
     not_metrics = {"grain_operator", "grain_harness", "grain_finished"}
     served = {d.name for d in METRICS}

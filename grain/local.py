@@ -79,7 +79,10 @@ class LocalCluster:
         n = self._n
         if not self.nolocal:
             inv = build_inventory(self.rpw)
-            self.pool = RunnerPool(env=embedded_runner_env(), cwd=os.getcwd())
+            # no spare runners: they are kept for the next session's first job, and the
+            # embedded cluster serves one session (its program); another one (a client
+            # dialling in) waits for a runner to start (~0.3 s) once
+            self.pool = RunnerPool(env=embedded_runner_env(), cwd=os.getcwd(), spares=0)
             self.agent = WorkerAgent("local", inv, self.pool)
             to_worker, to_executor = memory_link_pair("executor", "local")
             await n.start(self.agent.run)

@@ -176,6 +176,8 @@ class WorkerAgent:
         for lane in self.lanes:    # in lane order: the running job, then those behind it
             prev: Job | None = None
             for j in lane.jobs:
+                if self.running.get(j.key) is not j:
+                    continue          # ended already (cancelled while waiting its turn)
                 running.append(m.AttachedJob(j.sess, j.cid, j.fid, j.user, j.alloc,
                                              max(0.0, now - j.received), j.name,
                                              prev.cid if prev is not None else None))
@@ -244,7 +246,11 @@ class WorkerAgent:
         job.cancelled = True
         if job.runner is not None and job.started is not None:
             job.runner.kill(End.CANCELLED)
-        # a job still waiting behind another is dropped when its turn comes
+        elif job.started is None:
+            # A job waiting behind another ends now: the one ahead may run for hours
+            # (or hang), and the program waits for its cancellation. It stays in its lane
+            # (its runner may have it already) and is stopped when its turn comes.
+            self._finish(job, End.CANCELLED, "cancelled")
 
     def _end_session(self, sess: int) -> None:
         self.kept_sessions.pop(sess, None)
@@ -299,7 +305,7 @@ class WorkerAgent:
         self.running[key] = job
         pred = self.running.get((msg.sess, msg.after)) if msg.after is not None else None
         lane = pred.lane if pred is not None else None
-        if lane is not None and lane.jobs and lane.jobs[-1] is pred:
+        if lane is not None and pred is not None and self._last_live(lane) is pred:
             # chained: it goes straight on after its predecessor, on the same runner
             lane.jobs.append(job)
             job.lane = lane
@@ -308,6 +314,15 @@ class WorkerAgent:
                     self._messages_for(lane.runner, job))
             return
         self._open_lane(deque((job,)))
+
+    def _last_live(self, lane: Lane) -> Job | None:
+        """The lane's last job that has not ended (those behind it were cancelled while
+        waiting: they are stopped at their turn, and a job chained after it goes after
+        them)."""
+        for job in reversed(lane.jobs):
+            if self.running.get(job.key) is job:
+                return job
+        return None
 
     def _open_lane(self, jobs: deque[Job]) -> None:
         assert self._nursery is not None
@@ -360,7 +375,7 @@ class WorkerAgent:
                     self._finish(job, End.CRASHED,
                                  f"could not start a runner on worker {self.name}: {e}")
                 return
-            if not any(j.key in self.running for j in jobs):   # all gone meanwhile
+            if not any(self.running.get(j.key) is j for j in jobs):   # all gone meanwhile
                 await self.pool.release(runner, True)
                 return
             lane.runner = runner
@@ -427,8 +442,9 @@ class WorkerAgent:
             self._send(m.JobOutput(job.sess, job.cid, stream, dropped), sent)
 
     def _finish(self, job: Job, end: End, message: str, payload: bytes = b"") -> None:
-        if self.running.pop(job.key, None) is None:
-            return
+        if self.running.get(job.key) is not job:
+            return    # ended already (a later run of the same job may be running here)
+        del self.running[job.key]
         self.jobs_done += 1
         if job.handed_back and end is not End.OK:
             end, message, payload = End.HANDED_BACK, "worker draining", b""

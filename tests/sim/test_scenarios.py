@@ -247,3 +247,59 @@ def test_a_stale_copy_stopped_on_a_returning_worker_does_not_end_the_job() -> No
 
 def _worker(w: SimWorld, name: str) -> SimWorker:
     return next(x for x in w.workers if x.name == name)
+
+
+def submit_many(d: Driver, g: SimWaitGroup, n: int, **spec: object) -> list[int]:
+    """``n`` jobs alike in one step (as a loop in a program submits them), then the
+    invariants."""
+    def go(w: SimWorld) -> list[int]:
+        tokens = [w.next_token() for _ in range(n)]
+        for t in tokens:
+            assert w.submit(g, JobSpec(t, value=t, **spec), Cores(1))  # type: ignore[arg-type]
+        return tokens
+    tokens = d.run(go)
+    d.run(check_step)
+    return tokens
+
+
+def _chained_behind_a_hung_job(sim: Driver) -> tuple[SimWaitGroup, SimWaitGroup]:
+    """A sweep of short jobs, a retried job that then hangs (same function: the sweep's
+    next jobs are chained behind it), another sweep, and a job that fails its group:
+    (the failed group, the hung job's group)."""
+    c = sim.call(lambda w: w.new_client("alice"))
+    g = sim.call(lambda w: w.open_waitgroup(c))
+    submit_many(sim, g, 6)
+    other = sim.call(lambda w: w.open_waitgroup(c))
+    submit_many(sim, other, 1, temp_failures=1, hang=True)
+    submit_many(sim, g, 6)
+    submit_many(sim, g, 1, raises=True)     # fails the group: its jobs are cancelled
+    return g, other
+
+
+def test_jobs_chained_behind_a_hung_job_end_when_cancelled() -> None:
+    """Found by the state machine: jobs chained behind a job that hangs, then cancelled,
+    waited for their turn on the worker (it never came): the executor held them running
+    for ever and their program waited for the cancellation."""
+    with Driver(SimParams(workers=((2, 4.0),))) as sim:
+        g, _ = _chained_behind_a_hung_job(sim)
+        sim.advance(20)
+        sim.run(check_step)
+        assert g.done
+        held = {rec.cid for rec in sim.world.executor.ledger.jobs.values()}  # type: ignore[union-attr]
+        assert len(held) == 1       # the hung job only
+
+
+def test_a_job_chained_after_cancelled_waiting_jobs_never_shares_their_core() -> None:
+    """Found by the state machine, once the above was fixed: the executor chains a new
+    job of the hung job's group behind it; on the worker the cancelled jobs were still the
+    lane's last, so the new job opened a lane of its own on the same core and ran beside
+    the hung job. It now waits behind it."""
+    with Driver(SimParams(workers=((2, 4.0),))) as sim:
+        _, hung_group = _chained_behind_a_hung_job(sim)
+        submit_many(sim, hung_group, 6, duration=0.001)
+        sim.advance(20)
+        sim.run(check_step)          # no core runs two jobs at once, all along
+        sim.run(lambda w: w.cancel_waitgroup(hung_group))
+        sim.advance(20)
+        sim.run(check_step)
+        assert hung_group.done

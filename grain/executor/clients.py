@@ -171,8 +171,11 @@ class ClientsMixin:
             return    # its result is on its way to the client already
         held = s.held.pop(msg.cid, None)
         if held is not None and msg.started_on is not None and held.worker \
-                and held.worker != msg.started_on:
-            # the client saw the job start on another worker: not this one's to answer
+                and held.worker != msg.started_on and not held.dispatched:
+            # the client saw the job start on another worker, and this result came from a
+            # worker's report after a restart: a stale copy's, not this one's to answer
+            # (one this executor ran there itself, after the first worker was lost or
+            # handed the job back, is the job's)
             log.warning("a result for job %s came from worker %s, but it started on %s: "
                         "dropped", (s.sess, msg.cid), held.worker, msg.started_on)
             if held.wid is not None and held.wid in self.workers:   # it may forget it

@@ -136,6 +136,7 @@ class WorkerAgent:
         # code and results of it stay until EndSession, which a restarted executor that
         # never knew the session can only send if the Attach names it
         self.kept_sessions: dict[int, str] = {}
+        self._killed_for: dict[RunnerProcess, Job] = {}   # the job each kill was meant for
         self._env_cache: dict[str, tuple[list[int] | None, dict[str, str]]] = {}
         self._deadlines_changed = trio.Event()
         self._chained: dict[RunnerProcess, list[Any]] = {}
@@ -242,10 +243,20 @@ class WorkerAgent:
         elif t is not m.Status:
             log.warning("worker %s: unexpected %s from the executor", self.name, t.__name__)
 
+    def _kill(self, job: Job, reason: End) -> None:
+        """Kill the runner running ``job`` for ``reason``. The runner may have finished
+        it already (its reply not read yet) and started the next chained job: that one
+        is not what the kill was for, and runs again elsewhere (``_drive``)."""
+        runner = job.runner
+        if runner is not None:
+            if runner.kill_reason is None:
+                self._killed_for[runner] = job
+            runner.kill(reason)
+
     def _cancel(self, job: Job) -> None:
         job.cancelled = True
         if job.runner is not None and job.started is not None:
-            job.runner.kill(End.CANCELLED)
+            self._kill(job, End.CANCELLED)
         elif job.started is None:
             # A job waiting behind another ends now: the one ahead may run for hours
             # (or hang), and the program waits for its cancellation. It stays in its lane
@@ -393,7 +404,7 @@ class WorkerAgent:
         if job.time_limit:
             self._deadlines_changed.set()
         if (job.cancelled or job.handed_back) and job.runner is not None:
-            job.runner.kill(End.CANCELLED)
+            self._kill(job, End.CANCELLED)
 
     async def _drive(self, lane: Lane, runner: RunnerProcess) -> None:
         """Read the runner's replies until the lane is empty; handle the runner's death,
@@ -422,9 +433,17 @@ class WorkerAgent:
                 why = f"its runner sent garbage to the worker ({e}); the runner was killed"
             else:
                 why = str(e)
-            if jobs:
+            meant = self._killed_for.get(runner)
+            if jobs and (meant is None or meant is jobs[0]):
                 job = jobs.popleft()
                 self._finish(job, *self._death_reply(job, why))
+            elif jobs:
+                # the kill was for a job that had ended meanwhile: the current one was not
+                # its target. It goes back to the executor to run again (its arguments
+                # went to the dead runner), counted as neither a failure nor a retry.
+                job = jobs.popleft()
+                self._finish(job, End.HANDED_BACK,
+                             f"its runner on {self.name} was stopped for another job")
             if jobs:   # chained behind the dead job: on to a fresh runner, same order
                 for waiting in jobs:
                     waiting.runner = None
@@ -433,6 +452,7 @@ class WorkerAgent:
                 jobs.clear()
         finally:
             lane.runner = None
+            self._killed_for.pop(runner, None)
             await self.pool.release(runner, healthy and runner.kill_reason is None)
 
     def _output(self, job: Job, stream: int, data: bytes, dropped: int) -> None:
@@ -517,7 +537,7 @@ class WorkerAgent:
             for job in list(self.running.values()):
                 job.handed_back = True
                 if job.runner is not None and job.started is not None:
-                    job.runner.kill(End.CANCELLED)
+                    self._kill(job, End.CANCELLED)
         with trio.move_on_after(release_wait):
             while self.running or (self.held and self._link is not None):
                 self._idle = trio.Event()
@@ -548,7 +568,7 @@ class WorkerAgent:
                     continue
                 due = job.started + job.time_limit
                 if due <= now:
-                    job.runner.kill(End.TIMEOUT)
+                    self._kill(job, End.TIMEOUT)
                 elif nearest is None or due < nearest:
                     nearest = due
             self._deadlines_changed = trio.Event()
@@ -566,7 +586,7 @@ class WorkerAgent:
                 if rss > memory_allowance(job.memory_limit):
                     log.warning("worker %s: job %s over its memory (%d MiB), stopping it",
                                 self.name, job.key, rss // 1024 ** 2)
-                    job.runner.kill(End.MEMORY)
+                    self._kill(job, End.MEMORY)
 
 
 def tree_rss(pid: int) -> int:

@@ -158,6 +158,11 @@ def check_runs(world: SimWorld) -> None:
         for prev, nxt in itertools.pairwise(runs):
             if prev.how in ("temp", "died"):
                 continue
+            if prev.how == "killed:CANCELLED" and token not in world.abandoned:
+                # never cancelled, yet killed as cancelled: its runner was stopped for the
+                # job chained ahead of it, which had just ended there (the worker had not
+                # read that yet); it was handed back to run again
+                continue
             if _lost_after(world, prev, nxt.started):
                 continue
             fail(f"job {token} started again at {nxt.started:g} on {nxt.worker} although "

@@ -385,13 +385,14 @@ class Executor(ClientsMixin, RecoveryMixin):
             if wid is not None and wid in self.workers:
                 _send(self.workers[wid].link, m.Release(rec.sess, [rec.cid]))
             return
-        self._deliver(s, rec.cid, int(end), worker, message, payload, wid)
+        self._deliver(s, rec.cid, int(end), worker, message, payload, wid,
+                      dispatched=not rec.orphan)
 
     def _deliver(self, s: ClientSession, cid: int, end: int, worker: str, message: str,
-                 payload: bytes, wid: int | None) -> None:
+                 payload: bytes, wid: int | None, dispatched: bool = False) -> None:
         """Send a result to its client, or keep it until the client comes back."""
         if s.link is None:
-            s.held[cid] = HeldResult(wid, end, worker, message, payload)
+            s.held[cid] = HeldResult(wid, end, worker, message, payload, dispatched)
             return
         # until the client acks, a resubmission of this job is a duplicate, and the worker
         # (if any) keeps a copy of the result

@@ -37,6 +37,9 @@ class HeldResult:
     worker: str
     message: str
     payload: bytes
+    dispatched: bool = False
+    """This executor gave the job to that worker itself (not a job a worker reported after
+    a restart): its result answers the job wherever the client last saw it start."""
 
 
 @dataclass(eq=False)

@@ -303,3 +303,53 @@ def test_a_job_chained_after_cancelled_waiting_jobs_never_shares_their_core() ->
         sim.advance(20)
         sim.run(check_step)
         assert hung_group.done
+
+
+def test_a_kill_for_a_job_that_just_ended_spares_the_next_chained_job() -> None:
+    """Found by the state machine: a program cancels a job that its runner has just
+    finished; the runner has gone on to the next job chained behind it when the worker,
+    not having read the finished job's reply yet, kills the runner for the cancelled
+    job. The next job, never cancelled, came back as cancelled. It now runs again on a
+    fresh runner. (The shrunk program, as the state machine ran it.)"""
+    from .machine import ClusterMachine
+    s = ClusterMachine()
+    s.start(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
+                      client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0))
+    try:
+        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
+                     lambda: s.advance(dt=0.0005),
+                     lambda: s.cancel_waitgroup(i=0),
+                     lambda: s.submit(duration=0.001, i=0, kind="prints", n=1, shape="c1"),
+                     lambda: s.crash_worker(i=0, restart_after=1.0),
+                     lambda: s.advance(dt=0.0005),
+                     lambda: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+                     lambda: s.advance(dt=0.0005),
+                     lambda: s.close_waitgroup(i=0),
+                     lambda: s.submit_sweep(duration=0.0, i=0, n=6)):
+            step()
+            s.invariants_hold()
+    finally:
+        s.teardown()
+
+
+def test_a_result_from_where_the_job_ran_again_answers_a_client_that_missed_it() -> None:
+    """Found by the state machine: a program is cut off; meanwhile its job's worker dies,
+    the executor runs the job again on another worker, and keeps the result. Back, the
+    program resubmits the job naming the first worker (it never heard of the second):
+    the executor took the kept result for a stale copy's, dropped it and ran the job a
+    third time. A result from a worker this executor gave the job to is the job's."""
+    from .machine import ClusterMachine
+    s = ClusterMachine()
+    s.start(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
+                      worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
+                      wait_for_workers=30.0))
+    try:
+        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
+                     lambda: s.submit_sweep(duration=0.001, i=0, n=6),
+                     lambda: s.partition_client(heal_after=0.5, i=0),
+                     lambda: s.crash_worker(i=0, restart_after=0.0),
+                     s.settle):
+            step()
+            s.invariants_hold()
+    finally:
+        s.teardown()

@@ -216,6 +216,17 @@ def preload() -> None:
         pass
 
 
+def _detach(fd: int) -> None:
+    """In a child a job forked: /dev/null where the worker's socket was (closing it could
+    let the number be reused, and the runner's socket object would close that later)."""
+    try:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+    except OSError:
+        pass
+
+
 def main() -> None:
     reaper.die_with_parent()
     if len(sys.argv) > 2 and os.getppid() != int(sys.argv[2]):
@@ -223,6 +234,11 @@ def main() -> None:
     reaper.become_subreaper()
     fd = int(sys.argv[1])
     max_result = int(sys.argv[3]) if len(sys.argv) > 3 else config.MAX_RESULT_BYTES
+    # A process a job forks must not hold the worker's socket: when the runner dies, the
+    # worker learns it from the socket's end, which never came while a forked daemon
+    # kept a copy. Programs it execs do not inherit it; forks see /dev/null in its place.
+    os.set_inheritable(fd, False)
+    os.register_at_fork(after_in_child=lambda: _detach(fd))
     channel = Channel(socket.socket(fileno=fd))
     output = OutputCapture(channel.send)
     try:

@@ -74,6 +74,11 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
+def exited(pid: int) -> bool:
+    """The process has exited (a zombie waiting to be reaped) or is gone."""
+    return _zombie(pid)
+
+
 def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:

@@ -34,7 +34,9 @@ async def run_worker(*, executor: str | None, listen: str | None, name: str, cor
         gpus=(detect_gpus() if gpus == "auto" else [] if gpus == "none" else
               parse_cpu_list(gpus)),
         lifetime=WTime(walltime).T if walltime else None)
-    pool = RunnerPool()
+    # a subreaper: what a runner that dies abruptly leaves behind comes to this process,
+    # which kills it (not to init, out of reach)
+    pool = RunnerPool(adopts_orphans=True)
     agent = WorkerAgent(name, inv, pool)
     print(f"grain worker {name}: {inv.capacity} on CPUs {inv.cpuset}"
           f"{' (exclusive cpuset)' if inv.exclusive_cpuset else ''}", flush=True)

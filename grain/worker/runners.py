@@ -11,6 +11,7 @@ tree (setsid daemons included) when a job is stopped from outside.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -156,7 +157,7 @@ class RunnerPool:
     def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
                  keep_idle: int = config.KEEP_IDLE_RUNNERS,
                  max_result: int = config.MAX_RESULT_BYTES,
-                 spares: int = config.WARM_RUNNERS) -> None:
+                 spares: int = config.WARM_RUNNERS, adopts_orphans: bool = False) -> None:
         self.env = runner_env(os.environ if env is None else env)
         self.cwd = cwd
         self.max_result = max_result
@@ -167,6 +168,13 @@ class RunnerPool:
         self.busy: set[RunnerProcess] = set()
         self.ended: set[int | None] = set()
         self.spawned = 0
+        # With ``adopts_orphans`` this process is a child subreaper (``grain worker``):
+        # a runner that dies abruptly leaves the processes its job started (a setsid
+        # daemon, say) to it, not to init, and ``kill_orphans`` ends them. Every runner
+        # process not reaped yet, by pid: those are not orphans.
+        self.adopts_orphans = adopts_orphans and reaper.become_subreaper()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.orphans_killed = 0
 
     async def spawn(self) -> RunnerProcess:
         parent, child = socket.socketpair()
@@ -183,6 +191,7 @@ class RunnerPool:
         finally:
             child.close()
         self.spawned += 1
+        self._procs[proc.pid] = proc
         return RunnerProcess(proc, parent, self.max_result)
 
     async def warm(self, n: int) -> None:
@@ -250,6 +259,28 @@ class RunnerPool:
             self.idle.append(r)
         else:
             await r.aclose()
+            self.kill_orphans()
+
+    def kill_orphans(self) -> int:
+        """Kill (and reap) every child of this process that is not a runner: what jobs
+        of runners that died left behind. Returns how many there were."""
+        if not self.adopts_orphans:
+            return 0
+        for pid in [p for p, proc in self._procs.items() if proc.poll() is not None]:
+            del self._procs[pid]
+        found = 0
+        for pid in reaper.children(os.getpid()):
+            if pid in self._procs:
+                continue
+            if not reaper.exited(pid):
+                found += 1
+                reaper.kill_tree(pid)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)   # else a zombie, reaped at the next call
+        if found:
+            self.orphans_killed += found
+            log.info("killed %d processes left behind by jobs of runners that died", found)
+        return found
 
     async def aclose(self) -> None:
         everyone = [*self.idle, *self.busy]
@@ -259,6 +290,7 @@ class RunnerPool:
         with trio.CancelScope(shield=True):
             for r in everyone:
                 await r.aclose()
+        self.kill_orphans()
 
 
 SECRET_VARS = ("GRAIN_TOKEN", "GRAIN_WORKER_TOKEN")

@@ -77,6 +77,8 @@ def fork_and(path: str, then: str) -> Any:
     os.rename(path + ".tmp", path)
     if then == "raise":
         raise RuntimeError("failed after forking")
+    if then == "exit":      # the runner itself dies abruptly, nobody left to clean up
+        os._exit(3)
     if then in ("hang", "grow"):
         time.sleep(300)
     return os.getpid()
@@ -204,7 +206,15 @@ def worker_process(tmp_path: Path) -> Iterator[ExecutorProc]:
         assert not problems, "processes outlived their worker:\n" + "\n".join(problems)
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__[5:])
+def case_runner_dies(tmp: Path) -> Callable[[], Any]:
+    async def main() -> list[int]:
+        with pytest.raises(errors.RunnerCrashed):
+            await grain.exec1(Cores(1), fork_and, str(tmp / "x"), "exit")
+        return await _gone(_pids(tmp / "x"))
+    return main
+
+
+@pytest.mark.parametrize("case", [*CASES, case_runner_dies], ids=lambda c: c.__name__[5:])
 def test_a_jobs_processes_end_with_it_on_a_worker_process(case: Callable[..., Any],
                                                           tmp_path: Path,
                                                           worker_process: ExecutorProc) -> None:

@@ -30,7 +30,7 @@ from ..protocol import payload as pl
 from ..protocol.frames import Message
 from ..protocol.messages import End
 from ..resource import from_wire
-from ..worker.runners import RunnerDied
+from ..worker.runners import RunnerDied, RunnerPolicy
 from .jobs import JobFailed, JobSpec, TempError
 
 _PIDS = itertools.count(100_000)
@@ -213,94 +213,34 @@ def _error(jid: int, e: BaseException) -> tuple[m.RunnerDone, bytes]:
             pl.dumps((e, f"Traceback (simulated):\n{type(e).__name__}: {e}\n")))
 
 
-class FakeRunnerPool:
-    """The runners of one simulated worker (``grain.worker.runners.RunnerPool``'s
-    interface): idle runners are reused by the session they last served, dead or killed
-    ones are closed, and a session's runners go with it."""
+class FakeRunnerPool(RunnerPolicy[FakeRunnerProcess]):
+    """The runners of one simulated worker: ``grain.worker.runners.RunnerPool``'s policy
+    (the same code: idle runners reused by the session they last served, dead or killed
+    ones closed, a session's runners gone with it) over simulated runner processes."""
 
     def __init__(self, worker: str, log: RunLog, nursery: trio.Nursery,
                  incarnation: Callable[[], int], keep_idle: int = config.KEEP_IDLE_RUNNERS,
                  spares: int = config.WARM_RUNNERS) -> None:
+        super().__init__(keep_idle=keep_idle, spares=spares)
         self.worker = worker
         self.log = log
         self.nursery = nursery
         self.incarnation = incarnation
-        self.keep_idle = keep_idle
-        self.spares = spares
-        self._refilling = False
-        self.idle: list[FakeRunnerProcess] = []
-        self.busy: set[FakeRunnerProcess] = set()
-        self.ended: set[int | None] = set()
-        self.spawned = 0
         self.specs: dict[int, JobSpec] = {}
         self.alive: dict[FakeRunnerProcess, None] = {}
 
-    def spawn(self) -> FakeRunnerProcess:
+    async def spawn(self) -> FakeRunnerProcess:
         r = FakeRunnerProcess(self)
         self.spawned += 1
         self.alive[r] = None
         self.nursery.start_soon(r.main)
         return r
 
+    def usable(self, r: FakeRunnerProcess) -> bool:
+        return r.dead is None
+
     def gone(self, r: FakeRunnerProcess) -> None:
         self.alive.pop(r, None)
-
-    async def warm(self, n: int) -> None:
-        for _ in range(n - len(self.idle)):
-            self.idle.append(self.spawn())
-
-    def wants_spares(self) -> bool:
-        return not self._refilling and \
-            sum(1 for r in self.idle if r.session is None) < self.spares
-
-    async def refill(self) -> None:
-        if self._refilling:
-            return
-        self._refilling = True
-        try:
-            while sum(1 for r in self.idle if r.session is None) < self.spares \
-                    and len(self.idle) < self.keep_idle:
-                self.idle.append(self.spawn())
-                await trio.sleep(0)
-        finally:
-            self._refilling = False
-
-    async def acquire(self, cpus: Any = None, session: int | None = None
-                      ) -> FakeRunnerProcess:
-        while True:
-            mine = [k for k in range(len(self.idle))
-                    if self.idle[k].session in (session, None)]
-            if not mine:
-                break
-            i = next((k for k in reversed(mine) if self.idle[k].cpus == cpus
-                      and self.idle[k].session == session),
-                     next((k for k in reversed(mine) if self.idle[k].session == session),
-                          mine[-1]))
-            r = self.idle.pop(i)
-            if r.dead is None:
-                self.busy.add(r)
-                r.cpus, r.session = cpus, session
-                return r
-            await r.aclose()
-        r = self.spawn()
-        self.busy.add(r)
-        r.cpus, r.session = cpus, session
-        return r
-
-    async def end_session(self, session: int) -> None:
-        self.ended.add(session)
-        gone = [r for r in self.idle if r.session == session]
-        self.idle = [r for r in self.idle if r.session != session]
-        for r in gone:
-            await r.aclose()
-
-    async def release(self, r: FakeRunnerProcess, healthy: bool) -> None:
-        self.busy.discard(r)
-        if healthy and r.kill_reason is None and r.dead is None \
-                and len(self.idle) < self.keep_idle and r.session not in self.ended:
-            self.idle.append(r)
-        else:
-            await r.aclose()
 
     async def aclose(self) -> None:
         everyone = [*self.idle, *self.busy]

@@ -262,7 +262,8 @@ class SimWorld:
             async with trio.open_nursery() as n:
                 w.scope = scope
                 pool = FakeRunnerPool(w.name, self.log, n, lambda: w.epoch)
-                # FakeRunnerPool stands in for RunnerPool: the same methods, duck-typed
+                # FakeRunnerPool is RunnerPool's policy over simulated runners (which
+                # stand in for RunnerProcess, duck-typed)
                 agent = WorkerAgent(w.name, w.inventory, pool,  # type: ignore[arg-type]
                                     memory_poll=self.p.memory_poll,
                                     clock=trio.current_time)

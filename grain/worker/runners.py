@@ -20,7 +20,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import trio
 
@@ -150,49 +150,46 @@ class RunnerProcess:
             self._pidfd = -1
 
 
-class RunnerPool:
-    """Idle runners ready to take a job; spawns more on demand (the executor never sends a
-    worker more concurrent jobs than its capacity allows)."""
+class PooledRunner(Protocol):
+    """What the pool needs of a runner (``RunnerProcess``, or the simulation's)."""
 
-    def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
-                 keep_idle: int = config.KEEP_IDLE_RUNNERS,
-                 max_result: int = config.MAX_RESULT_BYTES,
-                 spares: int = config.WARM_RUNNERS, adopts_orphans: bool = False) -> None:
-        self.env = runner_env(os.environ if env is None else env)
-        self.cwd = cwd
-        self.max_result = max_result
+    session: int | None
+    cpus: Any
+    kill_reason: Any
+
+    def kill(self, reason: Any = None) -> None: ...
+    async def aclose(self) -> None: ...
+
+
+R = TypeVar("R", bound=PooledRunner)
+
+
+class RunnerPolicy(Generic[R]):
+    """Which runner serves a job, which stay idle and which go: the pool's decisions,
+    shared by ``RunnerPool`` and the simulation's stand-in (which differ in ``spawn``,
+    ``usable`` and ``discard`` only)."""
+
+    def __init__(self, *, keep_idle: int = config.KEEP_IDLE_RUNNERS,
+                 spares: int = config.WARM_RUNNERS) -> None:
         self.keep_idle = keep_idle
         self.spares = spares
         self._refilling = False
-        self.idle: list[RunnerProcess] = []
-        self.busy: set[RunnerProcess] = set()
+        self.idle: list[R] = []
+        self.busy: set[R] = set()
         self.ended: set[int | None] = set()
         self.spawned = 0
-        # With ``adopts_orphans`` this process is a child subreaper (``grain worker``):
-        # a runner that dies abruptly leaves the processes its job started (a setsid
-        # daemon, say) to it, not to init, and ``kill_orphans`` ends them. Every runner
-        # process not reaped yet, by pid: those are not orphans.
-        self.adopts_orphans = adopts_orphans and reaper.become_subreaper()
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self.orphans_killed = 0
 
-    async def spawn(self) -> RunnerProcess:
-        parent, child = socket.socketpair()
-        try:
-            # Spawned from this (the trio) thread, not a helper thread: the runner's
-            # PR_SET_PDEATHSIG fires when the thread that forked it exits, and trio's
-            # helper threads come and go.
-            # -P: nothing is imported from the working directory (see the module's doc)
-            proc = subprocess.Popen(
-                [sys.executable, "-P", "-m", "grain.runner", str(child.fileno()),
-                 str(os.getpid()), str(self.max_result)],
-                pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
-                cwd=self.cwd, stdin=subprocess.DEVNULL)
-        finally:
-            child.close()
-        self.spawned += 1
-        self._procs[proc.pid] = proc
-        return RunnerProcess(proc, parent, self.max_result)
+    async def spawn(self) -> R:
+        """A new runner, ready to take jobs."""
+        raise NotImplementedError
+
+    def usable(self, r: R) -> bool:
+        """The runner's process is alive."""
+        raise NotImplementedError
+
+    async def discard(self, r: R) -> None:
+        """A runner leaves the pool for good."""
+        await r.aclose()
 
     async def warm(self, n: int) -> None:
         """Start ``n`` idle runners ahead of the first jobs."""
@@ -220,7 +217,7 @@ class RunnerPool:
         finally:
             self._refilling = False
 
-    async def acquire(self, cpus: Any = None, session: int | None = None) -> RunnerProcess:
+    async def acquire(self, cpus: Any = None, session: int | None = None) -> R:
         """An idle runner of ``session`` (a runner never serves two sessions: one user's
         job cannot tamper with the runner of another's), preferring one last used on the
         same CPUs (no re-pinning, warm caches), else a fresh one never used."""
@@ -234,11 +231,11 @@ class RunnerPool:
                      next((k for k in reversed(mine) if self.idle[k].session == session),
                           mine[-1]))
             r = self.idle.pop(i)
-            if r.proc.poll() is None:
+            if self.usable(r):
                 self.busy.add(r)
                 r.cpus, r.session = cpus, session
                 return r
-            await r.aclose()
+            await self.discard(r)
         r = await self.spawn()
         self.busy.add(r)
         r.cpus, r.session = cpus, session
@@ -250,16 +247,62 @@ class RunnerPool:
         gone = [r for r in self.idle if r.session == session]
         self.idle = [r for r in self.idle if r.session != session]
         for r in gone:
-            await r.aclose()
+            await self.discard(r)
 
-    async def release(self, r: RunnerProcess, healthy: bool) -> None:
+    async def release(self, r: R, healthy: bool) -> None:
+        """A lane is done with ``r``: idle again if it is healthy and wanted, else gone."""
         self.busy.discard(r)
-        if healthy and r.kill_reason is None and len(self.idle) < self.keep_idle \
-                and r.session not in self.ended:
+        if healthy and r.kill_reason is None and self.usable(r) \
+                and len(self.idle) < self.keep_idle and r.session not in self.ended:
             self.idle.append(r)
         else:
-            await r.aclose()
-            self.kill_orphans()
+            await self.discard(r)
+
+
+class RunnerPool(RunnerPolicy[RunnerProcess]):
+    """Idle runners ready to take a job; spawns more on demand (the executor never sends a
+    worker more concurrent jobs than its capacity allows)."""
+
+    def __init__(self, *, env: Mapping[str, str] | None = None, cwd: str | None = None,
+                 keep_idle: int = config.KEEP_IDLE_RUNNERS,
+                 max_result: int = config.MAX_RESULT_BYTES,
+                 spares: int = config.WARM_RUNNERS, adopts_orphans: bool = False) -> None:
+        super().__init__(keep_idle=keep_idle, spares=spares)
+        self.env = runner_env(os.environ if env is None else env)
+        self.cwd = cwd
+        self.max_result = max_result
+        # With ``adopts_orphans`` this process is a child subreaper (``grain worker``):
+        # a runner that dies abruptly leaves the processes its job started (a setsid
+        # daemon, say) to it, not to init, and ``kill_orphans`` ends them. Every runner
+        # process not reaped yet, by pid: those are not orphans.
+        self.adopts_orphans = adopts_orphans and reaper.become_subreaper()
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.orphans_killed = 0
+
+    async def spawn(self) -> RunnerProcess:
+        parent, child = socket.socketpair()
+        try:
+            # Spawned from this (the trio) thread, not a helper thread: the runner's
+            # PR_SET_PDEATHSIG fires when the thread that forked it exits, and trio's
+            # helper threads come and go.
+            # -P: nothing is imported from the working directory (see the module's doc)
+            proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "grain.runner", str(child.fileno()),
+                 str(os.getpid()), str(self.max_result)],
+                pass_fds=(child.fileno(),), start_new_session=True, env=self.env,
+                cwd=self.cwd, stdin=subprocess.DEVNULL)
+        finally:
+            child.close()
+        self.spawned += 1
+        self._procs[proc.pid] = proc
+        return RunnerProcess(proc, parent, self.max_result)
+
+    def usable(self, r: RunnerProcess) -> bool:
+        return r.proc.poll() is None
+
+    async def discard(self, r: RunnerProcess) -> None:
+        await r.aclose()
+        self.kill_orphans()
 
     def kill_orphans(self) -> int:
         """Kill (and reap) every child of this process that is not a runner: what jobs

@@ -298,6 +298,10 @@ class SimWorld:
             w.drains[-1][1] = self.now()     # the machine is gone: its drain is over
         if not w.outages or w.outages[-1][1] is not None:
             w.outages.append([self.now(), None, kind])
+        elif kind == "crashed":
+            # it dies while already cut off: its jobs are lost with it (the outage is a
+            # crash, as far as what may run again is concerned)
+            w.outages[-1][2] = kind
 
     def _outage_over(self, w: SimWorker) -> None:
         if w.outages and w.outages[-1][1] is None and w.up and w.net_up:

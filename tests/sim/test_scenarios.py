@@ -353,3 +353,23 @@ def test_a_result_from_where_the_job_ran_again_answers_a_client_that_missed_it()
             s.invariants_hold()
     finally:
         s.teardown()
+
+
+def test_a_worker_that_dies_while_cut_off_counts_as_lost() -> None:
+    """Found by the state machine, a fault of the simulation's own bookkeeping: a worker
+    cut off (silently) and then crashed was recorded as cut off only, so the re-run of
+    its job (lost with it, rightly run again) was taken for a duplicate."""
+    from .machine import ClusterMachine
+    s = ClusterMachine()
+    s.start(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
+                      client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0))
+    try:
+        for step in (lambda: s.advance(dt=0.0005), s.settle,
+                     lambda: s.submit(duration=0.0, i=0, kind="temp_hang", n=1, shape="c1"),
+                     lambda: s.partition_worker(heal_after=0.5, i=0, silent=True),
+                     lambda: s.crash_worker(i=0, restart_after=0.0),
+                     s.settle):
+            step()
+            s.invariants_hold()
+    finally:
+        s.teardown()

@@ -134,7 +134,9 @@ def _lost_after(world: SimWorld, run: Run, until: float) -> bool:
     w = _worker(world, run.worker)
     grace = world.p.worker_grace
     for start, end, kind in w.outages:
-        if not run.started <= start <= until:
+        # an outage that overlaps the run: one that began as it started counts too (its
+        # Run arrived just before the cut)
+        if start > until or (end is not None and end < run.started):
             continue
         if kind in ("crashed", "drained"):
             return True

@@ -373,3 +373,25 @@ def test_a_worker_that_dies_while_cut_off_counts_as_lost() -> None:
             s.invariants_hold()
     finally:
         s.teardown()
+
+
+def test_a_job_that_started_as_its_worker_was_cut_off_may_run_again() -> None:
+    """Found by the state machine, in the simulation's bookkeeping: a job whose Run reached
+    its worker just before the worker was cut off started after the cut began. The
+    executor rightly ran it again when the worker stayed away past its grace, but the
+    check counted only outages that began after the run started, and called it a
+    duplicate."""
+    from .machine import ClusterMachine
+    s = ClusterMachine()
+    s.start(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
+                      worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
+                      wait_for_workers=30.0))
+    try:
+        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
+                     lambda: s.submit_sweep(duration=0.001, i=0, n=6),
+                     lambda: s.partition_worker(heal_after=2.0, i=0, silent=False),
+                     lambda: s.wait(dt=10.0)):
+            step()
+            s.invariants_hold()
+    finally:
+        s.teardown()

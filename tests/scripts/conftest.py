@@ -9,29 +9,13 @@ last line of JSON is the usual way to hand results back).
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
-
-RunScript = Callable[..., subprocess.CompletedProcess[str]]
-
-
-def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's environment: this checkout importable, no Grain settings inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
+from runner_cluster import RunScript, script_env
 
 
 @pytest.fixture
@@ -55,11 +39,3 @@ def run_script(tmp_path: Path) -> RunScript:
                               cwd=cwd or project, stdin=subprocess.DEVNULL)
     return run
 
-
-def last_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    """The JSON document on the program's last line of output; fails showing what the
-    program said when it did not finish well."""
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert lines, f"no output\n{proc.stderr}"
-    return json.loads(lines[-1])

@@ -11,6 +11,7 @@ name (another tier's conftest may hold that name when tiers run together).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -25,6 +26,17 @@ from grain_harness import ExecutorProc, GrainProc, Harness, process_env  # noqa:
 
 RunScript = Callable[..., subprocess.CompletedProcess[str]]
 """The type of the ``run_script`` fixture (see this tier's conftest)."""
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A user's environment: this checkout importable, no Grain settings inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
 
 
 def last_json(proc: subprocess.CompletedProcess[str]) -> Any:

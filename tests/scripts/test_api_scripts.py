@@ -6,7 +6,6 @@ and watching the embedded cluster (``GRAIN_DASHBOARD=1``)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -19,22 +18,17 @@ from typing import Any
 
 import psutil
 import pytest
-from runner_cluster import RunScript, TcpCluster, last_json, tcp_cluster  # noqa: F401
+from runner_cluster import (  # noqa: F401
+    REPO,
+    RunScript,
+    TcpCluster,
+    last_json,
+    script_env,
+    tcp_cluster,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's environment (as this tier's ``run_script`` gives it): this checkout
-    importable, no Grain settings inherited. Not imported from ``conftest``: another tier's
-    conftest may hold that name when tiers run together."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 OUTPUT = """
     import json

@@ -18,21 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from runner_cluster import script_env
 
 pytestmark = pytest.mark.timeout(180)
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's environment (as this tier's ``run_script`` gives it): this checkout
-    importable, no Grain settings inherited. Not imported from ``conftest``: another tier's
-    conftest may hold that name when tiers run together."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 BAR = "━"
 

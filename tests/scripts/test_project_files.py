@@ -11,22 +11,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from runner_cluster import RunScript, last_json
+from runner_cluster import RunScript, last_json, script_env
 
 from grain.client.project import ProjectTooLarge, build_bundle, project_files
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def script_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """A user's environment (as this tier's ``run_script`` gives it): this checkout
-    importable, no Grain settings inherited. Not imported from ``conftest``: another tier's
-    conftest may hold that name when tiers run together."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRAIN_")}
-    env["PYTHONPATH"] = str(REPO)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra or {})
-    return env
 
 
 def _tree(root: Path, files: dict[str, str | bytes]) -> None:

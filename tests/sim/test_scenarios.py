@@ -4,7 +4,7 @@ do, and each bug the state machine found stays fixed (the shrunk program, writte
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -14,7 +14,20 @@ from grain.testing.world import SimClient, SimParams, SimWaitGroup, SimWorker, S
 
 from .driver import Driver
 from .invariants import check_step
-from .machine import check_forgotten
+from .machine import ClusterMachine, check_forgotten
+
+
+def replay(params: SimParams, steps: list[Callable[[ClusterMachine], object]]) -> None:
+    """Run a program the state machine shrank, step by step, checking the invariants
+    after each, as the machine did."""
+    s = ClusterMachine()
+    s.start(params)
+    try:
+        for step in steps:
+            step(s)
+            s.invariants_hold()
+    finally:
+        s.teardown()
 
 
 @pytest.fixture
@@ -311,25 +324,18 @@ def test_a_kill_for_a_job_that_just_ended_spares_the_next_chained_job() -> None:
     not having read the finished job's reply yet, kills the runner for the cancelled
     job. The next job, never cancelled, came back as cancelled. It now runs again on a
     fresh runner. (The shrunk program, as the state machine ran it.)"""
-    from .machine import ClusterMachine
-    s = ClusterMachine()
-    s.start(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
-                      client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0))
-    try:
-        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
-                     lambda: s.advance(dt=0.0005),
-                     lambda: s.cancel_waitgroup(i=0),
-                     lambda: s.submit(duration=0.001, i=0, kind="prints", n=1, shape="c1"),
-                     lambda: s.crash_worker(i=0, restart_after=1.0),
-                     lambda: s.advance(dt=0.0005),
-                     lambda: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
-                     lambda: s.advance(dt=0.0005),
-                     lambda: s.close_waitgroup(i=0),
-                     lambda: s.submit_sweep(duration=0.0, i=0, n=6)):
-            step()
-            s.invariants_hold()
-    finally:
-        s.teardown()
+    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+            lambda s: s.advance(dt=0.0005),
+            lambda s: s.cancel_waitgroup(i=0),
+            lambda s: s.submit(duration=0.001, i=0, kind="prints", n=1, shape="c1"),
+            lambda s: s.crash_worker(i=0, restart_after=1.0),
+            lambda s: s.advance(dt=0.0005),
+            lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+            lambda s: s.advance(dt=0.0005),
+            lambda s: s.close_waitgroup(i=0),
+            lambda s: s.submit_sweep(duration=0.0, i=0, n=6)])
 
 
 def test_a_result_from_where_the_job_ran_again_answers_a_client_that_missed_it() -> None:
@@ -338,41 +344,27 @@ def test_a_result_from_where_the_job_ran_again_answers_a_client_that_missed_it()
     program resubmits the job naming the first worker (it never heard of the second):
     the executor took the kept result for a stale copy's, dropped it and ran the job a
     third time. A result from a worker this executor gave the job to is the job's."""
-    from .machine import ClusterMachine
-    s = ClusterMachine()
-    s.start(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
-                      worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
-                      wait_for_workers=30.0))
-    try:
-        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
-                     lambda: s.submit_sweep(duration=0.001, i=0, n=6),
-                     lambda: s.partition_client(heal_after=0.5, i=0),
-                     lambda: s.crash_worker(i=0, restart_after=0.0),
-                     s.settle):
-            step()
-            s.invariants_hold()
-    finally:
-        s.teardown()
+    replay(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
+                     worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
+                     wait_for_workers=30.0),
+           [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+            lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
+            lambda s: s.partition_client(heal_after=0.5, i=0),
+            lambda s: s.crash_worker(i=0, restart_after=0.0),
+            ClusterMachine.settle])
 
 
 def test_a_worker_that_dies_while_cut_off_counts_as_lost() -> None:
     """Found by the state machine, a fault of the simulation's own bookkeeping: a worker
     cut off (silently) and then crashed was recorded as cut off only, so the re-run of
     its job (lost with it, rightly run again) was taken for a duplicate."""
-    from .machine import ClusterMachine
-    s = ClusterMachine()
-    s.start(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
-                      client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0))
-    try:
-        for step in (lambda: s.advance(dt=0.0005), s.settle,
-                     lambda: s.submit(duration=0.0, i=0, kind="temp_hang", n=1, shape="c1"),
-                     lambda: s.partition_worker(heal_after=0.5, i=0, silent=True),
-                     lambda: s.crash_worker(i=0, restart_after=0.0),
-                     s.settle):
-            step()
-            s.invariants_hold()
-    finally:
-        s.teardown()
+    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.advance(dt=0.0005), ClusterMachine.settle,
+            lambda s: s.submit(duration=0.0, i=0, kind="temp_hang", n=1, shape="c1"),
+            lambda s: s.partition_worker(heal_after=0.5, i=0, silent=True),
+            lambda s: s.crash_worker(i=0, restart_after=0.0),
+            ClusterMachine.settle])
 
 
 def test_a_job_that_started_as_its_worker_was_cut_off_may_run_again() -> None:
@@ -381,17 +373,10 @@ def test_a_job_that_started_as_its_worker_was_cut_off_may_run_again() -> None:
     executor rightly ran it again when the worker stayed away past its grace, but the
     check counted only outages that began after the run started, and called it a
     duplicate."""
-    from .machine import ClusterMachine
-    s = ClusterMachine()
-    s.start(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
-                      worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
-                      wait_for_workers=30.0))
-    try:
-        for step in (lambda: s.submit_sweep(duration=0.0, i=0, n=6),
-                     lambda: s.submit_sweep(duration=0.001, i=0, n=6),
-                     lambda: s.partition_worker(heal_after=2.0, i=0, silent=False),
-                     lambda: s.wait(dt=10.0)):
-            step()
-            s.invariants_hold()
-    finally:
-        s.teardown()
+    replay(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1,
+                     worker_grace=5.0, client_grace=10.0, reconnect_grace=10.0,
+                     wait_for_workers=30.0),
+           [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+            lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
+            lambda s: s.partition_worker(heal_after=2.0, i=0, silent=False),
+            lambda s: s.wait(dt=10.0)])

@@ -90,6 +90,18 @@ def _pick(rng: random.Random, weights: dict[type[m.Message], int]) -> type[m.Mes
     return rng.choices(list(weights), list(weights.values()))[0]
 
 
+async def _send_last(peer: Any, bad: bytes) -> int:
+    """Send a session's last, bad bytes (if any, and the peer still listens): how many
+    frames went."""
+    if not bad or peer.closed:
+        return 0
+    try:
+        await peer.send_raw(bad)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return 0
+    return 1
+
+
 def _ending(gen: Gen, ending: str, own: Any) -> bytes:
     """What ends a session badly (or nothing)."""
     rng = gen.rng
@@ -164,12 +176,7 @@ async def _executor_session(port: int, gen: Gen, plan: dict[str, Any]) -> int:
             gen.pairs += [(h.sess, h.cid) for h, _ in worker.inbox if type(h) is m.Run]
     for peer, hop in peers:
         bad = _ending(gen, plan["ending"], hop)
-        if bad and not peer.closed:
-            try:
-                await peer.send_raw(bad)
-                sent += 1
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                pass
+        sent += await _send_last(peer, bad)
         await _sync(peer, 5.0, strict=not bad)
         if plan["bye"] and not peer.closed:
             try:
@@ -342,11 +349,7 @@ async def _worker_session(fake: FakeExecutor, gen: Gen, plan: dict[str, Any]) ->
             await peer.pump()
     bad = _ending(gen, plan["ending"], m.ExecutorToWorker)
     if bad and not peer.closed:
-        try:
-            await peer.send_raw(bad)
-            sent += 1
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            pass
+        sent += await _send_last(peer, bad)
         # The worker drops the connection (or, behind half a frame, waits for the rest
         # until its timeout): this one is done either way; the worker redials.
         with trio.move_on_after(0.2):

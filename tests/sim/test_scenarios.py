@@ -380,3 +380,28 @@ def test_a_job_that_started_as_its_worker_was_cut_off_may_run_again() -> None:
             lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
             lambda s: s.partition_worker(heal_after=2.0, i=0, silent=False),
             lambda s: s.wait(dt=10.0)])
+
+
+def test_a_temporary_error_lost_with_its_worker_is_not_an_attempt() -> None:
+    """Found by the state machine, a fault of the check: a job fails with a temporary error
+    while its worker is cut off, and the worker dies before it is back: the error (held
+    on the worker for the executor) is lost with it, unseen. The executor rightly runs the
+    job again, as its one re-run after a lost worker (``retries=1``); the client then sees
+    three temporary errors, its three attempts. The check counted the lost run as a fourth
+    attempt."""
+    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+            lambda s: s.submit(duration=0.001, i=0, kind="temp9", n=1, shape="c1"),
+            lambda s: s.partition_worker(heal_after=0.5, i=0, silent=False),
+            lambda s: s.wait(dt=0.01),
+            lambda s: s.crash_worker(i=0, restart_after=0.0),
+            ClusterMachine.settle])
+    world = ClusterMachine.last_world
+    assert world is not None
+    runs = world.log.runs[2]
+    assert [r.how for r in runs] == ["temp"] * 4
+    assert runs[0].ended is not None and runs[0].ended < world.workers[0].outages[0][1]
+    # the client saw the errors of the last three runs (tries 1 to 3), and gave up
+    [end] = world.ends[2]
+    assert not end.ok and str(end.value) == "job 2 try 3", end

@@ -30,7 +30,7 @@ from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import Ping
-from .transport import send_nowait
+from .transport import RECV_SIZE, recv_frames, send_nowait
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,12 @@ class Link:
     async def receive(self) -> list[Message]:
         """The next batch of messages. Raises ``LinkClosed`` (with why) at the end."""
         return await self._in.take()
+
+    @property
+    def ready(self) -> bool:
+        """True when ``receive`` would return at once, without waiting (and so without
+        letting other tasks run): messages are waiting, or the link has closed."""
+        return bool(self._in.items) or self._in.closed is not None
 
     def close(self, reason: str = "closed") -> None:
         self._in.close(reason)
@@ -368,6 +374,7 @@ class StreamLink(Link):
 
     async def _reader(self) -> str:
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
+        raw = self._raw
         waiting = 0     # bytes read since the receiver last took its messages
         while True:
             inbox = self._in.items
@@ -378,13 +385,24 @@ class StreamLink(Link):
                 await self._in.wait_taken()
             if not self._in.items:
                 waiting = 0
-            with trio.fail_after(self.timeout):
-                data = await self.stream.receive_some(1 << 18)
-            if not data:
+            if raw is None:
+                with trio.fail_after(self.timeout):
+                    data = await self.stream.receive_some(RECV_SIZE)
+                n, batches = len(data), self._decoder.feed(data)
+            else:
+                # Read at once what is there; wait, and arm the silence deadline, only
+                # when nothing is (no cancel scope nor scheduler trip per read).
+                try:
+                    n, batches = recv_frames(raw, self._decoder)
+                except BlockingIOError:
+                    with trio.fail_after(self.timeout):
+                        await trio.lowlevel.wait_readable(raw)
+                    continue
+            if not n:
                 return "connection closed by peer"
-            self.bytes_in += len(data)
-            waiting += len(data)
-            self._deliver(self._decoder.feed(data))
+            self.bytes_in += n
+            waiting += n
+            self._deliver(batches)
 
     def _deliver(self, batches: list[list[Message]]) -> None:
         for batch in batches:

@@ -309,11 +309,48 @@ def loads(data: bytes) -> Any:
             raise first from None
 
 
+class _ViewFile:
+    """A read-only file over a buffer, for the unpickler. ``io.BytesIO`` shares a
+    ``bytes`` object but copies any other buffer first: a big payload arrives as a view
+    of the frame it was received into, and is then read into its objects with no copy
+    beside theirs (the unpickler ``readinto``s big ``bytes`` straight from it)."""
+
+    __slots__ = ("_view", "_pos")
+
+    def __init__(self, data: Any) -> None:
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        start = self._pos
+        end = len(self._view) if n < 0 else min(start + n, len(self._view))
+        self._pos = end
+        return bytes(self._view[start:end])
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        n = min(len(out), len(self._view) - self._pos)
+        out[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def readline(self) -> bytes:
+        view, start = self._view, self._pos
+        end = len(view)
+        for i in range(start, end):   # only protocol 0-2 opcodes read lines: rare, short
+            if view[i] == 10:
+                end = i + 1
+                break
+        self._pos = end
+        return bytes(view[start:end])
+
+
 def runner_loads(data: bytes) -> Any:
     """``loads`` in a runner: also remembers the classes of the client's ``__main__``
     that arrive by value, so that ``runner_dumps`` can send them back by reference."""
     try:
-        return _RunnerUnpickler(io.BytesIO(data)).load()
+        src = io.BytesIO(data) if type(data) is bytes else _ViewFile(data)
+        return _RunnerUnpickler(src).load()
     except Exception as first:  # noqa: BLE001
         try:
             return _dill_loads(data)

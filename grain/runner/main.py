@@ -37,7 +37,7 @@ import trio
 from .. import config
 from ..context import JOB_VARS as _VARS
 from ..errors import RemoteError, SerializationError
-from ..net.transport import send_nowait
+from ..net.transport import recv_frames, send_nowait
 from ..protocol import messages as m
 from ..protocol import payload as pl
 from ..protocol.frames import FrameDecoder, Message, encode_parts
@@ -176,7 +176,7 @@ async def serve(channel: Channel, runner: Runner) -> None:
     while True:
         if not inbox:
             try:
-                data = sock.recv(1 << 18)
+                n, batches = recv_frames(sock, dec)
             except BlockingIOError:
                 if not preloaded:
                     # The first idle moment (a spare runner waits for a new session):
@@ -191,9 +191,9 @@ async def serve(channel: Channel, runner: Runner) -> None:
                 # registration and a scheduler round per job.
                 select.select([sock], [], [])
                 continue
-            if not data:
+            if not n:
                 return
-            for batch in dec.feed(data):
+            for batch in batches:
                 inbox.extend(batch)
             continue
         h, payload = inbox.popleft()

@@ -25,7 +25,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import trio
 
 from .. import config
-from ..net.transport import send_nowait
+from ..net.transport import recv_frames, send_nowait
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import RunnerToWorker
 from ..runner import reaper
@@ -98,16 +98,16 @@ class RunnerProcess:
         while not self._ready:
             await trio.lowlevel.wait_readable(self.sock)
             try:
-                data = self.sock.recv(1 << 18)
+                n, batches = recv_frames(self.sock, self.decoder)
             except BlockingIOError:
                 continue
             except OSError:
-                data = b""
-            if not data:
+                n, batches = 0, []
+            if not n:
                 with trio.move_on_after(2):  # the exit status says how it died
                     await self.wait()
                 raise RunnerDied(self._exit_text())
-            for batch in self.decoder.feed(data):
+            for batch in batches:
                 self._ready.extend(batch)
         return self._ready.popleft()
 

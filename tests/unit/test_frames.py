@@ -70,6 +70,48 @@ def test_big_frames_decode_the_same_in_any_chunking():
         assert dec.buffered == 0
 
 
+def test_frames_read_from_a_socket_in_any_pieces_decode_as_one_feed():
+    """``recv_frames`` over a real socket, with a writer sending in random pieces and
+    reads of random sizes: the batches equal one whole ``feed`` of the stream, and a big
+    payload is a read-only view of the one buffer its frame was joined into."""
+    import random
+    import socket
+    import threading
+
+    from grain.net.transport import recv_frames
+    rng = random.Random(5)
+    frames = [encode([2, i], bytes([i]) * rng.choice([0, 10, 5000, 300_000]))
+              for i in range(40)]
+    stream = b"".join(frames)
+    expected = FrameDecoder(big=1 << 30).feed(stream)
+    a, b = socket.socketpair()
+
+    def write() -> None:
+        pos = 0
+        while pos < len(stream):
+            n = rng.randint(1, 200_000)
+            a.sendall(stream[pos:pos + n])
+            pos += n
+        a.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    dec = FrameDecoder(big=100_000)
+    got = []
+    while True:
+        n, batches = recv_frames(b, dec, size=rng.randint(1, 70_000))
+        if not n:
+            break
+        got += batches
+    writer.join()
+    b.close()
+    assert [[(list(h), bytes(p)) for h, p in bt] for bt in got] == \
+        [[(list(h), bytes(p)) for h, p in bt] for bt in expected]
+    big = [p for bt in got for _, p in bt if len(p) == 300_000]
+    assert big and all(isinstance(p, memoryview) and len(p.obj) > 300_000 and p.readonly
+                       for p in big)
+
+
 def test_the_protocol_docs_are_generated_from_the_declarations():
     """docs/protocol.md's message tables are exactly what the message structs say
     (regenerate with `python -m grain.protocol.doc --write`)."""

@@ -205,3 +205,32 @@ def test_a_main_class_the_client_does_not_have_fails_clearly(monkeypatch: pytest
     monkeypatch.setattr(pl, "_client_classes", weakref.WeakSet())
     with pytest.raises(pickle.UnpicklingError, match="class NoSuchThing of the script"):
         pl._from_main("NoSuchThing")
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 5])
+def test_a_runner_reads_a_payload_view_in_place(protocol: int) -> None:
+    """A big payload reaches a runner as a read-only view of the frame it came in: it is
+    unpickled from the view itself, the same as from bytes, whatever the pickle protocol
+    (0 reads lines, 5 reads big objects straight into them)."""
+    value = {"big": bytes(range(256)) * 5000, "text": "é\n" * 3, "n": [1.5, None, (2, 3)],
+             "arr": bytearray(b"\x00\n" * 70_000)}
+    data = pickle.dumps(value, protocol=protocol)
+    view = memoryview(bytearray(b"??" + data)).toreadonly()[2:]   # not a bytes object
+    assert pl.runner_loads(view) == value
+    assert pl.runner_loads(data) == value
+
+
+def test_a_runner_does_not_copy_a_payload_view_before_unpickling_it() -> None:
+    """Unpickling a big view costs the objects it builds, not a second copy of it first
+    (``io.BytesIO`` would copy any buffer that is not bytes)."""
+    import tracemalloc
+    value = [bytes(1 << 20) for _ in range(4)]
+    view = memoryview(bytearray(pickle.dumps(value, protocol=5))).toreadonly()
+    tracemalloc.start()
+    try:
+        out = pl.runner_loads(view)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert out == value
+    assert peak < 1.5 * len(view), f"{peak} bytes allocated to unpickle {len(view)}"

@@ -452,7 +452,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         of tables given to ``free_later``); True when all are done."""
         budget = config.ENDINGS_PER_STEP
         while self._shed and budget > 0:
-            budget -= self._shed[0].drop_block()
+            budget -= self._shed[0].drop_some(budget)
             if not self._shed[0]:
                 self._shed.popleft()
         budget = config.ENDINGS_PER_STEP

@@ -117,14 +117,21 @@ class JobTable(MutableMapping[int, V], Generic[V]):
         for chunk in self.key_chunks():
             yield from chunk
 
-    def drop_block(self) -> int:
-        """Drop one block (the oldest): how many entries went. For freeing a large
-        table in steps."""
+    def drop_some(self, limit: int) -> int:
+        """Drop up to ``limit`` entries, from the oldest block: how many went. For freeing
+        a large table in steps (a whole block of job records at once, freed with what
+        they hold, was itself a stall of several milliseconds)."""
         if not self._blocks:
             return 0
         b = next(iter(self._blocks))
-        n = len(self._blocks.pop(b))
-        del self._peak[b]
+        block = self._blocks[b]
+        n = min(limit, len(block))
+        pop = block.popitem
+        for _ in range(n):
+            pop()
+        if not block:
+            del self._blocks[b]
+            del self._peak[b]
         self._len -= n
         return n
 

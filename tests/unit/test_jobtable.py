@@ -86,14 +86,17 @@ def test_chunks_are_snapshots_so_the_caller_may_change_the_table() -> None:
     assert seen == 3 << BLOCK_BITS and len(table) == 0
 
 
-def test_dropping_blocks_frees_a_table_in_steps_oldest_first() -> None:
+def test_a_table_is_freed_in_bounded_steps_oldest_first() -> None:
     table: JobTable[int] = JobTable()
     for k in range(10_000):
         table[k] = k
-    assert table.drop_block() == 1 << BLOCK_BITS
+    assert table.drop_some(100) == 100
+    assert len(table) == 9_900 and 10_000 - 1 in table
+    assert sorted(table)[:1] == [0]   # the oldest block loses entries, no other block
+    assert table.drop_some(1 << BLOCK_BITS) == (1 << BLOCK_BITS) - 100   # the block's rest
     assert 0 not in table and (1 << BLOCK_BITS) in table
     steps = 0
     while table:
         steps += 1
-        assert table.drop_block() > 0
-    assert steps == 2 and len(table) == 0 and table.drop_block() == 0
+        assert 0 < table.drop_some(1000) <= 1000
+    assert steps == 5 + 2 and len(table) == 0 and table.drop_some(1000) == 0  # 4,096 + 1,808

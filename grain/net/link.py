@@ -122,12 +122,6 @@ class Link:
         """The next batch of messages. Raises ``LinkClosed`` (with why) at the end."""
         return await self._in.take()
 
-    @property
-    def ready(self) -> bool:
-        """True when ``receive`` would return at once, without waiting (and so without
-        letting other tasks run): messages are waiting, or the link has closed."""
-        return bool(self._in.items) or self._in.closed is not None
-
     def close(self, reason: str = "closed") -> None:
         self._in.close(reason)
         self._out.close(reason)

@@ -463,12 +463,18 @@ def test_fuzz_a_worker_from_its_runners(grain_procs: Harness) -> None:
 
         async def ask_loop() -> None:
             async for jobs, reply in serve:
-                async with trio.open_nursery() as n:
-                    for data, mode in jobs:
-                        res = Cores(1) & WTime(2) if mode == "hang" else Cores(1)
-                        n.start_soon(_one, res, data, mode)
-                with trio.fail_after(30):
-                    value = await grain.exec1(Cores(1), netjobs.noop, 41)
+                try:
+                    async with trio.open_nursery() as n:
+                        for data, mode in jobs:
+                            res = Cores(1) & WTime(2) if mode == "hang" else Cores(1)
+                            n.start_soon(_one, res, data, mode)
+                    with trio.fail_after(30):
+                        value = await grain.exec1(Cores(1), netjobs.noop, 41)
+                except Exception as e:  # noqa: BLE001 - reported to the example, which fails
+                    # (raising here would leave the example's thread waiting for a reply
+                    # for ever: a hang, not a failure)
+                    await reply.send(f"failed: {e!r}")
+                    continue
                 await reply.send("ok" if value == 41 else f"bad value {value!r}")
 
         async with trio.open_nursery() as n:

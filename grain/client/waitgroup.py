@@ -204,13 +204,18 @@ class WaitGroup:
         return suppressed
 
     def _finish(self) -> None:
+        # results only when every child ended and nothing more was to come: not after
+        # ``cancel()``, even when each job submitted so far had ended (a map's remaining
+        # items were dropped, not run)
+        complete = (not self._feeds and self._nursery is not None
+                    and not self._nursery.cancel_scope.cancel_called)
         for child in self._children.values():
             self._session.cancel(child.cid)
         self._children.clear()
         self._outstanding = 0
         self._feeds.clear()
         self._over = True
-        if len(self._order) == len(self._slots):
+        if complete and len(self._order) == len(self._slots):
             self.results = self._slots
         if self._progress is not None:
             self._progress.close()

@@ -207,8 +207,8 @@ class WaitGroup:
         # results only when every child ended and nothing more was to come: not after
         # ``cancel()``, even when each job submitted so far had ended (a map's remaining
         # items were dropped, not run)
-        complete = (not self._feeds and self._nursery is not None
-                    and not self._nursery.cancel_scope.cancel_called)
+        assert self._nursery is not None   # _finish ends a block that was entered
+        complete = not self._feeds and not self._nursery.cancel_scope.cancel_called
         for child in self._children.values():
             self._session.cancel(child.cid)
         self._children.clear()

@@ -176,19 +176,6 @@ def test_wait_group_errors_name_the_right_use() -> None:
     grain.run_combine(main, rpw=Node(1, 1))
 
 
-def test_a_cancelled_group_has_no_results_even_when_every_submitted_job_ended() -> None:
-    """docs/api.md: ``wg.results`` is ``[]`` after a cancellation (``wg.finished`` says
-    what ended), also when the jobs submitted so far had all ended when it came."""
-    async def main() -> tuple[list[Any], dict[int, Any]]:
-        async with grain.open_waitgroup() as wg:
-            wg.submit(Cores(1), square, 3)
-            async for _ in wg.as_completed():
-                wg.cancel()
-        return wg.results, wg.finished
-    results, finished = grain.run_combine(main, rpw=Node(1, 1))
-    assert results == [] and finished == {0: 9}
-
-
 @pytest.mark.parametrize("how", ["wait group", "exec1"])
 def test_cancelling_kills_a_retried_job_and_returns_its_cores(tmp_path: Path,
                                                               how: str) -> None:

@@ -172,6 +172,40 @@ def test_a_failure_keeps_what_finished_and_return_exceptions_keeps_all(
     assert out["kept"] == [0, 1, 4, 9, 16, "Unlucky"]
 
 
+CANCELLED = """
+    import json
+
+    import numpy as np
+
+    import grain
+    from grain import Cores
+
+
+    def total(n):
+        return int(np.arange(n).sum())
+
+
+    async def main():
+        async with grain.open_waitgroup() as wg:
+            wg.submit(Cores(1), total, 4)
+            async for _ in wg.as_completed():
+                wg.cancel()                      # every job submitted so far has ended
+        return wg.results, wg.finished
+
+
+    results, finished = grain.run_combine(main, output="off", progress=False)
+    print(json.dumps({"results": results, "finished": finished}))
+"""
+
+
+def test_a_cancelled_group_has_no_results_even_when_every_submitted_job_ended(
+        run_script: RunScript) -> None:
+    """docs/api.md: ``wg.results`` is ``[]`` after a cancellation (``wg.finished`` says
+    what ended), also when the jobs submitted so far had all ended when it came."""
+    out = last_json(run_script(CANCELLED))
+    assert out == {"results": [], "finished": {"0": 6}}
+
+
 CTRL_C = """
     import json
     import os

@@ -335,12 +335,17 @@ class _ViewFile:
         return n
 
     def readline(self) -> bytes:
+        # only protocol 0-2 opcodes read lines (the client writes protocol 5): searched
+        # a chunk at a time, so a hand-made pickle's long line costs no loop per byte
         view, start = self._view, self._pos
-        end = len(view)
-        for i in range(start, end):   # only protocol 0-2 opcodes read lines: rare, short
-            if view[i] == 10:
-                end = i + 1
+        end = pos = start
+        while pos < len(view):
+            chunk = bytes(view[pos:pos + 4096])
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                end = pos + nl + 1
                 break
+            pos = end = min(pos + 4096, len(view))
         self._pos = end
         return bytes(view[start:end])
 

@@ -233,8 +233,7 @@ class Executor(ClientsMixin, RecoveryMixin):
                                 break
                         self._pump()
                     # a busy peer must not starve the others. (Yielding only when more
-                    # was waiting, as a plain relay does, gained nothing measurable and
-                    # made a fuzz test of hostile runners hang in one run of two.)
+                    # was waiting, as a plain relay does, gained nothing measurable.)
                     await trio.lowlevel.checkpoint()
                 del batch, header, payload   # not kept alive while waiting for the next
         except LinkClosed as e:

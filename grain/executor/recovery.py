@@ -57,7 +57,7 @@ class RecoveryMixin:
             self.workers[old].link.close("the worker reconnected on a new connection")
         self.placement.add_worker(w.wid, w.name, w.capacity,
                                   capacity_from_wire(to_wire(w.capacity)))
-        w.attached = True
+        w.attached, w.rejoined = True, msg.rejoined
         self.worker_names[w.name] = w.wid
         self.seen.pop(w.name, None)
         for held in msg.held:
@@ -77,7 +77,7 @@ class RecoveryMixin:
             if rec.key in w.held:
                 continue                     # its result is on the way
             self.unpark(rec)
-            self.lost(rec, w.name, "came back without the job: it restarted")
+            self.missing(rec, w)
         if msg.running or msg.held:
             log.info("worker %s re-attached %d running jobs and %d held results", w.name,
                      len(msg.running), len(msg.held))
@@ -226,6 +226,21 @@ class RecoveryMixin:
         self.sweep_unschedulable()
         self._pump()
 
+    def missing(self: ExecutorHost, rec: JobRecord, w: WorkerSession) -> None:
+        """``w`` attached without a job it was given. Its process restarted: the run was
+        lost with it (a retry, or the job fails). Its process was attached before: the
+        ``Run`` never reached it (lost with a connection or with a restarted executor),
+        so the job never ran there and is queued again without counting."""
+        if not w.rejoined or rec.cancelled or rec.orphan:
+            self.lost(rec, w.name, "came back without the job: it restarted")
+            return
+        back = self.ledger.requeue(rec.gid, w.name, count=False)
+        if back is None:
+            self.lost(rec, w.name, "came back without the job")
+            return
+        log.info("job %s re-queued: worker %s never received it", rec.key, w.name)
+        self._enqueue(back)
+
     def lost(self: ExecutorHost, rec: JobRecord, worker: str, how: str) -> None:
         """The job's run is gone with its worker: re-run it (retries left) or fail it."""
         tried = ", ".join([*(rec.lost_on or []), worker])
@@ -255,7 +270,7 @@ class RecoveryMixin:
                 pass                         # its result is on the way: wait for it
             else:
                 rec.state = JobState.PARKED
-                self.lost(rec, worker, "came back without the job: it restarted")
+                self.missing(rec, w)
                 return
         rec.state, rec.parked_on = JobState.PARKED, worker
         rec.deadline = self.clock() + max(self.worker_grace, self.settle)

@@ -83,6 +83,7 @@ class WorkerSession:
     fns: set[tuple[int, int]] = field(default_factory=set)    # (sess, fid) it holds
     sessions: set[int] = field(default_factory=set)           # sessions that ran here
     attached: bool = False     # its Attach arrived: it may be given jobs
+    rejoined: bool = False     # its process was attached before (``Attach.rejoined``)
     draining: bool = False
     said_bye: bool = False     # it left on purpose (after draining)
     held: set[tuple[int, int]] = field(default_factory=set)   # results it will resend

@@ -273,11 +273,14 @@ class KeptSession(Struct, array_like=True, gc=False):
 class Attach(Message, tag=23):
     """First message of a worker after the handshake: the jobs it is running, the
     results it holds (those follow as ``Done`` messages) and every session it keeps
-    something of."""
+    something of. ``rejoined``: this worker process was attached before (to this executor
+    or an earlier one), so a job given to it that it does not report, it never received
+    (the ``Run`` was lost with the connection); else it restarted, and lost its jobs."""
 
     running: Annotated[list[AttachedJob], Meta(max_length=1 << 20)] = []
     held: Annotated[list[HeldJob], Meta(max_length=1 << 20)] = []
     sessions: Annotated[list[KeptSession], Meta(max_length=KEPT_SESSIONS_MAX)] = []
+    rejoined: bool = False
 
 
 class Done(Message, tag=9):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -141,7 +142,13 @@ class WorkerAgent:
         self._chained: dict[RunnerProcess, list[Any]] = {}
         self._link: Link | None = None
         self._nursery: trio.Nursery | None = None
-        self._jids = 0
+        # A job's id on its runner is random, not a count: a job can write into its
+        # runner's socket, and a message it makes up must not name itself (it would end
+        # early, and the runner's true answer would then fail the session's next job).
+        # Not a secret: a job that reads it from the runner's memory can only hurt its
+        # own session, whose runners are its alone.
+        self._jid_bits = random.Random().getrandbits   # seeded from os.urandom
+        self._attached_before = False   # see ``Attach.rejoined``
         self._idle = trio.Event()
         self._link_closed = trio.Event()
         self.draining = False
@@ -186,7 +193,9 @@ class WorkerAgent:
             link.send(m.Attach(
                 running, [m.HeldJob(k[0], k[1], h.user) for k, h in self.held.items()],
                 [m.KeptSession(sess, user) for sess, user
-                 in list(self.kept_sessions.items())[-m.KEPT_SESSIONS_MAX:]]))
+                 in list(self.kept_sessions.items())[-m.KEPT_SESSIONS_MAX:]],
+                rejoined=self._attached_before))
+            self._attached_before = True
             for h in self.held.values():
                 link.send(h.done, h.payload)
             if self.draining:
@@ -308,10 +317,9 @@ class WorkerAgent:
             self._send(m.Done(msg.sess, msg.cid, int(End.CRASHED),
                               f"bad allocation on worker {self.name}: {e!r}"))
             return
-        self._jids += 1
         self.kept_sessions[msg.sess] = msg.user
-        job = Job(msg.sess, msg.cid, msg.fid, msg.user, msg.name, self._jids, msg.alloc,
-                  payload, msg.time_limit, msg.memory_limit, cpus, env, self.clock())
+        job = Job(msg.sess, msg.cid, msg.fid, msg.user, msg.name, self._jid_bits(63),
+                  msg.alloc, payload, msg.time_limit, msg.memory_limit, cpus, env, self.clock())
         self.running[key] = job
         pred = self.running.get((msg.sess, msg.after)) if msg.after is not None else None
         lane = pred.lane if pred is not None else None

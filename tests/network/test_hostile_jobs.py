@@ -51,6 +51,17 @@ HOSTILE = """\
         return "not reached"
 
 
+    def forge():
+        # well-formed answers for the ids a worker counting its jobs from one would give
+        # (this is the first job on a fresh worker), then a proper return: a made-up
+        # answer must not pass for this job's own
+        from grain.protocol import messages as m
+        from grain.protocol.frames import encode
+        for jid in range(1, 64):
+            os.write(runner_socket(), encode(m.RunnerDone(jid, 0, ""), b"\\x80\\x04N."))
+        return "made up"
+
+
     def huge():
         return numpy.zeros(int(1.1 * 2 ** 30), dtype=numpy.uint8)
 
@@ -65,7 +76,8 @@ HOSTILE = """\
 
 
     async def main():
-        fn = {"garbage": garbage, "lies": lies, "huge": huge, "kill": kill_worker}[WHAT]
+        fn = {"garbage": garbage, "lies": lies, "forge": forge, "huge": huge,
+              "kill": kill_worker}[WHAT]
         res = Cores(1) & Memory(3) if WHAT == "huge" else Cores(1)
         t0 = time.monotonic()
         try:
@@ -154,6 +166,24 @@ def test_a_job_writing_to_its_runner_socket_fails_alone(grain_procs: Harness, tm
     assert worker.alive() and worker.pid == pid
     assert [w["name"] for w in ex.status()["workers"]] == ["wa"]
     assert "executor link closed" not in worker.text(), worker.tail()
+    ex.wait_idle()
+
+
+def test_a_made_up_answer_naming_a_guessable_id_fails_its_job_not_the_next(
+        grain_procs: Harness, tmp_path: Path) -> None:
+    """The first job on a fresh worker writes well-formed ``RunnerDone`` answers for ids
+    1-63 into its runner's socket and returns: none names the job (its id on the runner is
+    random), so it fails with RunnerCrashed, and the same program's next jobs run (a
+    made-up answer taken for its own would end it early, and its runner's true answer
+    would then fail the next job on that runner)."""
+    ex = grain_procs.executor()
+    worker = grain_procs.worker("wa", ex, cores="0,1")
+    prog = write_program(tmp_path / "hostile", HOSTILE)
+    out = last_json(run_program(prog, ex.address, str(grain_procs.token_file), "forge",
+                                timeout=60))
+    assert out["kind"] == "RunnerCrashed" and "answered for job" in out["message"], out
+    assert out["after"] == [0, 1, 2]
+    assert worker.alive()
     ex.wait_idle()
 
 

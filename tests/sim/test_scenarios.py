@@ -405,3 +405,27 @@ def test_a_temporary_error_lost_with_its_worker_is_not_an_attempt() -> None:
     # the client saw the errors of the last three runs (tries 1 to 3), and gave up
     [end] = world.ends[2]
     assert not end.ok and str(end.value) == "job 2 try 3", end
+
+
+def test_a_job_whose_run_was_lost_on_the_way_is_queued_again_uncounted() -> None:
+    """Found by the state machine: the executor dispatches a job (the client hears it
+    started on w0) and restarts while the ``Run`` is still on a slow link, so w0 never
+    gets it. The client resubmits it as started on w0; w0, the same process as before,
+    attaches without it. It never ran, so it runs now even with ``retries=0``: before,
+    the executor took w0 for restarted and failed the job as lost with its worker."""
+    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c2"),
+            lambda s: s.slow_link(duration=1.0, extra=0.05, party=0),
+            lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+            lambda s: s.restart_executor(downtime=0.0),
+            ClusterMachine.settle])
+    world = ClusterMachine.last_world
+    assert world is not None
+    # (job 1 asks for two cores of a one-core cluster: Unschedulable) the sweep's jobs all
+    # succeed, each run once: the lost dispatch never ran
+    assert sorted(world.ends) == list(range(1, 8))
+    for token in range(2, 8):
+        [end] = world.ends[token]
+        assert end.ok, (token, end)
+        assert len(world.log.runs[token]) == 1, (token, world.log.runs[token])

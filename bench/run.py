@@ -78,6 +78,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "stall_queued_ms": ("ms", "lower", "  longest while queued"),
     "stall_cancel_ms": ("ms", "lower", "  longest while cancelling"),
     "stall_leave_ms": ("ms", "lower", "  longest while the client leaves"),
+    "stall_after_ms": ("ms", "lower", "  longest while freed memory goes back"),
     "place_step_max_ms": ("ms", "lower", "placement step, 1,000x64 cores, longest"),
     "place_step_p99_ms": ("ms", "lower", "  placement step p99"),
     "place_step_wall_max_ms": ("ms", "lower", "  longest step, wall (gc included)"),

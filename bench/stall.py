@@ -8,7 +8,9 @@ it is given (so everything else stays queued) and a client that:
 2. waits with them all **queued** (the periodic sweep runs over them);
 3. **cancels** every one of them, back to front (the worst order for a queue);
 4. submits them all again and **leaves** (its session ends: the executor cancels them
-   itself).
+   itself);
+5. waits, idle, while the executor gives the memory it freed back to the system
+   (**after**: ``grain.executor.heap``, as ``grain executor`` runs it).
 
 Peers are joined by in-memory links (``memory_link_pair``: the messages the executor
 would decode from a socket, without the decoding), so what is measured is the
@@ -26,15 +28,18 @@ from __future__ import annotations
 
 import argparse
 import gc
+import heapq
 import json
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import trio
 
 from grain.executor.core import Executor
+from grain.executor.heap import return_free_memory
 from grain.net.link import LinkClosed, MemoryLink, memory_link_pair
 from grain.protocol import messages as m
 from grain.resource import Cores, to_wire
@@ -55,6 +60,7 @@ class Phase:
     seconds: float = 0.0
     stalls: list[float] = field(default_factory=list)
     wall: list[float] = field(default_factory=list)
+    rss_mib: float = 0.0     # the process's resident size at the phase's end
 
     def report(self) -> dict[str, Any]:
         s = sorted(self.stalls)
@@ -64,7 +70,7 @@ class Phase:
                 "jobs_per_second": round(self.jobs / self.seconds) if self.seconds else None,
                 "longest_stall_ms": round(worst * 1e3, 2), "p99_stall_ms": round(p99 * 1e3, 3),
                 "longest_wall_ms": round(max(self.wall, default=0.0) * 1e3, 2),
-                "probes": len(s)}
+                "probes": len(s), "rss_mib": round(self.rss_mib, 1)}
 
 
 class Probe:
@@ -87,6 +93,27 @@ class Probe:
             if self.phase is not None:
                 self.phase.stalls.append(min(late, busy))
                 self.phase.wall.append(late)
+
+
+class Steps(trio.abc.Instrument):
+    """Which task ran the longest steps (``--steps``): a stall names its cause. Steps
+    include the garbage collections and frees that happen to fall into them."""
+
+    def __init__(self, probe: Probe, keep: int = 8) -> None:
+        self.probe, self.keep = probe, keep
+        self.longest: list[tuple[float, str, str]] = []
+        self._t0 = 0.0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self._t0 = time.thread_time()
+
+    def after_task_step(self, task: trio.lowlevel.Task) -> None:
+        dt = time.thread_time() - self._t0
+        if len(self.longest) < self.keep or dt > self.longest[0][0]:
+            phase = self.probe.phase.name if self.probe.phase is not None else "-"
+            heapq.heappush(self.longest, (dt, phase, task.name))
+            if len(self.longest) > self.keep:
+                heapq.heappop(self.longest)
 
 
 async def _holding_worker(link: MemoryLink) -> None:
@@ -147,15 +174,20 @@ async def _wait_queued(ex: Executor, n: int) -> None:
         await trio.sleep(0.01)
 
 
-async def measure(jobs: int, settle: float = 2.0) -> list[dict[str, Any]]:
-    """Run the four phases; returns one report per phase."""
+async def measure(jobs: int, settle: float = 2.0, after: float = 3.0,
+                  steps: bool = False) -> list[dict[str, Any]]:
+    """Run the phases; returns one report per phase."""
     ex = Executor()
     probe = Probe()
+    instrument = Steps(probe) if steps else None
+    if instrument is not None:
+        trio.lowlevel.add_instrument(instrument)
     phases: list[Phase] = []
 
     def begin(name: str, n: int) -> Phase:
         if phases:
             phases[-1].seconds = trio.current_time() - phases[-1].started
+            phases[-1].rss_mib = psutil.Process().memory_info().rss / 1024 ** 2
         p = Phase(name, n, started=trio.current_time())
         phases.append(p)
         probe.phase = p
@@ -163,6 +195,7 @@ async def measure(jobs: int, settle: float = 2.0) -> list[dict[str, Any]]:
 
     async with trio.open_nursery() as n:
         await n.start(ex.run)
+        n.start_soon(return_free_memory, 1.0)   # as ``grain executor`` does (every 5 s)
         mine, theirs = memory_link_pair("worker", "executor")
         n.start_soon(ex.serve_worker, theirs, {"name": "w"}, Cores(1) & _memory(64))
         n.start_soon(_holding_worker, mine)
@@ -210,8 +243,15 @@ async def measure(jobs: int, settle: float = 2.0) -> list[dict[str, Any]]:
         client.close("done")
         while ex.sessions or len(ex.placement):
             await trio.sleep(0.01)
+        # what it freed goes back to the system meanwhile (``return_free_memory``)
+        begin("after", 0)
+        await trio.sleep(after)
         begin("end", 0)
         n.cancel_scope.cancel()
+    if instrument is not None:
+        print("longest task steps (CPU ms, phase, task):", file=sys.stderr)
+        for dt, phase, name in sorted(instrument.longest, reverse=True):
+            print(f"  {dt * 1e3:6.1f}  {phase:<9} {name}", file=sys.stderr)
     return [p.report() for p in phases[:-1]]
 
 
@@ -225,22 +265,24 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=1_000_000)
     ap.add_argument("--json", action="store_true", help="print the reports as JSON")
+    ap.add_argument("--steps", action="store_true",
+                    help="also print the longest task steps and their tasks (stderr)")
     args = ap.parse_args(argv)
     gc.freeze()   # what the process held before: not the executor's business
     t0 = time.perf_counter()
-    reports = trio.run(measure, args.jobs)
+    reports = trio.run(measure, args.jobs, 2.0, 3.0, args.steps)
     if args.json:
         print(json.dumps({"jobs": args.jobs, "phases": reports}))
         return 0
     print(f"executor event-loop stalls, {args.jobs:,} jobs "
           f"(probe: trio.sleep({PROBE * 1e3:g} ms), {time.perf_counter() - t0:.1f}s in all)")
     print(f"{'phase':<10} {'seconds':>8} {'jobs/s':>10} {'longest stall':>14} {'p99':>9} "
-          f"{'(wall clock)':>13}")
+          f"{'(wall clock)':>13} {'RSS at end':>11}")
     for r in reports:
         rate = f"{r['jobs_per_second']:,}" if r["jobs_per_second"] else "-"
         print(f"{r['phase']:<10} {r['seconds']:>8.2f} {rate:>10} "
               f"{r['longest_stall_ms']:>11.1f} ms {r['p99_stall_ms']:>6.2f} ms "
-              f"{r['longest_wall_ms']:>10.1f} ms")
+              f"{r['longest_wall_ms']:>10.1f} ms {r['rss_mib']:>7.0f} MiB")
     return 0
 
 

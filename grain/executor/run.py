@@ -16,6 +16,7 @@ from ..net.endpoints import parse_endpoint
 from ..net.transport import server_ssl_context
 from . import history
 from .core import Executor
+from .heap import return_free_memory
 from .http import HttpServer
 from .listener import ExecutorListener
 
@@ -65,34 +66,9 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         await n.start(ex.run)
         n.start_soon(_watch_tokens, credentials, ex)
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
-        n.start_soon(_return_free_memory)
+        n.start_soon(return_free_memory)
         _freeze_startup_objects()
         task_status.started(bound)
-
-
-async def _return_free_memory(interval: float = 5.0, slack: int = 8 * 1024 ** 2) -> None:
-    """Give memory the executor freed back to the system (glibc keeps freed blocks for
-    reuse: after 2,000 peers that never authenticated, or a client's big functions, the
-    process would keep its peak size for ever). Checked every few seconds; costs well
-    under a millisecond."""
-    import ctypes
-    import ctypes.util
-
-    class _MallInfo2(ctypes.Structure):
-        _fields_ = [(f, ctypes.c_size_t) for f in (
-            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
-            "uordblks", "fordblks", "keepcost")]
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallinfo2, trim = libc.mallinfo2, libc.malloc_trim
-    except (OSError, AttributeError):
-        return      # not glibc (or too old): nothing to do
-    mallinfo2.restype = _MallInfo2
-    while True:
-        await trio.sleep(interval)
-        if mallinfo2().fordblks > slack:
-            trim(0)
 
 
 def _freeze_startup_objects() -> None:

@@ -1,0 +1,46 @@
+"""Giving the memory the executor freed back to the system.
+
+glibc keeps freed blocks for reuse: after 2,000 peers that never authenticated, a client's
+big functions or a million queued jobs that are gone, the process would keep its peak size
+for ever. ``return_free_memory`` checks every few seconds and, past a slack, asks glibc to
+give back what it holds free (``malloc_trim``). ``bench/stall.py`` runs it too (its
+``after`` phase), so that its stalls count.
+
+Tried and not kept: turning glibc's automatic trim off (``mallopt``) and giving the heap
+back in bounded steps from here instead. The trim that a ``free`` makes at the heap's top
+was a stall of 10 ms in one benchmark run, but in eight A/B runs since, neither way was
+steadily better (and a bounded step still stalled 12 ms once, in ``malloc_trim``'s walk
+over the free blocks), so glibc's defaults stay.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+import trio
+
+SLACK = 8 * 1024 ** 2
+"""Free memory up to this is kept (it is reused soon)."""
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+        "uordblks", "fordblks", "keepcost")]
+
+
+async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
+    """Every ``interval`` seconds, give back what glibc holds free past ``slack`` (well
+    under a millisecond usually; a few after a million jobs went). Returns at once when
+    this is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallinfo2, trim = libc.mallinfo2, libc.malloc_trim
+    except (OSError, AttributeError):
+        return      # not glibc (or too old): nothing to do
+    mallinfo2.restype = _MallInfo2
+    while True:
+        await trio.sleep(interval)
+        if mallinfo2().fordblks > slack:
+            trim(0)

@@ -25,6 +25,8 @@ from typing import Any
 
 import trio
 
+from grain import config
+from grain.errors import ProtocolError
 from grain.net import transport
 from grain.net.endpoints import parse_endpoint
 from grain.net.link import Link, LinkClosed, handling, open_stream_link
@@ -107,10 +109,23 @@ class StandIn:
 
 async def serve_one(ep: Any, token: str, w: StandIn, cores: int, memory: float,
                     ready: trio.Semaphore) -> None:
-    stream = await transport.connect(ep)
     info = {"name": w.name, "capacity": to_wire(Cores(cores) & Memory(memory)),
             "cpuset": list(range(cores)), "pid": os.getpid(), "host": "sim"}
-    _, dec = await handshake.dial(stream, token, "worker", info, expect_role="executor")
+    delay = config.BACKOFF_FIRST
+    while True:
+        # as a real worker does: a thousand dialling at once outrun the executor's
+        # room for connections in their handshake (it drops the oldest), so redial
+        stream = None
+        try:
+            stream = await transport.connect(ep)
+            _, dec = await handshake.dial(stream, token, "worker", info,
+                                          expect_role="executor")
+            break
+        except (OSError, ProtocolError, trio.BrokenResourceError):
+            if stream is not None:
+                await stream.aclose()
+            await trio.sleep(delay)
+            delay = min(delay * 2, config.BACKOFF_MAX)
     async with open_stream_link(stream, str(ep), m.ExecutorToWorker, decoder=dec) as link, \
             trio.open_nursery() as n:
         w.link = link

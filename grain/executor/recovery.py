@@ -197,6 +197,9 @@ class RecoveryMixin:
             for gid in sorted(running):
                 rec = self.ledger.get(gid)
                 if rec is not None and rec.state is JobState.RUNNING and rec.worker == w.wid:
+                    if rec.cancelled:    # cancelled meanwhile: it ends here, never re-run
+                        self._end(rec, End.CANCELLED, "cancelled")
+                        continue
                     back = self.ledger.requeue(gid, w.name, count=False)
                     if back is not None and not back.orphan:
                         self._enqueue(back)

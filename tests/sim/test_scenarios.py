@@ -429,3 +429,23 @@ def test_a_job_whose_run_was_lost_on_the_way_is_queued_again_uncounted() -> None
         [end] = world.ends[token]
         assert end.ok, (token, end)
         assert len(world.log.runs[token]) == 1, (token, world.log.runs[token])
+
+
+def test_a_job_cancelled_while_its_draining_worker_leaves_is_not_run_again() -> None:
+    """Found by the state machine: a job is sent to a worker that drains at once (a zero
+    timeout) and leaves, and the client cancels it meanwhile. The executor queued it again
+    as "sent after the worker stopped reading, never ran there", though it was cancelled:
+    it ran on the worker once it came back, for ever (a hanging job) and for nobody."""
+    replay(SimParams(workers=((1, 2.0),), latency=0.001, retries=0, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.submit(duration=0.0, i=0, kind="hang", n=1, shape="c1"),
+            lambda s: s.advance(dt=0.0005),
+            lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
+            lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
+            lambda s: s.cancel_waitgroup(i=0),
+            ClusterMachine.settle])
+    world = ClusterMachine.last_world
+    assert world is not None
+    # (the invariants checked that nothing abandoned still runs; and it was not run again)
+    assert all(r.ended is not None and r.incarnation == 0 for r in world.log.runs.get(1, [])), \
+        world.log.runs[1]

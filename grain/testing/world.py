@@ -266,7 +266,8 @@ class SimWorld:
                 # stand in for RunnerProcess, duck-typed)
                 agent = WorkerAgent(w.name, w.inventory, pool,  # type: ignore[arg-type]
                                     memory_poll=self.p.memory_poll,
-                                    clock=trio.current_time)
+                                    clock=trio.current_time,
+                                    jid_seed=f"{w.name}/{w.epoch}")
                 w.agent, w.pool, w.up, w.draining = agent, pool, True, False
                 await n.start(agent.run)
                 n.start_soon(pool.warm, min(w.cores, 2))

@@ -121,7 +121,8 @@ class WorkerAgent:
 
     def __init__(self, name: str, inventory: Inventory, pool: RunnerPool, *,
                  memory_poll: float = config.MEMORY_POLL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 jid_seed: str | None = None) -> None:
         self.name = name
         self.clock = clock          # for job limits and ages; injectable for simulation
         self.inventory = inventory
@@ -147,7 +148,9 @@ class WorkerAgent:
         # early, and the runner's true answer would then fail the session's next job).
         # Not a secret: a job that reads it from the runner's memory can only hurt its
         # own session, whose runners are its alone.
-        self._jid_bits = random.Random().getrandbits   # seeded from os.urandom
+        # (``jid_seed``: the same ids on every run, for the deterministic simulation;
+        # else seeded from os.urandom)
+        self._jid_bits = random.Random(jid_seed).getrandbits
         self._attached_before = False   # see ``Attach.rejoined``
         self._idle = trio.Event()
         self._link_closed = trio.Event()

@@ -8,6 +8,14 @@ garbage collector: a dict of ints to ints is not tracked and an array is travers
 where a dict of ints to queue objects and a deque of a million ints cost 20-30 ms in every
 full collection, a stall of the executor's event loop.
 
+The ids are stored in segments of at most ``SEGMENT`` entries: ``main``, the front one,
+consumed from ``head``, and ``rest``, the ones behind it. One array of a million ids grew
+by reallocation, and once glibc served an array that size from its heap (its threshold
+for mapping a block on its own rises as big blocks come and go), each growth copied it
+into fresh memory: an 8 MB copy, page fault by page fault, of 17-28 ms in one step
+(``bench/stall.py``, resubmitting a million jobs). A segment's growth copies at most
+512 KB.
+
 Order within a queue is by job id (submission order). New jobs have the largest id so far
 and are appended; a retried job keeps its original id and goes to a small heap (``late``)
 beside the array, so re-queueing costs O(log retries), not an O(n) insertion. The head of
@@ -47,13 +55,15 @@ _seq = SEQ
 COMPACT_MIN = 256
 #: the consumed prefix of a queue's array is cut off past this many entries (and half)
 TRIM_MIN = 4096
+#: the most ids one array of a queue holds (see the module docstring)
+SEGMENT = 1 << 16
 
 
 class JobQueue:
     """The queued job ids of one user with one request shape, in id order."""
 
-    __slots__ = ("qid", "user", "shape", "where", "main", "head", "late", "live", "dead",
-                 "key", "seq")
+    __slots__ = ("qid", "user", "shape", "where", "main", "rest", "head", "late", "live",
+                 "dead", "key", "seq")
 
     def __init__(self, qid: int, user: User, shape: Shape, where: JobTable[int]) -> None:
         self.qid = qid              # this queue's number, the value in ``where``
@@ -61,6 +71,7 @@ class JobQueue:
         self.shape = shape
         self.where = where          # the placement's map of queued ids (shared)
         self.main = array("q")      # ids in order; main[head:] is still queued
+        self.rest: deque[array[int]] = deque()   # the segments behind ``main``, in order
         self.head = 0
         self.late: list[int] = []   # re-queued ids older than the array's tail (a heap)
         self.live = 0
@@ -69,21 +80,39 @@ class JobQueue:
         self.seq = -1               # the sequence of its valid entry there (-1: none)
 
     def push(self, gid: int) -> None:
-        main = self.main
-        if len(main) == self.head or gid > main[-1]:
-            main.append(gid)
+        rest = self.rest
+        tail = rest[-1] if rest else self.main
+        if (not rest and len(tail) == self.head) or gid > tail[-1]:
+            if len(tail) >= SEGMENT:
+                tail = array("q")
+                rest.append(tail)
+            tail.append(gid)
         else:
             heapq.heappush(self.late, gid)
         self.live += 1
 
+    def _next_segment(self) -> bool:
+        """The front segment is used up: the next one becomes ``main``. False when there
+        is none."""
+        if not self.rest:
+            return False
+        self.main = self.rest.popleft()
+        self.head = 0
+        return True
+
     def peek(self) -> int | None:
         """The oldest live id, dropping tombstones on the way; None when empty."""
-        main, late, where, me = self.main, self.late, self.where, self.qid
-        h, n = self.head, len(main)
-        while h < n and where.get(main[h]) != me:
-            h += 1
-            self.dead -= 1
-        self.head = h
+        where, me = self.where, self.qid
+        while True:
+            main, h = self.main, self.head
+            n = len(main)
+            while h < n and where.get(main[h]) != me:
+                h += 1
+                self.dead -= 1
+            self.head = h
+            if h < n or not self._next_segment():
+                break
+        late = self.late
         while late and where.get(late[0]) != me:
             heapq.heappop(late)
             self.dead -= 1
@@ -105,6 +134,8 @@ class JobQueue:
                 del main[:h]
                 h = 0
             self.head = h
+            if h == len(main):
+                self._next_segment()
         else:
             heapq.heappop(self.late)
         self.live -= 1
@@ -119,9 +150,14 @@ class JobQueue:
             heapq.heappop(late)
         self.live -= 1
         where, me = self.where, self.qid
-        while h < n and where.get(main[h]) != me:
-            h += 1
-            self.dead -= 1
+        while True:
+            while h < n and where.get(main[h]) != me:
+                h += 1
+                self.dead -= 1
+            if h < n or not self.rest:
+                break
+            main = self.main = self.rest.popleft()
+            h, n = 0, len(main)
         if h > TRIM_MIN and 2 * h > n:
             del main[:h]
             n -= h
@@ -145,12 +181,19 @@ class JobQueue:
         if not self.live:
             self._reset()   # nothing left: drop the tombstones too
             return
-        main, where, me = self.main, self.where, self.qid
-        if len(main) > self.head and main[-1] == gid:
-            main.pop()
-            while len(main) > self.head and where.get(main[-1]) != me:
-                main.pop()  # earlier tombstones now at the end
-                self.dead -= 1
+        main, rest, where, me = self.main, self.rest, self.where, self.qid
+        tail = rest[-1] if rest else main
+        if len(tail) > (0 if rest else self.head) and tail[-1] == gid:
+            tail.pop()
+            while True:   # earlier tombstones now at the end, in this segment or before
+                low = 0 if rest else self.head
+                while len(tail) > low and where.get(tail[-1]) != me:
+                    tail.pop()
+                    self.dead -= 1
+                if len(tail) > low or not rest:
+                    break
+                rest.pop()
+                tail = rest[-1] if rest else main
         elif len(main) > self.head and main[self.head] == gid:
             self.head += 1
         else:
@@ -160,6 +203,7 @@ class JobQueue:
 
     def _reset(self) -> None:
         self.main = array("q")
+        self.rest = deque()
         self.head = 0
         self.late = []
         self.dead = 0
@@ -167,16 +211,24 @@ class JobQueue:
     def compact(self) -> None:
         """Drop every tombstone (linear in this queue; amortised over the cancellations)."""
         where, me = self.where, self.qid
-        self.main = array("q", [g for g in self.main[self.head:] if where.get(g) == me])
+        live = [g for seg in self._segments() for g in seg if where.get(g) == me]
+        self.main = array("q", live[:SEGMENT])
+        self.rest = deque(array("q", live[i:i + SEGMENT])
+                          for i in range(SEGMENT, len(live), SEGMENT))
         self.head = 0
         self.late = [g for g in self.late if where.get(g) == me]
         heapq.heapify(self.late)
-        self.dead = len(self.main) + len(self.late) - self.live
+        self.dead = len(live) + len(self.late) - self.live
+
+    def _segments(self) -> list[array[int]]:
+        """The stored ids, segment by segment (the front one from ``head``)."""
+        return [self.main[self.head:], *self.rest]
 
     def ids(self) -> list[int]:
         """The live ids, oldest first."""
         where, me = self.where, self.qid
-        return sorted({g for g in (*self.main[self.head:], *self.late) if where.get(g) == me})
+        return sorted({g for seg in (*self._segments(), self.late) for g in seg
+                       if where.get(g) == me})
 
 
 @dataclass(frozen=True, slots=True)

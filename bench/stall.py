@@ -30,6 +30,7 @@ import argparse
 import gc
 import heapq
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ import psutil
 import trio
 
 from grain.executor.core import Executor
-from grain.executor.heap import return_free_memory
+from grain.executor.heap import full_collections, return_free_memory
 from grain.net.link import LinkClosed, MemoryLink, memory_link_pair
 from grain.protocol import messages as m
 from grain.resource import Cores, to_wire
@@ -196,6 +197,8 @@ async def measure(jobs: int, settle: float = 2.0, after: float = 3.0,
     async with trio.open_nursery() as n:
         await n.start(ex.run)
         n.start_soon(return_free_memory, 1.0)   # as ``grain executor`` does (every 5 s)
+        if os.environ.get("GRAIN_BENCH_GC", "scheduled") == "scheduled":
+            n.start_soon(full_collections)       # as ``grain executor`` does
         mine, theirs = memory_link_pair("worker", "executor")
         n.start_soon(ex.serve_worker, theirs, {"name": "w"}, Cores(1) & _memory(64))
         n.start_soon(_holding_worker, mine)

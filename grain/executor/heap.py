@@ -44,3 +44,24 @@ async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
         await trio.sleep(interval)
         if mallinfo2().fordblks > slack:
             trim(0)
+
+
+async def full_collections(interval: float = 5.0) -> None:
+    """Run the garbage collector's full collections from here, one every ``interval``
+    seconds, in a step of their own, instead of letting them start inside whatever step
+    allocates when one falls due (about every second or two under load).
+
+    A full collection costs 2-8 ms here even though the executor's millions of job entries
+    are invisible to the collector: it also empties the interpreter's free lists, which a
+    busy executor keeps full (``docs/scaling.md``). Started inside a message-handling step
+    it made that step's stall the sum of both. Young generations are still collected as
+    usual. The thresholds are restored when this task ends."""
+    import gc
+    before = gc.get_threshold()
+    gc.set_threshold(before[0], before[1], 2 ** 30)   # no full collection by itself
+    try:
+        while True:
+            await trio.sleep(interval)
+            gc.collect(2)
+    finally:
+        gc.set_threshold(*before)

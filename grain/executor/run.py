@@ -16,7 +16,7 @@ from ..net.endpoints import parse_endpoint
 from ..net.transport import server_ssl_context
 from . import history
 from .core import Executor
-from .heap import return_free_memory
+from .heap import full_collections, return_free_memory
 from .http import HttpServer
 from .listener import ExecutorListener
 
@@ -67,6 +67,7 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         n.start_soon(_watch_tokens, credentials, ex)
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
         n.start_soon(return_free_memory)
+        n.start_soon(full_collections)
         _freeze_startup_objects()
         task_status.started(bound)
 

@@ -149,6 +149,28 @@ def _lost_after(world: SimWorld, run: Run, until: float) -> bool:
 
 
 # -- what ran where ----------------------------------------------------------------------
+def _killed_for_the_job_ahead(world: SimWorld, run: Run) -> bool:
+    """``run`` was killed (its runner stopped, for memory or time) though the kill was
+    meant for the job that ran on the same runner just before it: that job ended the
+    moment ``run`` started, and could have earned such a kill (a job over its memory,
+    or one that runs long or hangs)."""
+    reason = run.how.split(":", 1)[1] if run.how else ""
+    ahead: tuple[float, int] | None = None      # (when it ended, token), the latest
+    for token, runs in world.log.runs.items():
+        for r in runs:
+            if r is not run and r.runner == run.runner and r.ended is not None \
+                    and r.ended <= run.started and (ahead is None or r.ended > ahead[0]):
+                ahead = (r.ended, token)
+    if ahead is None or ahead[0] != run.started:
+        return False
+    spec = world.specs[ahead[1]]
+    if reason == "MEMORY":
+        return spec.rss > 0
+    if reason == "TIMEOUT":
+        return spec.hang or spec.duration > 0
+    return False
+
+
 def check_runs(world: SimWorld) -> None:
     """A job never runs twice at once, and never starts again, unless its worker was lost
     (or drained), or its client retried it after a temporary error."""
@@ -164,6 +186,10 @@ def check_runs(world: SimWorld) -> None:
                 # never cancelled, yet killed as cancelled: its runner was stopped for the
                 # job chained ahead of it, which had just ended there (the worker had not
                 # read that yet); it was handed back to run again
+                continue
+            if prev.how.startswith("killed:") and _killed_for_the_job_ahead(world, prev):
+                # the same for a kill for memory or time: it was meant for the job chained
+                # ahead on that runner, which had just ended there
                 continue
             if _lost_after(world, prev, nxt.started):
                 continue

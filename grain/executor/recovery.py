@@ -297,6 +297,7 @@ class RecoveryMixin:
     # -- results ------------------------------------------------------------------------
     def on_done(self: ExecutorHost, w: WorkerSession, msg: m.Done, payload: bytes) -> None:
         key = (msg.sess, msg.cid)
+        announced = key in w.held      # a result it reported holding when it attached
         w.held.discard(key)
         end = End(msg.end)
         s = self.sessions.get(msg.sess)
@@ -332,8 +333,11 @@ class RecoveryMixin:
         # A result for a job that waits elsewhere (parked, re-queued, or re-run): taken
         # only from a worker that was given the job (the one it waits for, or one it was
         # given up on), never from any other: the first such result wins, other runs stop.
+        # After a restart, a job resubmitted by its client waits for the workers to report
+        # it (``deferred``): a result one reported holding as it attached was given to it
+        # by the executor before (its client had not heard that it started), and is taken.
         ran_there = (rec.state is JobState.PARKED and rec.parked_on == w.name) or \
-            w.name in (rec.lost_on or ())
+            w.name in (rec.lost_on or ()) or (announced and rec.gid in self.deferred)
         if not ran_there:
             log.warning("worker %s sent a result for job %s, which was never given to it: "
                         "dropped", w.name, rec.key)

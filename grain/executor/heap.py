@@ -46,7 +46,7 @@ async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
             trim(0)
 
 
-async def full_collections(interval: float = 5.0) -> None:
+async def full_collections(interval: float = 2.0) -> None:
     """Run the garbage collector's full collections from here, one every ``interval``
     seconds, in a step of their own, instead of letting them start inside whatever step
     allocates when one falls due (about every second or two under load).

@@ -33,6 +33,13 @@ def replay(params: SimParams, steps: list[Callable[[ClusterMachine], object]]) -
         s.teardown()
 
 
+def one_worker(latency: float = 0.0, retries: int = 0) -> SimParams:
+    """The cluster of the shrunk programs below: one worker of one core and 2 GB, the
+    graces the state machine draws most."""
+    return SimParams(workers=((1, 2.0),), latency=latency, retries=retries, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0)
+
+
 @pytest.fixture
 def sim() -> Iterator[Driver]:
     with Driver(SimParams(workers=((2, 4.0),), latency=0.001)) as d:
@@ -327,8 +334,7 @@ def test_a_kill_for_a_job_that_just_ended_spares_the_next_chained_job() -> None:
     not having read the finished job's reply yet, kills the runner for the cancelled
     job. The next job, never cancelled, came back as cancelled. It now runs again on a
     fresh runner. (The shrunk program, as the state machine ran it.)"""
-    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
-                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+    replay(one_worker(),
            [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
             lambda s: s.advance(dt=0.0005),
             lambda s: s.cancel_waitgroup(i=0),
@@ -361,8 +367,7 @@ def test_a_worker_that_dies_while_cut_off_counts_as_lost() -> None:
     """Found by the state machine, a fault of the simulation's own bookkeeping: a worker
     cut off (silently) and then crashed was recorded as cut off only, so the re-run of
     its job (lost with it, rightly run again) was taken for a duplicate."""
-    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
-                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+    replay(one_worker(retries=1),
            [lambda s: s.advance(dt=0.0005), ClusterMachine.settle,
             lambda s: s.submit(duration=0.0, i=0, kind="temp_hang", n=1, shape="c1"),
             lambda s: s.partition_worker(heal_after=0.5, i=0, silent=True),
@@ -392,8 +397,7 @@ def test_a_temporary_error_lost_with_its_worker_is_not_an_attempt() -> None:
     job again, as its one re-run after a lost worker (``retries=1``); the client then sees
     three temporary errors, its three attempts. The check counted the lost run as a fourth
     attempt."""
-    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=1, worker_grace=5.0,
-                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+    replay(one_worker(retries=1),
            [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
             lambda s: s.submit(duration=0.001, i=0, kind="temp9", n=1, shape="c1"),
             lambda s: s.partition_worker(heal_after=0.5, i=0, silent=False),
@@ -416,8 +420,7 @@ def test_a_job_whose_run_was_lost_on_the_way_is_queued_again_uncounted() -> None
     gets it. The client resubmits it as started on w0; w0, the same process as before,
     attaches without it. It never ran, so it runs now even with ``retries=0``: before,
     the executor took w0 for restarted and failed the job as lost with its worker."""
-    replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
-                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+    replay(one_worker(),
            [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c2"),
             lambda s: s.slow_link(duration=1.0, extra=0.05, party=0),
             lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
@@ -439,8 +442,7 @@ def test_a_job_cancelled_while_its_draining_worker_leaves_is_not_run_again() -> 
     timeout) and leaves, and the client cancels it meanwhile. The executor queued it again
     as "sent after the worker stopped reading, never ran there", though it was cancelled:
     it ran on the worker once it came back, for ever (a hanging job) and for nobody."""
-    replay(SimParams(workers=((1, 2.0),), latency=0.001, retries=0, worker_grace=5.0,
-                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+    replay(one_worker(latency=0.001),
            [lambda s: s.submit(duration=0.0, i=0, kind="hang", n=1, shape="c1"),
             lambda s: s.advance(dt=0.0005),
             lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
@@ -467,8 +469,7 @@ def test_a_job_stopped_by_a_kill_meant_for_the_job_ahead_runs_again() -> None:
     @settings(max_examples=12, derandomize=True, database=None, deadline=None)
     @given(st.integers(0, 2 ** 16))
     def one(_: int) -> None:
-        replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
-                         client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+        replay(one_worker(),
                [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
                 lambda s: s.submit(duration=0.5, i=0, kind="hog", n=2, shape="c1m1"),
                 ClusterMachine.settle])
@@ -505,8 +506,7 @@ def test_a_result_held_for_a_job_its_client_never_saw_start_is_taken_after_a_res
     @settings(max_examples=8, derandomize=True, database=None, deadline=None)
     @given(st.integers(0, 2 ** 16))
     def one(_: int) -> None:
-        replay(SimParams(workers=((1, 2.0),), latency=0.0, retries=0, worker_grace=5.0,
-                         client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+        replay(one_worker(),
                [lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
                 lambda s: s.slow_link(duration=1.0, extra=0.05, party=1),
                 lambda s: s.submit_sweep(duration=0.0, i=0, n=6),

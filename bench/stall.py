@@ -30,10 +30,10 @@ import argparse
 import gc
 import heapq
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import psutil
@@ -197,8 +197,7 @@ async def measure(jobs: int, settle: float = 2.0, after: float = 3.0,
     async with trio.open_nursery() as n:
         await n.start(ex.run)
         n.start_soon(return_free_memory, 1.0)   # as ``grain executor`` does (every 5 s)
-        if os.environ.get("GRAIN_BENCH_GC", "scheduled") == "scheduled":
-            n.start_soon(full_collections)       # as ``grain executor`` does
+        n.start_soon(full_collections)          # as ``grain executor`` does
         mine, theirs = memory_link_pair("worker", "executor")
         n.start_soon(ex.serve_worker, theirs, {"name": "w"}, Cores(1) & _memory(64))
         n.start_soon(_holding_worker, mine)
@@ -273,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     gc.freeze()   # what the process held before: not the executor's business
     t0 = time.perf_counter()
-    reports = trio.run(measure, args.jobs, 2.0, 3.0, args.steps)
+    reports = trio.run(partial(measure, args.jobs, steps=args.steps))
     if args.json:
         print(json.dumps({"jobs": args.jobs, "phases": reports}))
         return 0

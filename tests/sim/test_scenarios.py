@@ -20,9 +20,9 @@ from .invariants import check_step
 from .machine import ClusterMachine, check_forgotten
 
 
-def replay(params: SimParams, steps: list[Callable[[ClusterMachine], object]]) -> None:
+def replay(params: SimParams, steps: list[Callable[[ClusterMachine], object]]) -> SimWorld:
     """Run a program the state machine shrank, step by step, checking the invariants
-    after each, as the machine did."""
+    after each, as the machine did; the world it ran in, for further checks."""
     s = ClusterMachine()
     s.start(params)
     try:
@@ -31,6 +31,9 @@ def replay(params: SimParams, steps: list[Callable[[ClusterMachine], object]]) -
             s.invariants_hold()
     finally:
         s.teardown()
+    done = ClusterMachine.last_world
+    assert done is not None
+    return done
 
 
 def one_worker(latency: float = 0.0, retries: int = 0) -> SimParams:
@@ -397,15 +400,13 @@ def test_a_temporary_error_lost_with_its_worker_is_not_an_attempt() -> None:
     job again, as its one re-run after a lost worker (``retries=1``); the client then sees
     three temporary errors, its three attempts. The check counted the lost run as a fourth
     attempt."""
-    replay(one_worker(retries=1),
-           [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
-            lambda s: s.submit(duration=0.001, i=0, kind="temp9", n=1, shape="c1"),
-            lambda s: s.partition_worker(heal_after=0.5, i=0, silent=False),
-            lambda s: s.wait(dt=0.01),
-            lambda s: s.crash_worker(i=0, restart_after=0.0),
-            ClusterMachine.settle])
-    world = ClusterMachine.last_world
-    assert world is not None
+    world = replay(one_worker(retries=1),
+                   [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+                    lambda s: s.submit(duration=0.001, i=0, kind="temp9", n=1, shape="c1"),
+                    lambda s: s.partition_worker(heal_after=0.5, i=0, silent=False),
+                    lambda s: s.wait(dt=0.01),
+                    lambda s: s.crash_worker(i=0, restart_after=0.0),
+                    ClusterMachine.settle])
     runs = world.log.runs[2]
     assert [r.how for r in runs] == ["temp"] * 4
     assert runs[0].ended is not None and runs[0].ended < world.workers[0].outages[0][1]
@@ -420,14 +421,12 @@ def test_a_job_whose_run_was_lost_on_the_way_is_queued_again_uncounted() -> None
     gets it. The client resubmits it as started on w0; w0, the same process as before,
     attaches without it. It never ran, so it runs now even with ``retries=0``: before,
     the executor took w0 for restarted and failed the job as lost with its worker."""
-    replay(one_worker(),
-           [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c2"),
-            lambda s: s.slow_link(duration=1.0, extra=0.05, party=0),
-            lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
-            lambda s: s.restart_executor(downtime=0.0),
-            ClusterMachine.settle])
-    world = ClusterMachine.last_world
-    assert world is not None
+    world = replay(one_worker(),
+                   [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c2"),
+                    lambda s: s.slow_link(duration=1.0, extra=0.05, party=0),
+                    lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+                    lambda s: s.restart_executor(downtime=0.0),
+                    ClusterMachine.settle])
     # (job 1 asks for two cores of a one-core cluster: Unschedulable) the sweep's jobs all
     # succeed, each run once: the lost dispatch never ran
     assert sorted(world.ends) == list(range(1, 8))
@@ -442,15 +441,13 @@ def test_a_job_cancelled_while_its_draining_worker_leaves_is_not_run_again() -> 
     timeout) and leaves, and the client cancels it meanwhile. The executor queued it again
     as "sent after the worker stopped reading, never ran there", though it was cancelled:
     it ran on the worker once it came back, for ever (a hanging job) and for nobody."""
-    replay(one_worker(latency=0.001),
-           [lambda s: s.submit(duration=0.0, i=0, kind="hang", n=1, shape="c1"),
-            lambda s: s.advance(dt=0.0005),
-            lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
-            lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
-            lambda s: s.cancel_waitgroup(i=0),
-            ClusterMachine.settle])
-    world = ClusterMachine.last_world
-    assert world is not None
+    world = replay(one_worker(latency=0.001),
+                   [lambda s: s.submit(duration=0.0, i=0, kind="hang", n=1, shape="c1"),
+                    lambda s: s.advance(dt=0.0005),
+                    lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
+                    lambda s: s.drain_worker(i=0, restart_after=1.0, timeout=0.0),
+                    lambda s: s.cancel_waitgroup(i=0),
+                    ClusterMachine.settle])
     # (the invariants checked that nothing abandoned still runs; and it was not run again)
     assert all(r.ended is not None and r.incarnation == 0 for r in world.log.runs.get(1, [])), \
         world.log.runs[1]
@@ -469,12 +466,10 @@ def test_a_job_stopped_by_a_kill_meant_for_the_job_ahead_runs_again() -> None:
     @settings(max_examples=12, derandomize=True, database=None, deadline=None)
     @given(st.integers(0, 2 ** 16))
     def one(_: int) -> None:
-        replay(one_worker(),
-               [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
-                lambda s: s.submit(duration=0.5, i=0, kind="hog", n=2, shape="c1m1"),
-                ClusterMachine.settle])
-        world = ClusterMachine.last_world
-        assert world is not None
+        world = replay(one_worker(),
+                       [lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+                        lambda s: s.submit(duration=0.5, i=0, kind="hog", n=2, shape="c1m1"),
+                        ClusterMachine.settle])
         first, second = sorted(t for t, spec in world.specs.items() if spec.rss > 0)
         # (a job over its memory may also end before a check catches it: then it is ok)
         [end] = world.ends[second]
@@ -506,16 +501,14 @@ def test_a_result_held_for_a_job_its_client_never_saw_start_is_taken_after_a_res
     @settings(max_examples=8, derandomize=True, database=None, deadline=None)
     @given(st.integers(0, 2 ** 16))
     def one(_: int) -> None:
-        replay(one_worker(),
-               [lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
-                lambda s: s.slow_link(duration=1.0, extra=0.05, party=1),
-                lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
-                lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
-                lambda s: s.advance(dt=0.01),
-                lambda s: s.restart_executor(downtime=0.0),
-                ClusterMachine.settle])
-        world = ClusterMachine.last_world
-        assert world is not None
+        world = replay(one_worker(),
+                       [lambda s: s.submit_sweep(duration=0.001, i=0, n=6),
+                        lambda s: s.slow_link(duration=1.0, extra=0.05, party=1),
+                        lambda s: s.submit_sweep(duration=0.0, i=0, n=6),
+                        lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+                        lambda s: s.advance(dt=0.01),
+                        lambda s: s.restart_executor(downtime=0.0),
+                        ClusterMachine.settle])
         for token, runs in world.log.runs.items():
             assert len(runs) == 1, (token, runs)
             [end] = world.ends[token]

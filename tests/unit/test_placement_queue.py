@@ -79,9 +79,9 @@ def test_a_segmented_queue_holds_exactly_the_live_ids_oldest_first(program) -> N
         assert all(len(seg) <= 4 for seg in q.rest)
 
 
-def test_a_million_ids_are_kept_in_bounded_segments() -> None:
+def test_a_million_ids_are_kept_in_bounded_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     """No array of a queue grows past ``SEGMENT`` ids, so none is ever copied whole."""
-    placement_queue.SEGMENT = 1 << 16   # (the fixture's small value undone for this one)
+    monkeypatch.setattr(placement_queue, "SEGMENT", 1 << 16)   # the real size, not 4
     where: JobTable[int] = JobTable()
     q = JobQueue(1, User("u"), None, where)  # type: ignore[arg-type]
     for gid in range(1, 1_000_001):

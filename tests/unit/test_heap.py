@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import weakref
 
 import trio
 import trio.testing
@@ -31,3 +32,41 @@ def test_full_collections_run_on_schedule_and_never_by_themselves() -> None:
     assert during[:2] == before[:2] and during[2] >= 2 ** 30
     assert ran == 3
     assert gc.get_threshold() == before
+
+
+class _Cycle:
+    """A reference cycle: only a full (or young) collection frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_what_existed_at_start_is_not_walked_by_full_collections_but_new_garbage_goes() -> None:
+    """The objects alive when the task starts (the executor's imported modules, here the
+    test's) are frozen: no full collection walks them again. Garbage cycles made later,
+    promoted to the oldest generation, are still freed by the scheduled collections; when
+    the task ends, everything is thawed."""
+    old = _Cycle()
+    young_ref: list[weakref.ref[_Cycle]] = []
+
+    def in_generations(obj: object) -> bool:
+        return any(o is obj for g in range(3) for o in gc.get_objects(g))
+
+    async def main() -> tuple[bool, int]:
+        async with trio.open_nursery() as n:
+            n.start_soon(full_collections, 5.0)
+            await trio.testing.wait_all_tasks_blocked()
+            frozen_old = not in_generations(old)
+            young = _Cycle()
+            young_ref.append(weakref.ref(young))
+            gc.collect(1)                     # into the oldest generation
+            del young
+            await trio.sleep(6.0)             # one scheduled full collection
+            frozen = gc.get_freeze_count()
+            n.cancel_scope.cancel()
+        return frozen_old, frozen
+
+    frozen_old, frozen = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert frozen_old and frozen > 1000
+    assert young_ref[0]() is None
+    assert gc.get_freeze_count() == 0 and in_generations(old)

@@ -30,7 +30,7 @@ from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import Ping
-from .transport import RECV_SIZE, recv_frames, send_nowait
+from .transport import LOWAT_PATIENCE, RECV_SIZE, recv_frames, send_nowait, set_rcvlowat, wake_at
 
 log = logging.getLogger(__name__)
 
@@ -370,6 +370,7 @@ class StreamLink(Link):
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
         raw = self._raw
         waiting = 0     # bytes read since the receiver last took its messages
+        lowat, slow = 1, False   # the socket's SO_RCVLOWAT; the peer sends big frames slowly
         while True:
             inbox = self._in.items
             if inbox and (len(inbox) >= INBOX_HIGH or waiting >= INBOX_BYTES):
@@ -389,9 +390,22 @@ class StreamLink(Link):
                 try:
                     n, batches = recv_frames(raw, self._decoder)
                 except BlockingIOError:
+                    # the rest of a big frame: wake once a good part of it is there
+                    # (fewer, bigger reads), unless the peer proved slower than that
+                    want = wake_at(self._decoder.missing, slow)
+                    if want != lowat:
+                        lowat = want if set_rcvlowat(raw, want) else 1
+                    if lowat > 1:
+                        with trio.move_on_after(LOWAT_PATIENCE):
+                            await trio.lowlevel.wait_readable(raw)
+                            continue
+                        slow = True   # so the silence deadline below counts, per byte
+                        continue
                     with trio.fail_after(self.timeout):
                         await trio.lowlevel.wait_readable(raw)
                     continue
+                if not self._decoder.missing:
+                    slow = False
             if not n:
                 return "connection closed by peer"
             self.bytes_in += n

@@ -108,6 +108,13 @@ class FrameDecoder:
         self._typed = schema is not None
 
     @property
+    def missing(self) -> int:
+        """Bytes still to come of a big frame being gathered (0: none is)."""
+        if self._chunks is None or self._need is None:
+            return 0
+        return sum(self._need) - self._chunked
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet part of a complete frame."""
         return len(self._buf) + self._chunked

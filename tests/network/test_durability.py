@@ -89,6 +89,23 @@ def _finish(proc: object, log: Path, timeout: float) -> list[int]:
     return json.loads([line for line in text.splitlines() if line.startswith("[")][-1])
 
 
+def _wait_for_starts(marks: Path, want: int) -> None:
+    wait_until(lambda: sum(len(v) for v in _starts(marks).values()) >= want,
+               60, f"{want} jobs to start")
+
+
+def _assert_each_result_once_and_no_job_twice(proc: object, log: Path, marks: Path,
+                                              durations: list[float]) -> None:
+    """The sweep got every result once and in order, and every job started exactly once
+    (no worker was lost, so none may run again)."""
+    results = _finish(proc, log, 120)
+    assert results == [i * i for i in range(len(durations))]
+    starts = _starts(marks)
+    twice = {i: s for i, s in starts.items() if len(s) != 1}
+    assert sorted(starts) == list(range(len(durations))) and not twice, \
+        f"jobs started more than once although no worker was lost: {twice}"
+
+
 def _restart(grain_procs: Harness, ex: ExecutorProc, n: int) -> ExecutorProc:
     ex.kill(signal.SIGKILL)
     ex.popen.wait(10)
@@ -113,17 +130,10 @@ def test_executor_killed_at_random_points_of_a_sweep(grain_procs: Harness,
     restarts = rng.choice([1, 1, 2])
     for n in range(restarts):
         # a random point: after some jobs started, before the sweep could be over
-        want = rng.randint(1 + 20 * n, 20 + 20 * n)
-        wait_until(lambda want=want: sum(len(v) for v in _starts(marks).values()) >= want,
-                   60, f"{want} jobs to start")
+        _wait_for_starts(marks, rng.randint(1 + 20 * n, 20 + 20 * n))
         time.sleep(rng.random() * 0.3)   # where exactly in the flow of messages: random
         ex = _restart(grain_procs, ex, n + 2)
-    results = _finish(proc, log, 120)
-    assert results == [i * i for i in range(len(durations))]
-    starts = _starts(marks)
-    twice = {i: s for i, s in starts.items() if len(s) != 1}
-    assert sorted(starts) == list(range(len(durations))) and not twice, \
-        f"jobs started more than once although no worker was lost: {twice}"
+    _assert_each_result_once_and_no_job_twice(proc, log, marks, durations)
     st = ex.wait_idle(20)
     assert st["jobs"]["retried"] == 0
     assert {w["name"] for w in st["workers"]} == {"wa", "wb"}
@@ -147,19 +157,12 @@ def test_executor_frozen_then_killed_while_results_are_on_the_way(grain_procs: H
     grain_procs.worker("wb", ex, cores="1")
     proc, marks, log = _sweep(grain_procs, ex, durations)
     for n in range(2):
-        want = rng.randint(20 + 80 * n, 60 + 80 * n)
-        wait_until(lambda want=want: sum(len(v) for v in _starts(marks).values()) >= want,
-                   60, f"{want} jobs to start")
+        _wait_for_starts(marks, rng.randint(20 + 80 * n, 60 + 80 * n))
         ex.kill(signal.SIGSTOP)
         # the fault's length, not a synchronisation: the workers end what they hold
         time.sleep(0.1 + rng.random() * 0.4)
         ex = _restart(grain_procs, ex, n + 2)
-    results = _finish(proc, log, 120)
-    assert results == [i * i for i in range(len(durations))]
-    starts = _starts(marks)
-    twice = {i: s for i, s in starts.items() if len(s) != 1}
-    assert sorted(starts) == list(range(len(durations))) and not twice, \
-        f"jobs started more than once although no worker was lost: {twice}"
+    _assert_each_result_once_and_no_job_twice(proc, log, marks, durations)
     st = ex.wait_idle(20)
     assert st["jobs"]["retried"] == 0
 

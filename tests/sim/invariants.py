@@ -149,11 +149,12 @@ def _lost_after(world: SimWorld, run: Run, until: float) -> bool:
 
 
 # -- what ran where ----------------------------------------------------------------------
-def _killed_for_the_job_ahead(world: SimWorld, run: Run) -> bool:
-    """``run`` was killed (its runner stopped, for memory or time) though the kill was
-    meant for the job that ran on the same runner just before it: that job ended the
-    moment ``run`` started, and could have earned such a kill (a job over its memory,
-    or one that runs long or hangs)."""
+def _killed_for_the_job_ahead(world: SimWorld, run: Run, token: str) -> bool:
+    """``run`` (of job ``token``) was killed (its runner stopped: for memory, time or a
+    cancellation) though the kill was meant for the job that ran on the same runner just
+    before it: that job ended the moment ``run`` started (the worker had not read that
+    yet), and could have earned such a kill (a job over its memory, one that runs long
+    or hangs, one its client cancelled while this one was never cancelled)."""
     reason = run.how.split(":", 1)[1] if run.how else ""
     ahead: tuple[float, int] | None = None      # (when it ended, token), the latest
     for token, runs in world.log.runs.items():
@@ -168,6 +169,8 @@ def _killed_for_the_job_ahead(world: SimWorld, run: Run) -> bool:
         return spec.rss > 0
     if reason == "TIMEOUT":
         return spec.hang or spec.duration > 0
+    if reason == "CANCELLED":
+        return ahead[1] in world.abandoned and token not in world.abandoned
     return False
 
 
@@ -182,14 +185,9 @@ def check_runs(world: SimWorld) -> None:
         for prev, nxt in itertools.pairwise(runs):
             if prev.how in ("temp", "died"):
                 continue
-            if prev.how == "killed:CANCELLED" and token not in world.abandoned:
-                # never cancelled, yet killed as cancelled: its runner was stopped for the
-                # job chained ahead of it, which had just ended there (the worker had not
-                # read that yet); it was handed back to run again
-                continue
-            if prev.how.startswith("killed:") and _killed_for_the_job_ahead(world, prev):
-                # the same for a kill for memory or time: it was meant for the job chained
-                # ahead on that runner, which had just ended there
+            if prev.how.startswith("killed:") and _killed_for_the_job_ahead(world, prev, token):
+                # the kill was meant for the job chained ahead on that runner, which had
+                # just ended there; this one was handed back to run again
                 continue
             if _lost_after(world, prev, nxt.started):
                 continue

@@ -54,8 +54,9 @@ async def full_collections(interval: float = 2.0) -> None:
     The objects that exist when this starts (the modules, classes and functions of
     everything the executor imported: ~28,000 tracked objects) are frozen first
     (``gc.freeze``): they live as long as the process, and a full collection walking them
-    cost ~5 ms of the ~6 it took. Without them it takes ~0.2 ms, plus emptying the
-    interpreter's free lists. The executor's millions of job entries are invisible to the
+    cost ~5 ms of the ~6 it took; without them, ~0.2 ms in an interpreter that imported
+    the executor (1-8 ms right after a million jobs went: the free lists, and the memory
+    they give back). The executor's millions of job entries are invisible to the
     collector either way (``docs/scaling.md``). Young generations are still collected as
     usual. The thresholds are restored, and the frozen objects thawed, when this task
     ends."""

@@ -165,11 +165,11 @@ LOWAT = 1 << 20
 """While at least this much of a big frame is still to come, a reader asks its socket to
 wake it only once this much has arrived (``SO_RCVLOWAT``): a 10 MiB payload then costs
 about ten wake-ups and reads, not a hundred of ~100 KiB each (the executor's CPU per
-forwarded 10 MiB fell by a fifth)."""
+forwarded 10 MiB round trip fell by about a tenth)."""
 LOWAT_PATIENCE = 0.5
-"""A reader waiting for ``LOWAT`` bytes waits this long at most; a peer slower than that
-is read byte by byte again until its frame is complete (its silence deadline counts
-from each byte, as usual)."""
+"""A reader waiting for ``LOWAT`` bytes waits this long at most; for a peer slower than
+that, the reader wakes for any arrival again until the frame is complete (its silence
+deadline counts from each arrival, as usual)."""
 
 
 def wake_at(missing: int, slow: bool) -> int:

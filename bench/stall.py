@@ -27,7 +27,6 @@ a few milliseconds per stall (``docs/scaling.md``).
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import json
 import sys
@@ -270,7 +269,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", action="store_true",
                     help="also print the longest task steps and their tasks (stderr)")
     args = ap.parse_args(argv)
-    gc.freeze()   # what the process held before: not the executor's business
     t0 = time.perf_counter()
     reports = trio.run(partial(measure, args.jobs, steps=args.steps))
     if args.json:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import resource
 import signal
@@ -67,18 +66,8 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         n.start_soon(_watch_tokens, credentials, ex)
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
         n.start_soon(return_free_memory)
-        n.start_soon(full_collections)
-        _freeze_startup_objects()
+        n.start_soon(full_collections)   # first freezes what start-up made
         task_status.started(bound)
-
-
-def _freeze_startup_objects() -> None:
-    """Keep what start-up made (modules, classes, functions: some 40,000 objects that
-    live as long as the process) out of every later garbage collection: each full
-    collection otherwise walks them all, a stall of 10-30 ms of the event loop, frequent
-    while a client sends a million jobs."""
-    gc.collect()
-    gc.freeze()
 
 
 async def _exit_on_sigterm(scope: trio.CancelScope) -> None:

@@ -404,8 +404,8 @@ class StreamLink(Link):
                     with trio.fail_after(self.timeout):
                         await trio.lowlevel.wait_readable(raw)
                     continue
-                if not self._decoder.missing:
-                    slow = False
+                if slow and not self._decoder.missing:
+                    slow = False     # that frame is complete
             if not n:
                 return "connection closed by peer"
             self.bytes_in += n

@@ -18,6 +18,7 @@ import msgspec
 import pytest
 import trio
 
+from grain.net import link as link_module
 from grain.net import transport
 from grain.net.link import LinkClosed, StreamLink
 from grain.protocol.frames import FrameDecoder, encode
@@ -50,11 +51,20 @@ async def _next_message(link: StreamLink) -> tuple[object, bytes]:
                 return header, payload
 
 
-def test_a_big_payload_then_a_small_message_both_arrive_at_once() -> None:
-    """6 MiB then a small message: both arrive whole and in order, and the reader's
-    socket wakes for a single byte again after the big frame (else the small message
-    would wait for a megabyte that never comes and the test would time out)."""
+def test_a_big_payload_then_a_small_message_both_arrive_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """6 MiB then a small message: both arrive whole and in order; the reader waited for
+    ``LOWAT`` bytes at a time while the big frame came, and its socket wakes for a single
+    byte again after it (else the small message would wait for a megabyte that never
+    comes and the test would time out)."""
     big = os.urandom(6 * 1024 * 1024)
+    thresholds: list[int] = []
+
+    def recording(sock: socket.socket, n: int) -> bool:
+        thresholds.append(n)
+        return transport.set_rcvlowat(sock, n)
+
+    monkeypatch.setattr(link_module, "set_rcvlowat", recording)
 
     async def main() -> None:
         a, b = await _tcp_pair()
@@ -70,6 +80,7 @@ def test_a_big_payload_then_a_small_message_both_arrive_at_once() -> None:
             with trio.fail_after(5):
                 assert await _next_message(receiver) == ([8, "small"], b"x")
             assert _lowat(b) == 1
+            assert transport.LOWAT in thresholds and thresholds[-1] == 1
             sender.close()
             receiver.close()
 

@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from grain.executor.grant import Grant
 from grain.executor.placement import Placement
 from grain.resource import Cores, Memory, Resource, WTime
 
@@ -57,7 +58,7 @@ SHAPES: list[tuple[Any, float]] = [
     (lambda: Cores(64) & Memory(128), 0.01),
 ]
 
-Running = list[tuple[int, int, Resource]]
+Running = list[tuple[int, int, Grant]]
 
 
 def rss_mib() -> float:
@@ -242,14 +243,14 @@ def simulate(a: argparse.Namespace) -> dict[str, Any]:
 def check(pl: Placement, running: Running) -> int:
     """Workers whose free capacity and running allocations do not add up to their total
     (cores given twice or lost, memory over-committed): should be 0."""
-    by_worker: dict[int, list[Resource]] = {}
+    by_worker: dict[int, list[Grant]] = {}
     for _, wid, alloc in running:
         by_worker.setdefault(wid, []).append(alloc)
     bad = 0
     for w in pl.workers.values():
         allocs = by_worker.get(w.wid, [])
-        ids = [c for al in allocs for c in al.c]
-        mem = sum(getattr(al, "m", 0.0) for al in allocs if "Memory" in al.kinds())
+        ids = [c for al in allocs for c in al.core_ids()]
+        mem = sum(al.mem or 0.0 for al in allocs)
         ok = (len(ids) == len(set(ids)) and not set(ids) & w.free.c
               and set(ids) | w.free.c == w.total.c
               and abs(mem + w.free.m - w.total.m) < 1e-6 and w.free.m >= -1e-9)

@@ -33,9 +33,9 @@ from ..protocol.messages import End
 from ..resource import (
     Resource,
     request_from_wire,
-    to_wire,
 )
 from .clients import ClientsMixin
+from .grant import Grant
 from .host import send as _send
 from .jobtable import JobTable
 from .ledger import JobRecord, JobState, Ledger
@@ -291,7 +291,7 @@ class Executor(ClientsMixin, RecoveryMixin):
                 self.chained += 1
                 self._dispatch(gid, wid, alloc, after, now)
 
-    def _dispatch(self, gid: int, wid: int, alloc: Resource, after: int | None,
+    def _dispatch(self, gid: int, wid: int, alloc: Grant, after: int | None,
                   now: float) -> None:
         rec = self.ledger.jobs[gid]
         w = self.workers[wid]
@@ -314,7 +314,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         if key not in w.fns:
             w.fns.add(key)
             _send(link, m.Function(rec.sess, rec.fid), s.fns[rec.fid].data)
-        alloc_wire = to_wire(alloc)
+        alloc_wire = alloc.wire()
         tl, ml = limits_for(rec.request)
         after_rec = self.ledger.jobs.get(after) if after is not None else None
         _send(link, m.Run(rec.sess, rec.cid, rec.fid, alloc_wire, rec.user, tl, ml,

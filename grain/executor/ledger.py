@@ -24,6 +24,7 @@ from enum import Enum
 import msgspec
 
 from ..resource import Resource
+from .grant import Grant
 from .jobtable import JobTable
 
 
@@ -52,7 +53,7 @@ class JobRecord(msgspec.Struct, gc=False, eq=False):
     name: str = ""
     state: JobState = JobState.QUEUED
     worker: int | None = None       # the worker it runs (RUNNING) on
-    alloc: Resource | None = None
+    alloc: Grant | None = None
     attempts: int = 0
     lost_on: list[str] | None = None
     parked_on: str | None = None    # PARKED: the name of the worker it waits for
@@ -98,7 +99,7 @@ class Ledger:
         self.submitted += 1
         return rec
 
-    def adopt(self, sess: int, cid: int, user: str, fid: int, worker: int, alloc: Resource,
+    def adopt(self, sess: int, cid: int, user: str, fid: int, worker: int, alloc: Grant,
               request: Resource, shape: Hashable, name: str, started_at: float) -> JobRecord:
         """A job a worker reports running that this executor did not know (after a
         restart): RUNNING at once, an orphan until its client claims it."""
@@ -117,7 +118,7 @@ class Ledger:
             rec.orphan = False
             self.orphans -= 1
 
-    def start(self, gid: int, worker: int, alloc: Resource,
+    def start(self, gid: int, worker: int, alloc: Grant,
               now: float | None = None) -> JobRecord:
         rec = self.jobs[gid]
         if rec.state is not JobState.QUEUED:
@@ -137,7 +138,7 @@ class Ledger:
         rec.parked_on, rec.deadline = worker_name, deadline
         return rec
 
-    def attach(self, gid: int, worker: int, alloc: Resource) -> JobRecord:
+    def attach(self, gid: int, worker: int, alloc: Grant) -> JobRecord:
         """A parked (or queued, or resubmitted) job was found running on ``worker``."""
         rec = self.jobs[gid]
         rec.state, rec.worker, rec.alloc = JobState.RUNNING, worker, alloc

@@ -63,13 +63,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Callable, Hashable, Iterator
 from itertools import count, islice
 from typing import NamedTuple
 
 from ..resource import Resource
 from . import placement_queue
+from .grant import Grant
 from .jobtable import JobTable
 from .placement_attach import AttachMixin
 from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
@@ -88,7 +88,7 @@ class Reservation(NamedTuple):
     at: int
 
 
-Placed = tuple[int, int, Resource]
+Placed = tuple[int, int, Grant]
 
 
 class Placement(AttachMixin):
@@ -283,7 +283,7 @@ class Placement(AttachMixin):
                 for u in self._users.values() for q in u.queues.values() if q.live]
 
     # -- running ---------------------------------------------------------------------
-    def release(self, wid: int, gid: int, alloc: Resource) -> int | None:
+    def release(self, wid: int, gid: int, alloc: Grant) -> int | None:
         """A job ended. When jobs are chained behind it, the allocation passes on and the
         id of the job that now runs on it is returned; otherwise the allocation goes back
         to its worker (if the worker is still there) and its user is charged no more."""
@@ -306,7 +306,7 @@ class Placement(AttachMixin):
                     u.mem = 0.0   # no float residue once a user holds nothing
             return None
         was_current = ch.jobs[0] == gid
-        ch.jobs.remove(gid)   # at most chain_depth + 1 long
+        ch.jobs = tuple(j for j in ch.jobs if j != gid)   # at most chain_depth + 1 long
         key = (ch.queue.user.name, ch.queue.shape.key)
         if ch.jobs:
             if len(ch.jobs) <= self.chain_depth:
@@ -318,12 +318,12 @@ class Placement(AttachMixin):
         return None
 
     def chain(self, depth_for: Callable[[int, int], int], tries: int = 4
-              ) -> list[tuple[int, int, Resource, int]]:
+              ) -> list[tuple[int, int, Grant, int]]:
         """Queue the most deserving user's head behind a running job of the same user and
         shape: (job, worker, allocation, the job it waits behind). ``depth_for(head,
         tail)`` says how many jobs may wait on one allocation for this pair (0: none),
         capped by ``chain_depth``. Call after ``schedule``."""
-        out: list[tuple[int, int, Resource, int]] = []
+        out: list[tuple[int, int, Grant, int]] = []
         if not self.chain_depth or not self._where:
             return out
         # a reserved worker takes chained jobs of its head's user only (the head being
@@ -347,7 +347,7 @@ class Placement(AttachMixin):
             if found is None or opens is None:
                 break
             tail = found.jobs[-1]
-            found.jobs.append(head)
+            found.jobs += (head,)
             if len(found.jobs) > self.chain_depth:
                 del opens[found]
             q.pop(head)
@@ -487,7 +487,7 @@ class Placement(AttachMixin):
                     u.cores += sc
                     u.mem += sm
                     if chaining:
-                        ch = self._chain_of[gid] = Chain(w.wid, alloc, q, deque((gid,)))
+                        ch = self._chain_of[gid] = Chain(w.wid, alloc, q, (gid,))
                         self._open.setdefault((u.name, s.key), {})[ch] = None
                     out.append((gid, w.wid, alloc))
                     c, m = u.cores * ic, u.mem * im

@@ -5,11 +5,11 @@ draining worker takes nothing new (``cordon``). Part of ``Placement``, as a mixi
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Hashable
 from typing import Protocol
 
 from ..resource import Resource
+from .grant import Grant
 from .jobtable import JobTable
 from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
 from .placement_queue import Chain, JobQueue, User
@@ -42,7 +42,7 @@ class AttachMixin:
         if w is not None:
             self.index.remove(w)
 
-    def attach(self: PlacementHost, wid: int, gid: int, alloc: Resource, request: Resource,
+    def attach(self: PlacementHost, wid: int, gid: int, alloc: Grant, request: Resource,
                shape: Hashable | None = None, *, user: str = "") -> bool:
         """Record job ``gid`` of ``user`` found running on ``wid`` with exactly ``alloc`` (a
         worker that reconnects reports it); its user is charged for it as for a placed job.
@@ -51,7 +51,7 @@ class AttachMixin:
         if w is None or gid in w.running or gid in self._where:
             return False
         try:
-            w.free.take(alloc)
+            w.free.take(alloc.resource())
         except ValueError:
             return False
         w.version += 1
@@ -71,7 +71,7 @@ class AttachMixin:
         u.running += 1
         self._charge(q, +1)
         if self.chain_depth:   # jobs that were chained behind it re-attach with it
-            self._chain_of[gid] = Chain(w.wid, alloc, q, deque((gid,)))
+            self._chain_of[gid] = Chain(w.wid, alloc, q, (gid,))
         return True
 
     def attach_behind(self: PlacementHost, wid: int, gid: int, ahead: int) -> bool:
@@ -83,7 +83,7 @@ class AttachMixin:
         if w is None or ch is None or ch.wid != wid or gid in w.running or \
                 gid in self._where or ch.jobs[-1] != ahead:
             return False
-        ch.jobs.append(gid)
+        ch.jobs += (gid,)
         self._chain_of[gid] = ch
         w.running.add(gid)
         self._run[gid] = ch.queue.qid

@@ -20,10 +20,12 @@ the extras) per search: exact, but linear in the number of such workers (e.g. GP
 whose cores are free but whose GPUs are all taken).
 
 Allocation itself bypasses ``Resource.alloc``'s generic composition for ``Cores`` and
-``Memory``: the result is the same object graph (a composite ``Resource`` of ``Cores`` and
-``Memory`` parts, lowest core ids first), built without the intermediate composites,
-because at 200,000 placements a second the generic path alone (~10 us) would take twice
-the whole budget. Other kinds go through their own ``_alloc``/``_dealloc``.
+``Memory``: ``take`` gives a ``Grant`` (``grain.executor.grant``: the core ids, lowest
+first as ``Resource.alloc`` takes them, and the memory, in one object the garbage
+collector never tracks), because at 200,000 placements a second the generic path alone
+(~10 us) would take twice the whole budget, and a running job's ``Resource`` graph is
+objects every full collection walks. Other kinds go through their own
+``_alloc``/``_dealloc`` and stay a ``Resource`` in the grant.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Hashable, Iterable
 from typing import Any
 
 from ..resource import GPU, Cores, Memory, Resource, to_wire
+from .grant import Grant
 
 
 def shape_of(request: Resource) -> str:
@@ -41,7 +44,6 @@ def shape_of(request: Resource) -> str:
 
 
 GENERIC = "\0generic"   # marks the group of workers whose kinds are searched generically
-_C, _N = "c", "N"   # a Cores part's ids and count
 _ID_KINDS: dict[type[Resource], tuple[str, str]] = {Cores: ("c", "N"), GPU: ("g", "G")}
 
 
@@ -321,47 +323,46 @@ class CapacityIndex:
     # The hot path: one ``take`` per placement, one ``give`` per release. The built-in
     # kinds are handled inline (same result as ``Resource.alloc``/``dealloc``), the rest
     # through the kind's own methods.
-    def take(self, w: WorkerState, s: Shape) -> Resource:
+    def take(self, w: WorkerState, s: Shape) -> Grant:
         """Allocate ``s.request`` on ``w`` (which must fit it); re-index ``w``."""
         if w.generic:
-            alloc = w.free.alloc(s.request)
+            grant = Grant(rest=w.free.alloc(s.request))
             self._reindex(w)
-            return alloc
-        got: dict[str, Resource] = {}
+            return grant
+        cores: tuple[int, ...] | None = None
         n = s.n_cores
         cp = w.cpool
         if n is not None and cp is not None:
             held = cp.c
-            ordered = sorted(held)[:n]          # lowest ids first, as Resource.alloc
-            if len(ordered) < n:
+            if len(held) < n:
                 raise ValueError(f"{cp} cannot allocate {n} core(s)")
-            held.difference_update(ordered)
-            a = Cores.__new__(Cores)
-            a._parts = {"Cores": a}
-            setattr(a, _C, set(ordered))   # (Cores declares these dynamically)
-            setattr(a, _N, n)
-            got["Cores"] = a
-        amount = s.n_mem
+            # lowest ids first, as Resource.alloc
+            cores = (min(held),) if n == 1 else tuple(sorted(held)[:n])
+            held.difference_update(cores)
+        mem = s.n_mem
         mp = w.mpool
-        if amount is not None and mp is not None:
-            if mp.m < amount:
-                self._give_parts(w.parts, got)
-                raise ValueError(f"{mp} cannot allocate Memory({amount})")
-            mp.m -= amount
-            b = Memory.__new__(Memory)
-            b._parts = {"Memory": b}
-            b.m = b.M = amount
-            got["Memory"] = b
+        if mem is not None and mp is not None:
+            if mp.m < mem:
+                if cores is not None:
+                    held.update(cores)
+                raise ValueError(f"{mp} cannot allocate Memory({mem})")
+            mp.m -= mem
+        elif mem is not None:
+            mem = None
+        rest: Resource | None = None
         if s.others:
             parts = w.parts
+            got: dict[str, Resource] = {}
             try:
                 for name, want in s.others:
                     got.update(parts[name]._alloc(want).kinds())
             except BaseException:
+                self._give_back(w, Grant(cores, mem))
                 self._give_parts(parts, got)
                 raise
-        alloc = Resource.__new__(Resource)
-        alloc._parts = got
+            rest = Resource(init=False)
+            rest._parts = got
+        grant = Grant(cores, mem, rest)
         g = w.group
         if g is not None:   # re-index: the worker moves to its new bucket
             c0, m0, o = w.cores, w.mem, w.order
@@ -374,14 +375,15 @@ class CapacityIndex:
             insort(g.buckets[c1], (m1, o, w))
             g.mask |= 1 << c1
             w.cores, w.mem = c1, m1
-        return alloc
+        return grant
 
-    def give(self, w: WorkerState, alloc: Resource) -> None:
-        """Return an allocation made by ``take`` to ``w``; re-index ``w``."""
+    def give(self, w: WorkerState, grant: Grant) -> None:
+        """Return a grant made by ``take`` (or ``Grant.of`` an allocation taken from
+        ``w.free``) to ``w``; re-index ``w``."""
         if w.generic:
-            w.free.dealloc(alloc)
+            w.free.dealloc(grant.resource())
         else:
-            self._give_parts(w.parts, alloc._parts)
+            self._give_back(w, grant)
         w.version += 1
         g = w.group
         if g is None:
@@ -399,6 +401,21 @@ class CapacityIndex:
         insort(g.buckets[c1], (m1, o, w))
         g.mask |= 1 << c1
         w.cores, w.mem = c1, m1
+
+    def _give_back(self, w: WorkerState, grant: Grant) -> None:
+        cp, mp = w.cpool, w.mpool
+        if grant.cores is not None:
+            if cp is not None:
+                cp.c.update(grant.cores)
+            else:
+                self._give_parts(w.parts, {"Cores": Cores(list(grant.cores))})
+        if grant.mem is not None:
+            if mp is not None:
+                mp.m += grant.mem
+            else:
+                self._give_parts(w.parts, {"Memory": Memory(grant.mem)})
+        if grant.rest is not None:
+            self._give_parts(w.parts, grant.rest._parts)
 
     @staticmethod
     def _give_parts(parts: dict[str, Resource], got: dict[str, Resource]) -> None:

@@ -41,8 +41,10 @@ from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING
 
+import msgspec
+
 if TYPE_CHECKING:
-    from ..resource import Resource
+    from .grant import Grant
     from .jobtable import JobTable
     from .placement_index import Shape
 
@@ -339,11 +341,16 @@ class User:
         return (c if c > m else m) / self.weight
 
 
-@dataclass(slots=True, eq=False)
-class Chain:
-    """Jobs sharing one allocation: the first runs, the others wait behind it."""
+class Chain(msgspec.Struct, gc=False, eq=False):
+    """Jobs sharing one allocation: the first runs, the others wait behind it.
+
+    Every running job has one while chaining is on (it is where later jobs may chain),
+    so it is kept out of the garbage collector's sight like the grant (``gc=False``: no
+    chain refers to another, nothing it refers to refers back) and its jobs are a tuple
+    (of ints: untracked too), replaced when it changes; it is at most ``chain_depth + 1``
+    long."""
 
     wid: int
-    alloc: Resource
+    alloc: Grant
     queue: JobQueue          # whose (user) and what (shape) the allocation is
-    jobs: deque[int]
+    jobs: tuple[int, ...]

@@ -25,6 +25,7 @@ from .. import config
 from ..protocol import messages as m
 from ..protocol.messages import End
 from ..resource import InvalidResource, Resource, UnknownResourceKind, capacity_from_wire, to_wire
+from .grant import Grant
 from .host import ExecutorHost
 from .host import send as _send
 from .ledger import JobRecord, JobState
@@ -110,10 +111,11 @@ class RecoveryMixin:
         def take(gid: int, request: Resource, shape: Any) -> bool:
             if ahead is not None:    # chained: it shares the allocation of the job ahead
                 return self.placement.attach_behind(w.wid, gid, ahead)
-            return self.placement.attach(w.wid, gid, alloc, request, shape, user=job.user)
+            return self.placement.attach(w.wid, gid, grant, request, shape, user=job.user)
 
         try:
             alloc = capacity_from_wire(job.alloc)
+            grant = Grant.of(alloc)
         except (InvalidResource, UnknownResourceKind) as e:
             log.warning("worker %s reported job %s with a bad allocation (%s): killing it",
                         w.name, (job.sess, job.cid), e)
@@ -137,7 +139,7 @@ class RecoveryMixin:
                 return None
             s = s or self._placeholder(job.sess, job.user)
             now = self.clock()
-            rec = self.ledger.adopt(job.sess, job.cid, job.user, job.fid, w.wid, alloc,
+            rec = self.ledger.adopt(job.sess, job.cid, job.user, job.fid, w.wid, grant,
                                     request, shape, job.name, now - job.elapsed)
             self._know_user(job.user)
             if not take(rec.gid, request, shape):
@@ -172,11 +174,11 @@ class RecoveryMixin:
             rec.state = JobState.QUEUED
             self._enqueue(rec)
             return None
-        self.ledger.attach(rec.gid, w.wid, alloc)
+        self.ledger.attach(rec.gid, w.wid, grant)
         if rec.cancelled:
             _send(w.link, kill)   # cancelled while its worker was away: the Kill again
         _send(s.link if s is not None else None,
-              m.Started(rec.cid, w.name, to_wire(alloc)))
+              m.Started(rec.cid, w.name, grant.wire()))
         return rec.gid
 
     def worker_gone(self: ExecutorHost, w: WorkerSession) -> None:
@@ -381,7 +383,7 @@ class RecoveryMixin:
                 fn.refs += 1
         if rec.state is JobState.RUNNING and rec.worker in self.workers and rec.alloc:
             _send(s.link, m.Started(rec.cid, self.workers[rec.worker].name,
-                                    to_wire(rec.alloc)))
+                                    rec.alloc.wire()))
 
     def resume_done(self: ExecutorHost, s: ClientSession) -> None:
         """The client resubmitted everything it waits for; the rest is stale."""

@@ -79,7 +79,7 @@ def _core_maps(ex: Executor, now: float, out: dict[int, tuple[dict[str, Any], bo
             chain = ex.placement.chain_of(gid)
             if chain is not None and chain[0] > 0:
                 continue   # waiting behind another job on the same cores
-            ids = _ids(rec.alloc, "Cores", "c")
+            ids = rec.alloc.core_ids()
             if len(ids) > budget:
                 truncated = True
                 continue

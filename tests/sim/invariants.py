@@ -353,7 +353,7 @@ def check_executor(world: SimWorld) -> None:
                      f"says {placed}")
             assert placed is not None and placed.alloc is not None
             chain = pl._chain_of.get(gid)    # chained jobs share one allocation
-            held[id(chain) if chain is not None else gid] = _cores(placed.alloc)
+            held[id(chain) if chain is not None else gid] = frozenset(placed.alloc.core_ids())
         used: set[int] = set()
         for cores in held.values():
             if used & cores:

@@ -3,6 +3,7 @@ a job handed back by a draining worker is not counted as a retry."""
 
 import pytest
 
+from grain.executor.grant import Grant
 from grain.executor.ledger import JobState, Ledger
 from grain.resource import Cores
 
@@ -65,11 +66,11 @@ def test_parked_job_reattaches_without_a_new_start():
 
 def test_adopted_orphans_are_running_at_once():
     led = Ledger()
-    rec = led.adopt(9, 4, "bob", 2, worker=3, alloc=Cores([1]), request=Cores(1),
+    rec = led.adopt(9, 4, "bob", 2, worker=3, alloc=Grant.of(Cores([1])), request=Cores(1),
                     shape=SHAPE, name="f", started_at=5.0)
     assert rec.orphan and rec.state is JobState.RUNNING and rec.key == (9, 4)
     assert led.orphans == 1, "counted, so a status page need not scan the ledger"
-    other = led.adopt(9, 5, "bob", 2, worker=3, alloc=Cores([2]), request=Cores(1),
+    other = led.adopt(9, 5, "bob", 2, worker=3, alloc=Grant.of(Cores([2])), request=Cores(1),
                       shape=SHAPE, name="f", started_at=5.0)
     led.claimed(other)
     assert not other.orphan and led.orphans == 1

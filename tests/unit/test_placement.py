@@ -136,7 +136,7 @@ def test_random_workload_never_overcommits():
         for st in p.workers.values():
             assert len(st.free.c) >= 0 and st.free.m >= -1e-9
             used = [a for g, (w, a) in running.items() if w == st.wid]
-            cores = [c for a in used for c in a.c]
+            cores = [c for a in used for c in a.core_ids()]
             assert len(cores) == len(set(cores)), "no core is given twice"
             assert len(cores) + len(st.free.c) == st.total.N
         for g in rng.sample(sorted(running), k=min(len(running), rng.randint(0, 3))):

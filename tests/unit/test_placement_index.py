@@ -4,6 +4,7 @@ for those it does not), bounded passes, lazy cancellation and re-queued jobs.
 No timings here: the cost claims are checked structurally (what is stored, what is
 visited); speed is measured by ``python -m bench.placement_sim``."""
 
+import gc
 import math
 
 import pytest
@@ -49,8 +50,11 @@ def test_allocations_are_what_resource_alloc_gives():
         p.enqueue(gid, req)
         [(_, _, alloc)] = p.schedule()
         expected = ref.alloc(req)
-        assert to_wire(alloc) == to_wire(expected) and repr(alloc) == repr(expected)
-        assert type(alloc) is Resource and alloc.kinds().keys() == expected.kinds().keys()
+        assert alloc.wire() == to_wire(expected), "sent to the worker as Resource.alloc's"
+        got = alloc.resource()
+        assert to_wire(got) == to_wire(expected) and repr(got) == repr(expected)
+        assert type(got) is Resource and got.kinds().keys() == expected.kinds().keys()
+        assert not gc.is_tracked(alloc), "a running job's grant is no work for the collector"
     assert p.workers[1].free.c == ref.c and p.workers[1].free.m == ref.m
 
 
@@ -112,7 +116,7 @@ def test_custom_kinds_go_through_their_own_methods():
     for gid in (1, 2):
         p.enqueue(gid, Cores(1) & Licence(1))
     [(g, w, alloc)] = p.schedule()
-    assert (g, w) == (1, 2) and alloc.n == 1 and p.workers[2].free.n == 0
+    assert (g, w) == (1, 2) and alloc.resource().n == 1 and p.workers[2].free.n == 0
     p.release(w, g, alloc)
     assert p.workers[2].free.n == 1
     assert [x[0] for x in p.schedule()] == [2]

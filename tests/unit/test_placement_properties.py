@@ -108,9 +108,9 @@ class Model:
     def check_state(self):
         p = self.p
         assert len(p) == len(self.queued) and all(p.is_queued(g) for g in self.queued)
-        allocs = {}                 # id(alloc) -> (wid, alloc, user)
+        allocs = {}                 # id(grant) -> (wid, its allocation, user)
         for g, (w, a) in self.running.items():
-            allocs[id(a)] = (w, a, self.user[g])
+            allocs[id(a)] = (w, a.resource(), self.user[g])
         for wid, ws in p.workers.items():
             c, m, g = self.spec[wid]
             mine = [a for w, a, _ in allocs.values() if w == wid]

@@ -46,28 +46,55 @@ async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
             trim(0)
 
 
-async def full_collections(interval: float = 2.0) -> None:
+FREEZE_EVERY = 15
+"""Every this many scheduled full collections, what survived the last is frozen."""
+DEEP_EVERY = 150
+"""Every this many, everything is thawed first and walked once (frees cycles among what
+was frozen: the links and sessions of peers that have left)."""
+
+
+async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVERY,
+                           deep_every: int = DEEP_EVERY) -> None:
     """Run the garbage collector's full collections from here, one every ``interval``
     seconds, in a step of their own, instead of letting them start inside whatever step
     allocates when one falls due (about every second or two under load).
 
-    The objects that exist when this starts (what start-up made: the modules, classes
-    and functions of everything the executor imported, ~28,000 tracked objects, which
-    live as long as the process) are frozen first (``gc.freeze``), so no full collection
-    walks them: in an interpreter that imported the executor one took 6.4-6.7 ms with
-    them and 0.2 ms without. In the executor, right after a million jobs went, one still
-    takes 1-8 ms (``docs/scaling.md``). The executor's job entries are invisible to the
-    collector. Young generations are still collected as usual. The thresholds are
-    restored, and the frozen objects thawed, when this task ends."""
+    A full collection walks every object the collector tracks that is not frozen
+    (``gc.freeze``), with the event loop stopped: ~0.3 us each. So:
+
+    - the objects that exist when this starts (what start-up made: the modules, classes
+      and functions of everything the executor imported, ~28,000 tracked objects, which
+      live as long as the process) are frozen first: in an interpreter that imported the
+      executor one full collection took 6.4-6.7 ms with them and 0.2 ms without;
+    - every ``freeze_every``-th collection (30 s by default), what survived it is frozen
+      too: what has lived that long is mostly what lives long, the links, tasks and
+      sessions of connected peers (~90 tracked objects per worker; with 1,000 workers
+      one full collection took ~30 ms, every 2 s). Frozen objects are still freed by
+      reference counting; only garbage cycles among them wait for
+    - every ``deep_every``-th collection (5 min), which thaws everything and walks it all
+      once (the old cost, rarely), then freezes what survived.
+
+    Running jobs and queued jobs add nothing here: their records, queue entries and
+    grants are invisible to the collector. Young generations are still collected as
+    usual. The thresholds are restored, and everything thawed, when this task ends."""
     import gc
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], 2 ** 30)   # no full collection by itself
     gc.collect(2)     # garbage made while starting must not be frozen with the rest
     gc.freeze()
     try:
+        rounds = 0
         while True:
             await trio.sleep(interval)
-            gc.collect(2)
+            rounds += 1
+            if deep_every and rounds % deep_every == 0:
+                gc.unfreeze()
+                gc.collect(2)
+                gc.freeze()
+            else:
+                gc.collect(2)
+                if freeze_every and rounds % freeze_every == 0:
+                    gc.freeze()
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

@@ -70,3 +70,45 @@ def test_what_existed_at_start_is_not_walked_by_full_collections_but_new_garbage
     assert frozen_old and frozen > 1000
     assert young_ref[0]() is None
     assert gc.get_freeze_count() == 0 and in_generations(old)
+
+
+def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection() -> None:
+    """What survives the ``freeze_every``-th scheduled collection (a connected peer's
+    link and session) is frozen: the next full collections do not walk it. A garbage
+    cycle among frozen objects (a peer that left) waits for the ``deep_every``-th
+    collection, which walks everything once."""
+    gone_ref: list[weakref.ref[_Cycle]] = []
+
+    def in_generations(obj: object) -> bool:
+        return any(o is obj for g in range(3) for o in gc.get_objects(g))
+
+    async def main() -> list[tuple[bool, bool, bool]]:
+        seen = []
+        async with trio.open_nursery() as n:
+            n.start_soon(full_collections, 1.0, 2, 6)
+            await trio.testing.wait_all_tasks_blocked()
+            kept, gone = _Cycle(), _Cycle()     # made after the start: not frozen yet
+            gone_ref.append(weakref.ref(gone))
+
+            def state() -> tuple[bool, bool, bool]:
+                g = gone_ref[0]()
+                return (in_generations(kept), g is not None and in_generations(g),
+                        g is not None)
+            seen.append(state())
+            await trio.sleep(2.5)           # collections 1 and 2: then survivors frozen
+            seen.append(state())
+            del gone                        # a cycle of frozen objects: garbage now
+            await trio.sleep(3.0)           # collections 3-5 do not walk it
+            seen.append(state())
+            await trio.sleep(1.0)           # collection 6: the deep one
+            seen.append(state())
+            seen.append((kept is not None, False, False))
+            n.cancel_scope.cancel()
+        return seen
+
+    seen = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert seen[0] == (True, True, True), "new objects are walked by full collections"
+    assert seen[1] == (False, False, True), "survivors of the second collection are frozen"
+    assert seen[2] == (False, False, True), "a frozen garbage cycle is not walked (kept)"
+    assert seen[3] == (False, False, False), "the deep collection frees it, refreezes kept"
+    assert gc.get_freeze_count() == 0

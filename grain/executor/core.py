@@ -39,6 +39,7 @@ from .grant import Grant
 from .host import send as _send
 from .jobtable import JobTable
 from .ledger import JobRecord, JobState, Ledger
+from .loopwatch import LoopWatch
 from .placement import Placement, shape_of
 from .recovery import RecoveryMixin
 from .sessions import ClientSession, HeldResult, WorkerSession
@@ -110,6 +111,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         self.started_mono = clock()
         self.placement_seconds_sum = 0.0
         self.placement_count = 0
+        self.loop_watch: LoopWatch | None = None   # set by ``grain executor`` (/metrics)
         self.worker_changed = trio.Event()
         self.chain_short = chain_short
         self.chained = 0

@@ -47,6 +47,10 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef("grain_placement_seconds_total", "counter",
               "Total time jobs waited from submission to start"),
     MetricDef("grain_placements_total", "counter", "Jobs placed"),
+    MetricDef("grain_event_loop_busy_seconds_total", "counter",
+              "Time the executor's event loop spent running tasks (busy / elapsed: its load)"),
+    MetricDef("grain_event_loop_longest_stall_seconds", "gauge",
+              "Longest time the event loop went without polling its sockets, last 1-2 min"),
     MetricDef("grain_user_running_jobs", "gauge", "Jobs running, per user", ("user",)),
     MetricDef("grain_user_queued_jobs", "gauge", "Jobs waiting, per user", ("user",)),
     MetricDef("grain_user_cores_in_use", "gauge", "Cores held by a user's jobs", ("user",)),
@@ -72,7 +76,7 @@ class ExecutorCollector:
 
     def values(self) -> dict[str, float]:
         """The unlabelled metrics' values, by exposed name."""
-        x, led = self.x, self.x.ledger
+        x, led, lw = self.x, self.x.ledger, self.x.loop_watch
         total = free = 0
         for st in x.placement.workers.values():
             cfree, ctot = st.free.stat().get("Cores", (0, 0))
@@ -92,6 +96,8 @@ class ExecutorCollector:
             "grain_clients": sum(1 for s in x.sessions.values() if s.link is not None),
             "grain_placement_seconds_total": x.placement_seconds_sum,
             "grain_placements_total": x.placement_count,
+            "grain_event_loop_busy_seconds_total": lw.busy_seconds if lw else 0.0,
+            "grain_event_loop_longest_stall_seconds": lw.longest() if lw else 0.0,
         }
 
     def collect(self) -> Iterator[Any]:

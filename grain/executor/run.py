@@ -18,6 +18,7 @@ from .core import Executor
 from .heap import full_collections, return_free_memory
 from .http import HttpServer
 from .listener import ExecutorListener
+from .loopwatch import LoopWatch
 
 log = logging.getLogger("grain.executor")
 
@@ -50,6 +51,8 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
                   client_grace=client_grace, worker_grace=worker_grace,
                   policy=credentials.policy)
     history.attach(ex)   # throughput and failures from the start, page or no page
+    ex.loop_watch = LoopWatch()
+    trio.lowlevel.add_instrument(ex.loop_watch)
     ctx = server_ssl_context(tls_cert, tls_key) if tls_cert and tls_key else None
     listener = ExecutorListener(ex, credentials, ssl_context=ctx, heartbeat=heartbeat,
                                 timeout=timeout,

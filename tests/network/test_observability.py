@@ -96,6 +96,11 @@ def test_http_status_metrics_and_health_follow_the_jobs(grain_procs: Harness,
     assert m1["grain_jobs_failed_total"] - m0["grain_jobs_failed_total"] == 1
     assert m1["grain_cores_in_use"] == 0 and m1["grain_queue_length"] == 0
     assert st["jobs"]["submitted"] == 24 and st["uptime_s"] > 0
+    # the event-loop watch runs in grain executor: 24 jobs' handling is busy time, and
+    # some stretch between two socket polls was the longest
+    busy = m1["grain_event_loop_busy_seconds_total"] - m0["grain_event_loop_busy_seconds_total"]
+    assert 0 < busy < st["uptime_s"]
+    assert 0 < m1["grain_event_loop_longest_stall_seconds"] < 5
     with pytest.raises(urllib.error.HTTPError) as e:
         ex.get("/nope")
     assert e.value.code == 404

@@ -22,11 +22,16 @@ up, and measures for ``--seconds``:
 The stand-ins answer at once by default, so the executor is the bottleneck (on a machine
 with few cores, the stand-ins and the client share it: the CPU per job is the figure to
 scale from; see ``docs/scaling.md``). ``--job-seconds`` makes jobs last.
+
+``--held N`` measures a busy cluster instead (``measure_busy``): N long jobs running, the
+executor left to settle, then how long short jobs' results wait: the longest is the
+longest stall any peer saw (a full garbage collection shows here).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -38,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
@@ -50,6 +56,7 @@ from grain.protocol import handshake
 from grain.protocol import messages as m
 from grain.resource import Cores, to_wire
 
+from .simworker import HOLD
 from .systems import grain_cli
 
 STAMP = struct.Struct("<d")
@@ -89,10 +96,10 @@ def _stop(p: subprocess.Popen[bytes] | None) -> None:
 class Client:
     """A protocol-level client keeping ``window`` jobs in flight."""
 
-    def __init__(self, link: Any, window: int) -> None:
+    def __init__(self, link: Any, window: int, first_cid: int = 0) -> None:
         self.link = link
         self.window = window
-        self.next_cid = 0
+        self.next_cid = first_cid
         self.in_flight = 0
         self.results = 0
         self.failed = 0
@@ -106,9 +113,10 @@ class Client:
             self.in_flight += 1
             link.send(m.Submit(self.next_cid, wire, 1), STAMP.pack(time.monotonic()))
 
-    async def run(self) -> None:
+    async def run(self, define: bool = True) -> None:
         link = self.link
-        link.send(m.DefineFunction(1), b"the function (never unpickled)")
+        if define:
+            link.send(m.DefineFunction(1), b"the function (never unpickled)")
         with handling():
             self.fill()
         while True:
@@ -137,15 +145,19 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * (len(s) - 1)))] if s else 0.0
 
 
-async def _drive(address: str, token: str, window: int, light: int, warm: float,
-                 seconds: float, executor: psutil.Process) -> dict[str, Any]:
+async def _connect(address: str, token: str) -> Any:
+    """A client's link to the executor (an async context manager giving the link)."""
     ep = parse_endpoint(address)
     stream = await transport.connect(ep)
     _, dec = await handshake.dial(stream, token, "client",
                                   {"name": "capacity", "session": secrets.randbits(62)},
                                   expect_role="executor", user="bench")
-    async with open_stream_link(stream, str(ep), m.ExecutorToClient, decoder=dec) as link, \
-            trio.open_nursery() as n:
+    return open_stream_link(stream, str(ep), m.ExecutorToClient, decoder=dec)
+
+
+async def _drive(address: str, token: str, window: int, light: int, warm: float,
+                 seconds: float, executor: psutil.Process) -> dict[str, Any]:
+    async with await _connect(address, token) as link, trio.open_nursery() as n:
         c = Client(link, light)
         n.start_soon(c.run)
         # light load first: the time a message waits when nothing else queues up
@@ -176,10 +188,10 @@ async def _drive(address: str, token: str, window: int, light: int, warm: float,
             "light_wait_p99_ms": _pct(light_waits, 0.99) * 1e3}
 
 
-def measure(workers: int, *, cores: int = 64, procs: int = 1, window: int = 2000,
-            light: int = 16, warm: float = 2.0, seconds: float = 5.0, job_seconds: float = 0.0,
-            timeout: float = 120.0) -> dict[str, Any]:
-    """One cluster size: a fresh executor, ``workers`` stand-ins, the client."""
+@contextlib.contextmanager
+def _cluster(workers: int, cores: int, procs: int, job_seconds: float, timeout: float
+             ) -> Iterator[dict[str, Any]]:
+    """A fresh ``grain executor`` and ``workers`` stand-ins, all registered; stopped after."""
     tmp = tempfile.mkdtemp(prefix="grain-capacity-")
     ex: subprocess.Popen[bytes] | None = None
     sims: list[subprocess.Popen[bytes]] = []
@@ -209,19 +221,79 @@ def measure(workers: int, *, cores: int = 64, procs: int = 1, window: int = 2000
             assert p.stdout is not None
             if not p.stdout.readline().startswith(b"ready"):
                 raise RuntimeError(f"a stand-in process exited {p.wait()} before it was ready")
-        registered_s = time.perf_counter() - t
-        rss_workers = ex_proc.memory_info().rss
-        out = trio.run(_drive, addr, token, window, light, warm, seconds, ex_proc)
-        out.update(workers=workers, cores=workers * cores, window=window, procs=len(sims),
-                   job_seconds=job_seconds, register_s=registered_s,
-                   executor_rss_empty_mib=rss_empty / 2 ** 20,
-                   executor_rss_workers_mib=rss_workers / 2 ** 20)
-        return out
+        yield {"address": addr, "token": token, "executor": ex_proc, "procs": len(sims),
+               "register_s": time.perf_counter() - t,
+               "executor_rss_empty_mib": rss_empty / 2 ** 20,
+               "executor_rss_workers_mib": ex_proc.memory_info().rss / 2 ** 20}
     finally:
         for p in sims:
             _stop(p)
         _stop(ex)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure(workers: int, *, cores: int = 64, procs: int = 1, window: int = 2000,
+            light: int = 16, warm: float = 2.0, seconds: float = 5.0, job_seconds: float = 0.0,
+            timeout: float = 120.0) -> dict[str, Any]:
+    """One cluster size: a fresh executor, ``workers`` stand-ins, the client."""
+    with _cluster(workers, cores, procs, job_seconds, timeout) as c:
+        out = trio.run(_drive, c["address"], c["token"], window, light, warm, seconds,
+                       c["executor"])
+        out.update(workers=workers, cores=workers * cores, window=window, procs=c["procs"],
+                   job_seconds=job_seconds, register_s=c["register_s"],
+                   executor_rss_empty_mib=c["executor_rss_empty_mib"],
+                   executor_rss_workers_mib=c["executor_rss_workers_mib"])
+        return out
+
+
+async def _drive_busy(address: str, token: str, held: int, light: int, settle: float,
+                      seconds: float, executor: psutil.Process) -> dict[str, Any]:
+    async with await _connect(address, token) as link, trio.open_nursery() as n:
+        # ``held`` long jobs first (the stand-ins hold jobs named ``hold`` until the
+        # session ends), all at once: placement starts them in steps
+        wire = to_wire(Cores(1))
+        link.send(m.DefineFunction(1), b"the function (never unpickled)")
+        for cid in range(1, held + 1):
+            link.send(m.Submit(cid, wire, 1, name=HOLD), b"")
+        c = Client(link, light, first_cid=held)
+        started = 0
+        t0 = time.perf_counter()
+        while started < held:
+            for h, _ in await link.receive():
+                started += type(h) is m.Started
+        placed_s = time.perf_counter() - t0
+        n.start_soon(c.run, False)
+        await trio.sleep(settle)
+        c.waits = []
+        cpu0 = executor.cpu_times()
+        await trio.sleep(seconds)
+        cpu1 = executor.cpu_times()
+        waits, c.waits = c.waits, None
+        rss = executor.memory_info().rss
+        n.cancel_scope.cancel()
+    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
+    return {"held": held, "placed_s": placed_s, "light_window": light,
+            "light_jobs": len(waits), "executor_cpu_cores": cpu / seconds,
+            "executor_rss_mib": rss / 2 ** 20,
+            "light_wait_p50_ms": _pct(waits, 0.5) * 1e3,
+            "light_wait_p99_ms": _pct(waits, 0.99) * 1e3,
+            "light_wait_max_ms": max(waits, default=0.0) * 1e3}
+
+
+def measure_busy(workers: int, held: int, *, cores: int = 64, procs: int = 1,
+                 light: int = 16, settle: float = 35.0, seconds: float = 10.0,
+                 timeout: float = 120.0) -> dict[str, Any]:
+    """A busy cluster: ``held`` long jobs running on ``workers`` stand-ins, then, after
+    ``settle`` seconds (the executor's housekeeping settles: its first freeze of
+    long-lived objects comes at 30 s, ``grain.executor.heap``), the time ``light`` short
+    jobs' results wait in the executor, for ``seconds``: its longest is the longest
+    stall a peer saw."""
+    with _cluster(workers, cores, procs, 0.0, timeout) as c:
+        out = trio.run(_drive_busy, c["address"], c["token"], held, light, settle, seconds,
+                       c["executor"])
+        out.update(workers=workers, cores=workers * cores, procs=c["procs"],
+                   settle_s=settle, seconds=seconds)
+        return out
 
 
 def capacity_table(results: list[dict[str, Any]], durations: tuple[float, ...] = (1, 10, 60)
@@ -252,8 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm", type=float, default=2.0)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--job-seconds", type=float, default=0.0)
+    ap.add_argument("--held", type=int, default=0,
+                    help="a busy cluster instead: this many long jobs run (one cluster size, "
+                         "--workers), then the wait of --light short jobs' results is "
+                         "measured for --seconds after --settle seconds")
+    ap.add_argument("--settle", type=float, default=35.0)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.held:
+        w = int(a.workers.split(",")[0])
+        r = measure_busy(w, a.held, cores=a.cores, procs=a.procs or max(1, (w + 499) // 500),
+                         light=a.light, settle=a.settle, seconds=a.seconds)
+        print(json.dumps(r) if a.json else
+              f"{w} workers x {a.cores} cores, {a.held:,} jobs running: short jobs' results "
+              f"waited p50 {r['light_wait_p50_ms']:.2f} ms, p99 {r['light_wait_p99_ms']:.2f} "
+              f"ms, longest {r['light_wait_max_ms']:.1f} ms; executor RSS "
+              f"{r['executor_rss_mib']:.0f} MiB")
+        return 0
     results = []
     for w in (int(x) for x in a.workers.split(",")):
         procs = a.procs or max(1, (w + 499) // 500)

@@ -100,6 +100,9 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "cap1000_rss_mib": ("MiB", "lower", "  executor RSS"),
     "cap1000_wait_p99_ms": ("ms", "lower", "  message wait p99, loaded"),
     "cap1000_light_wait_p99_ms": ("ms", "lower", "  message wait p99, 16 in flight"),
+    "cap_busy_wait_max_ms": ("ms", "lower", "busy 1,000 x 64 (60,000 running): longest wait"),
+    "cap_busy_wait_p99_ms": ("ms", "lower", "  message wait p99, 16 in flight"),
+    "cap_busy_rss_mib": ("MiB", "lower", "  executor RSS"),
     "cap_cores_1s": ("cores", "higher", "  cores one executor serves, 1 s jobs"),
     "cap_cores_10s": ("cores", "higher", "  cores one executor serves, 10 s jobs"),
     "cap_cores_60s": ("cores", "higher", "  cores one executor serves, 60 s jobs"),
@@ -309,6 +312,8 @@ def _scale_targets(g: str, rel: Any, absolute: Any) -> None:
         absolute(g, "idle_core_rss_mib", "<=", 100,
                  "idle executor+worker+client <= 100 MiB")
         absolute(g, "bob_wait_ms", "<=", 30, "Bob's job starts within ~1 job (<= 30 ms)")
+        absolute(g, "cap_busy_wait_max_ms", "<=", 5.0,
+                 "stall <= a few ms (5) with 1,000 workers and 60,000 jobs running")
     else:
         absolute(g, "place_step_max_ms", "<=", 2.0, "placement step <= 2 ms (1,000 x 64)")
         absolute(g, "place_per_s", ">=", 200_000, "placements >= 200,000/s")

@@ -137,8 +137,9 @@ def placement(system: str, p: dict[str, Any]) -> dict[str, Any]:
 
 # -- one executor, many simulated workers (bench/capacity.py) -----------------------------
 def capacity(system: str, p: dict[str, Any]) -> dict[str, Any]:
-    """``bench.capacity.measure`` at 10, 100 and 1,000 stand-in workers of 64 cores."""
-    from .capacity import capacity_table, measure
+    """``bench.capacity.measure`` at 10, 100 and 1,000 stand-in workers of 64 cores, and
+    ``measure_busy``: the longest wait of a short job's result with 60,000 jobs running."""
+    from .capacity import capacity_table, measure, measure_busy
     out: dict[str, Any] = {}
     results = []
     for w in p["cap_workers"]:
@@ -150,7 +151,13 @@ def capacity(system: str, p: dict[str, Any]) -> dict[str, Any]:
                     f"cap{w}_rss_mib": r["executor_rss_mib"],
                     f"cap{w}_wait_p99_ms": r["wait_p99_ms"],
                     f"cap{w}_light_wait_p99_ms": r["light_wait_p99_ms"]})
-    out["_capacity"] = {"results": results, "table": capacity_table(results)}
+    w, held, settle, seconds = p["cap_busy"]
+    busy = measure_busy(w, held, procs=max(1, (w + 499) // 500), settle=settle,
+                        seconds=seconds)
+    out.update(cap_busy_wait_max_ms=busy["light_wait_max_ms"],
+               cap_busy_wait_p99_ms=busy["light_wait_p99_ms"],
+               cap_busy_rss_mib=busy["executor_rss_mib"])
+    out["_capacity"] = {"results": results, "table": capacity_table(results), "busy": busy}
     for row in capacity_table(results):
         out[f"cap_cores_{int(row['job_s'])}s"] = row["cores_one_core"]
     return out

@@ -5,7 +5,8 @@ the real worker protocol and run no user code, for measuring one executor at clu
 Each stand-in dials the executor, completes the handshake as a worker (``WorkerHello``
 with ``--cores`` cores and ``--memory`` GB), sends ``Attach`` (nothing running, nothing
 held), then answers every ``Run`` with ``Done(OK)`` at once, or ``--job-seconds`` after
-it starts (a chained job starts when the one it is chained behind ends). The ``Done``
+it starts (a chained job starts when the one it is chained behind ends); a job named
+``hold`` (``HOLD``) runs until it is killed or its session ends (a long job). The ``Done``
 payload is 8 bytes: the ``time.monotonic()`` at which it was sent, which the executor
 passes through to the client untouched, so the client can tell how long the result
 waited in the executor. Results are held until the executor sends ``Release`` (or ends
@@ -36,6 +37,7 @@ from grain.resource import Cores, Memory, to_wire
 
 STAMP = struct.Struct("<d")
 OK = int(m.End.OK)
+HOLD = "hold"
 CANCELLED = int(m.End.CANCELLED)
 
 
@@ -68,6 +70,9 @@ class StandIn:
         t = type(msg)
         if t is m.Run:
             self.runs += 1
+            if msg.name == HOLD:
+                self.running[(msg.sess, msg.cid)] = float("inf")
+                return
             if self.job_seconds <= 0:
                 self.done(msg.sess, msg.cid, OK)
                 return

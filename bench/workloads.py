@@ -31,7 +31,8 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
                 "big_reps": 2, "cpu_jobs": 4, "cpu_seconds": 0.02, "idle_wait": 0.1,
                 "pin_jobs": 40, "queue_jobs": 2000, "stall_jobs": 2000,
                 "place_jobs": 2000, "place_seconds": 0.2, "cap_workers": [2],
-                "cap_seconds": 0.5, "cap_warm": 0.4, "alice_jobs": 20, "bob_trials": 2,
+                "cap_seconds": 0.5, "cap_warm": 0.4, "cap_busy": (2, 50, 0.3, 0.5),
+                "alice_jobs": 20, "bob_trials": 2,
                 "timeout": 100}
     return {
         "rt_jobs": 100 if quick else 300,
@@ -50,6 +51,9 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
         "cap_workers": [10, 100, 1000],
         "cap_seconds": 2.0 if quick else 5.0,
         "cap_warm": 1.0 if quick else 2.0,
+        # (workers, jobs held, settle s, measured s): settle past the executor's first
+        # freeze of long-lived objects (30 s, grain.executor.heap)
+        "cap_busy": (1000, 60_000, 35.0, 5.0 if quick else 10.0),
         "alice_jobs": 3000,
         "bob_trials": 3 if quick else 5,
         "timeout": 110 if quick else 290,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 
 import trio
 
@@ -49,12 +50,16 @@ async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
 FREEZE_EVERY = 15
 """Every this many scheduled full collections, what survived the last is frozen."""
 DEEP_EVERY = 150
-"""Every this many, everything is thawed first and walked once (frees cycles among what
-was frozen: the links and sessions of peers that have left)."""
+"""At most every this many, everything is thawed first and walked once (frees cycles
+among what was frozen: the links and sessions of peers that have left), when one has."""
+DEEP_MAX_EVERY = 1800
+"""Every this many (an hour), a deep collection whether a peer left or not."""
 
 
 async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVERY,
-                           deep_every: int = DEEP_EVERY) -> None:
+                           deep_every: int = DEEP_EVERY,
+                           departures: Callable[[], int] | None = None,
+                           deep_max_every: int = DEEP_MAX_EVERY) -> None:
     """Run the garbage collector's full collections from here, one every ``interval``
     seconds, in a step of their own, instead of letting them start inside whatever step
     allocates when one falls due (about every second or two under load).
@@ -71,8 +76,13 @@ async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVE
       sessions of connected peers (~90 tracked objects per worker; with 1,000 workers
       one full collection took ~30 ms, every 2 s). Frozen objects are still freed by
       reference counting; only garbage cycles among them wait for
-    - every ``deep_every``-th collection (5 min), which thaws everything and walks it all
-      once (the old cost, rarely), then freezes what survived.
+    - a deep collection, which thaws everything and walks it all once (the old cost:
+      45-76 ms with 1,000 workers), then freezes what survived: at most every
+      ``deep_every`` collections (5 min) and only when ``departures()`` (a count of peer
+      connections that ended, the executor's) changed since the last one, since a
+      cluster whose peers stay makes no such garbage; at least every
+      ``deep_max_every`` (an hour) for whatever else was frozen and let go. Without
+      ``departures``, every ``deep_every``-th.
 
     Running jobs and queued jobs add nothing here: their records, queue entries and
     grants are invisible to the collector. Young generations are still collected as
@@ -83,14 +93,19 @@ async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVE
     gc.collect(2)     # garbage made while starting must not be frozen with the rest
     gc.freeze()
     try:
-        rounds = 0
+        rounds = since_deep = 0
+        gone_at_deep = departures() if departures is not None else 0
         while True:
             await trio.sleep(interval)
             rounds += 1
-            if deep_every and rounds % deep_every == 0:
+            since_deep += 1
+            gone = departures() if departures is not None else gone_at_deep + 1
+            if (deep_every and since_deep >= deep_every and gone != gone_at_deep) or \
+                    (deep_max_every and since_deep >= deep_max_every):
                 gc.unfreeze()
                 gc.collect(2)
                 gc.freeze()
+                since_deep, gone_at_deep = 0, gone
             else:
                 gc.collect(2)
                 if freeze_every and rounds % freeze_every == 0:

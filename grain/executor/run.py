@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import resource
 import signal
+from functools import partial
 
 import trio
 
@@ -69,7 +70,8 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         n.start_soon(_watch_tokens, credentials, ex)
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
         n.start_soon(return_free_memory)
-        n.start_soon(full_collections)   # first freezes what start-up made
+        # first freezes what start-up made
+        n.start_soon(partial(full_collections, departures=lambda: ex.departures))
         task_status.started(bound)
 
 

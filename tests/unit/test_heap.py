@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from functools import partial
 
 import trio
 import trio.testing
@@ -112,3 +113,41 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
     assert seen[2] == (False, False, True), "a frozen garbage cycle is not walked (kept)"
     assert seen[3] == (False, False, False), "the deep collection frees it, refreezes kept"
     assert gc.get_freeze_count() == 0
+
+
+def test_the_deep_collection_waits_for_a_peer_to_leave() -> None:
+    """With ``departures`` (the executor's count of peer connections that ended), the deep
+    collection comes only once one has ended since the last (a steady cluster makes no
+    garbage among its frozen objects, and a deep walk is the long one), or after
+    ``deep_max_every`` collections whatever happened."""
+    gone = [0]
+    refs: list[weakref.ref[_Cycle]] = []
+
+    async def main() -> list[bool]:
+        alive = []
+        async with trio.open_nursery() as n:
+            n.start_soon(partial(full_collections, 1.0, 1, 3, departures=lambda: gone[0],
+                                 deep_max_every=12))
+            await trio.testing.wait_all_tasks_blocked()
+            c = _Cycle()
+            refs.append(weakref.ref(c))
+            await trio.sleep(1.5)       # collection 1 freezes it
+            del c                       # garbage among frozen objects
+            await trio.sleep(4.0)       # collections 2-5: no peer left, no deep one
+            alive.append(refs[0]() is not None)
+            gone[0] += 1                # a peer's connection ended
+            await trio.sleep(1.0)       # collection 6: deep
+            alive.append(refs[0]() is not None)
+            c = _Cycle()
+            refs[0] = weakref.ref(c)
+            await trio.sleep(1.0)       # collection 7 freezes it
+            del c
+            await trio.sleep(10.0)      # collections 8-17: no peer left; the 18th is the
+            alive.append(refs[0]() is not None)   # 12th since the deep one: deep anyway
+            await trio.sleep(1.0)
+            alive.append(refs[0]() is not None)
+            n.cancel_scope.cancel()
+        return alive
+
+    alive = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert alive == [True, False, True, False]

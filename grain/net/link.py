@@ -16,6 +16,7 @@ written). ``receive()`` returns the next batch. Two kinds:
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -367,7 +368,23 @@ class StreamLink(Link):
         n.cancel_scope.cancel()
 
     async def _reader(self) -> str:
+        """Read and deliver frames until the peer closes; ``TooSlowError`` when the peer
+        is silent for ``timeout`` while we wait for it.
+
+        The silence deadline is one cancel scope for the link's life, armed (its deadline
+        set) only when nothing is there to read, and disarmed while we wait for our own
+        receiver (back-pressure is not the peer's silence): a scope per wait was a cancel
+        scope, a generator and its context manager made per message, and at 1,000
+        connected workers the ones alive at any moment were objects every full garbage
+        collection walked (``grain.executor.heap``)."""
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
+        with trio.CancelScope() as silence:
+            reason = await self._read(silence)
+        if silence.cancelled_caught:
+            raise trio.TooSlowError
+        return reason
+
+    async def _read(self, silence: trio.CancelScope) -> str:
         raw = self._raw
         waiting = 0     # bytes read since the receiver last took its messages
         lowat, slow = 1, False   # the socket's SO_RCVLOWAT; the peer sends big frames slowly
@@ -377,32 +394,36 @@ class StreamLink(Link):
                 # Back-pressure: read on only once the receiver has taken what it was
                 # given. A peer sending faster than it is served waits in TCP (its
                 # kernel's buffers), not in this process's memory as decoded messages.
+                silence.deadline = math.inf
                 await self._in.wait_taken()
             if not self._in.items:
                 waiting = 0
             if raw is None:
-                with trio.fail_after(self.timeout):
-                    data = await self.stream.receive_some(RECV_SIZE)
+                silence.deadline = trio.current_time() + self.timeout
+                data = await self.stream.receive_some(RECV_SIZE)
                 n, batches = len(data), self._decoder.feed(data)
             else:
                 # Read at once what is there; wait, and arm the silence deadline, only
-                # when nothing is (no cancel scope nor scheduler trip per read).
+                # when nothing is (no scheduler trip per read).
                 try:
                     n, batches = recv_frames(raw, self._decoder)
                 except BlockingIOError:
+                    n = -1      # wait below, not here: the exception would live as long
+                if n < 0:
                     # the rest of a big frame: wake once a good part of it is there
                     # (fewer, bigger reads), unless the peer proved slower than that
                     want = wake_at(self._decoder.missing, slow)
                     if want != lowat:
                         lowat = want if set_rcvlowat(raw, want) else 1
                     if lowat > 1:
+                        silence.deadline = math.inf
                         with trio.move_on_after(LOWAT_PATIENCE):
                             await trio.lowlevel.wait_readable(raw)
                             continue
                         slow = True   # so the silence deadline below counts, per byte
                         continue
-                    with trio.fail_after(self.timeout):
-                        await trio.lowlevel.wait_readable(raw)
+                    silence.deadline = trio.current_time() + self.timeout
+                    await trio.lowlevel.wait_readable(raw)
                     continue
                 if slow and not self._decoder.missing:
                     slow = False     # that frame is complete

@@ -185,7 +185,8 @@ def check_runs(world: SimWorld) -> None:
         for prev, nxt in itertools.pairwise(runs):
             if prev.how in ("temp", "died"):
                 continue
-            if prev.how.startswith("killed:") and _killed_for_the_job_ahead(world, prev, token):
+            if prev.how is not None and prev.how.startswith("killed:") \
+                    and _killed_for_the_job_ahead(world, prev, token):
                 # the kill was meant for the job chained ahead on that runner, which had
                 # just ended there; this one was handed back to run again
                 continue

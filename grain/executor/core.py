@@ -133,7 +133,15 @@ class Executor(ClientsMixin, RecoveryMixin):
 
     def _enqueue(self, rec: JobRecord, resumed: bool = False) -> None:
         """Queue a job (or, just after a restart, hold a resubmitted one back until its
-        worker had a chance to report it running)."""
+        worker had a chance to report it running). A job of a session that has ended
+        (it was running when its client left, and comes back: handed back by a draining
+        worker, or its worker lost) ends here as cancelled: ``end_session`` ended the
+        session's queued jobs already, and nobody would end this one (with no worker to
+        start it, it would stay queued for ever)."""
+        s = self.sessions.get(rec.sess)
+        if s is not None and s.closing:
+            self._end(rec, End.CANCELLED, "the client left")
+            return
         if resumed and self.clock() < self.started_mono + self.settle:
             self.defer(rec)
             return

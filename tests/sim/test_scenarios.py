@@ -515,3 +515,18 @@ def test_a_result_held_for_a_job_its_client_never_saw_start_is_taken_after_a_res
             assert end.ok, (token, end)
 
     one()
+
+
+def test_a_hanging_job_cut_off_and_run_again_after_its_worker_was_lost() -> None:
+    """Found by the state machine, a fault of the check: a job hangs on a worker that is
+    cut off; the worker is given up on (its grace passes) and the job runs again on the
+    other worker while the first run still hangs. The first run has no end yet, and the
+    check read its end's kind."""
+    replay(SimParams(workers=((1, 2.0), (1, 2.0)), latency=0.0, retries=1, worker_grace=5.0,
+                     client_grace=10.0, reconnect_grace=10.0, wait_for_workers=30.0),
+           [lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+            lambda s: s.submit(duration=0.0, i=0, kind="ok", n=1, shape="c1"),
+            lambda s: s.open_waitgroup(i=0),
+            lambda s: s.submit(duration=0.0, i=0, kind="temp_hang", n=1, shape="c1"),
+            lambda s: s.partition_worker(heal_after=10.0, i=0, silent=False),
+            lambda s: s.advance(dt=5.0)])

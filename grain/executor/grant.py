@@ -5,8 +5,9 @@ An allocation as ``Resource.alloc`` makes it is a small graph of objects (the co
 of core ids, the parts' ``__dict__`` once sent): about nine objects the cyclic collector
 tracks, held for as long as the job runs. On 1,000 nodes of 64 cores busy with 60,000
 running jobs that was half a million tracked objects, and every full collection walked
-them: 50 ms with the event loop stopped, every 2 s (``grain.executor.heap``), measured
-with ``bench.capacity --window 60000 --job-seconds 60``. And since each part names itself,
+them with the event loop stopped, every 2 s (``grain.executor.heap``): half the
+executor's busy time (py-spy, ``bench.capacity --window 60000 --job-seconds 60``). And
+since each part names itself,
 every ended job left cyclic garbage that only the collector could free.
 
 A ``Grant`` is one object that the collector never tracks (``gc=False``: it refers to no

@@ -73,8 +73,9 @@ async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVE
       executor one full collection took 6.4-6.7 ms with them and 0.2 ms without;
     - every ``freeze_every``-th collection (30 s by default), what survived it is frozen
       too: what has lived that long is mostly what lives long, the links, tasks and
-      sessions of connected peers (~90 tracked objects per worker; with 1,000 workers
-      one full collection took ~30 ms, every 2 s). Frozen objects are still freed by
+      sessions of connected peers (~150 tracked objects per worker over TCP; with 1,000
+      workers one full collection took 45-76 ms, every 2 s, and 11-13 ms once they were
+      frozen). Frozen objects are still freed by
       reference counting; only garbage cycles among them wait for
     - a deep collection, which thaws everything and walks it all once (the old cost:
       45-76 ms with 1,000 workers), then freezes what survived: at most every

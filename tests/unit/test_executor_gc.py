@@ -11,6 +11,7 @@ tens of milliseconds. Counted structurally, not timed: the tracked objects a rea
 import gc
 
 import trio
+import trio.testing
 
 from grain.executor.core import Executor
 from grain.net.link import LinkClosed, MemoryLink, memory_link_pair
@@ -57,8 +58,8 @@ async def _tracked_while(jobs: int) -> int:
         wire = to_wire(Cores(1) & Memory(0.1))
         for cid in range(1, jobs + 1):
             client.send(m.Submit(cid, wire, 1), b"args")
-        while len(running) < jobs:
-            await trio.sleep(0.001)
+        await trio.testing.wait_all_tasks_blocked()   # every message handled
+        assert len(running) == jobs
         gc.collect()
         tracked = len(gc.get_objects())
         n.cancel_scope.cancel()
@@ -88,16 +89,14 @@ def test_peers_leaving_are_counted_for_the_deep_collection() -> None:
             n.start_soon(_worker, mine, [])
             client, server = memory_link_pair("client", "executor")
             n.start_soon(ex.serve_client, server, "alice", {"name": "alice", "session": 1})
-            while not ex.sessions or not ex.workers:
-                await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ex.sessions and ex.workers
             seen.append(ex.departures)
             client.close("done")
-            while ex.departures == seen[-1]:
-                await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
             seen.append(ex.departures)
             mine.close("done")
-            while ex.departures == seen[-1]:
-                await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
             seen.append(ex.departures)
             n.cancel_scope.cancel()
         return seen

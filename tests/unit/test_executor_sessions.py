@@ -52,13 +52,12 @@ def test_a_job_that_comes_back_after_its_session_ended_ends(handed_back: bool) -
             n.start_soon(ex.serve_client, server, "alice", {"name": "alice", "session": 1})
             client.send(m.DefineFunction(1), b"fn")
             client.send(m.Submit(1, to_wire(Cores(1)), 1), b"args")
-            while not ex.ledger.started:
-                await trio.sleep(0.001)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ex.ledger.started == 1
             client.close("the client died")
             await ended.wait()
-            while ex.workers:                # the worker's goodbye is handled
-                await trio.sleep(0.001)
-            await trio.testing.wait_all_tasks_blocked()
+            await trio.testing.wait_all_tasks_blocked()   # the worker's goodbye handled
+            assert not ex.workers
             left = (len(ex.placement), len(ex.sessions))
             n.cancel_scope.cancel()
         return left

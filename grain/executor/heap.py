@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import time
 from collections.abc import Callable
 
 import trio
@@ -47,70 +48,107 @@ async def return_free_memory(interval: float = 5.0, slack: int = SLACK) -> None:
             trim(0)
 
 
-FREEZE_EVERY = 15
-"""Every this many scheduled full collections, what survived the last is frozen."""
-DEEP_EVERY = 150
-"""At most every this many, everything is thawed first and walked once (frees cycles
-among what was frozen: the links and sessions of peers that have left), when one has."""
-DEEP_MAX_EVERY = 1800
-"""Every this many (an hour), a deep collection whether a peer left or not."""
+TARGET = 0.001
+"""Seconds one scheduled full collection should take: the interval between them adapts
+so that each walks about this much (``next_interval``)."""
+SHORTEST = 0.05
+LONGEST = 2.0
+"""Bounds of the interval between scheduled full collections (seconds)."""
+DEEP_AFTER = 300.0
+"""At most every this many seconds, everything is thawed first and walked once (frees
+cycles among what was frozen: the links and sessions of peers that have left), when one
+has left."""
+DEEP_MAX_AFTER = 3600.0
+"""Every this many seconds, a deep collection whether a peer left or not."""
 
 
-async def full_collections(interval: float = 2.0, freeze_every: int = FREEZE_EVERY,
-                           deep_every: int = DEEP_EVERY,
+def next_interval(interval: float, took: float, target: float = TARGET,
+                  shortest: float = SHORTEST, longest: float = LONGEST) -> float:
+    """The wait before the next scheduled full collection, from the last one's
+    ``interval`` and how long it ``took``. A collection walks what was made since the
+    last one and still lives, about in proportion to the interval: halve it when a walk
+    took longer than ``target``, double it when under a quarter of that."""
+    if took > target:
+        return max(shortest, interval / 2)
+    if took < target / 4:
+        return min(longest, interval * 2)
+    return interval
+
+
+def deep_due(now: float, last_deep: float, departed: bool, deep_after: float = DEEP_AFTER,
+             deep_max_after: float = DEEP_MAX_AFTER) -> bool:
+    """Whether the scheduled collection at ``now`` should be a deep one (thaw, walk
+    everything, freeze): ``deep_after`` seconds since the last one and a peer has
+    ``departed`` since, or ``deep_max_after`` seconds whatever happened."""
+    since = now - last_deep
+    return (departed and since >= deep_after) or since >= deep_max_after
+
+
+async def full_collections(*, target: float = TARGET, shortest: float = SHORTEST,
+                           longest: float = LONGEST, deep_after: float = DEEP_AFTER,
+                           deep_max_after: float = DEEP_MAX_AFTER,
                            departures: Callable[[], int] | None = None,
-                           deep_max_every: int = DEEP_MAX_EVERY) -> None:
-    """Run the garbage collector's full collections from here, one every ``interval``
-    seconds, in a step of their own, instead of letting them start inside whatever step
-    allocates when one falls due (about every second or two under load).
+                           stopwatch: Callable[[], float] = time.perf_counter) -> None:
+    """Run the garbage collector's full collections from here, each in a step of its
+    own, instead of letting them start inside whatever step allocates when one falls due
+    (about every second or two under load), and freeze what each leaves alive so that no
+    object is walked by more than one of them.
 
     A full collection walks every object the collector tracks that is not frozen
-    (``gc.freeze``), with the event loop stopped: ~0.3 us each. So:
+    (``gc.freeze``), with the event loop stopped: ~0.3-0.6 us each. So:
 
     - the objects that exist when this starts (what start-up made: the modules, classes
       and functions of everything the executor imported, ~28,000 tracked objects, which
       live as long as the process) are frozen first: in an interpreter that imported the
       executor one full collection took 6.4-6.7 ms with them and 0.2 ms without;
-    - every ``freeze_every``-th collection (30 s by default), what survived it is frozen
-      too: what has lived that long is mostly what lives long, the links, tasks and
-      sessions of connected peers (~150 tracked objects per worker over TCP; with 1,000
-      workers one full collection took 45-76 ms, every 2 s, and 11-13 ms once they were
-      frozen). Frozen objects are still freed by
-      reference counting; only garbage cycles among them wait for
-    - a deep collection, which thaws everything and walks it all once (the old cost:
-      45-76 ms with 1,000 workers), then freezes what survived: at most every
-      ``deep_every`` collections (5 min) and only when ``departures()`` (a count of peer
+    - after every scheduled collection, what survived it is frozen: the next walks only
+      what was made since and still lives. What a connected peer keeps is frozen once;
+      what a busy executor makes anew all the time is the suspended call chains of every
+      link's tasks, remade at each message or heartbeat (~34 tracked objects per worker
+      over TCP, every 2 s): with 1,000 workers, full collections every 2 s, freezing
+      every 30 s, took 17-28 ms each, all of it those chains (and found no garbage);
+    - so the interval adapts (``next_interval``): a walk is about in proportion to the
+      time since the last, and the interval halves while walks take over ``target``
+      (1 ms) and doubles while they take under a quarter of it, between ``shortest`` and
+      ``longest``. The collector's total work is the same (each object is walked once
+      at most); it comes in steps of a millisecond or two instead of one long one;
+    - frozen objects are still freed by reference counting; only garbage cycles among
+      them wait for a deep collection, which thaws everything and walks it all once
+      (with 1,000 workers: 45-76 ms), then freezes what survived: at most every
+      ``deep_after`` seconds and only when ``departures()`` (a count of peer
       connections that ended, the executor's) changed since the last one, since a
       cluster whose peers stay makes no such garbage; at least every
-      ``deep_max_every`` (an hour) for whatever else was frozen and let go. Without
-      ``departures``, every ``deep_every``-th.
+      ``deep_max_after`` for whatever else was frozen and let go. Without
+      ``departures``, every ``deep_after``.
 
     Running jobs and queued jobs add nothing here: their records, queue entries and
     grants are invisible to the collector. Young generations are still collected as
-    usual. The thresholds are restored, and everything thawed, when this task ends."""
+    usual. The thresholds are restored, and everything thawed, when this task ends.
+    ``stopwatch`` times the walks (a test's fake one steers the interval)."""
     import gc
     before = gc.get_threshold()
     gc.set_threshold(before[0], before[1], 2 ** 30)   # no full collection by itself
     gc.collect(2)     # garbage made while starting must not be frozen with the rest
     gc.freeze()
     try:
-        rounds = since_deep = 0
+        interval = longest
+        last_deep = trio.current_time()
         gone_at_deep = departures() if departures is not None else 0
         while True:
             await trio.sleep(interval)
-            rounds += 1
-            since_deep += 1
+            now = trio.current_time()
             gone = departures() if departures is not None else gone_at_deep + 1
-            if (deep_every and since_deep >= deep_every and gone != gone_at_deep) or \
-                    (deep_max_every and since_deep >= deep_max_every):
+            if deep_due(now, last_deep, gone != gone_at_deep, deep_after, deep_max_after):
                 gc.unfreeze()
                 gc.collect(2)
                 gc.freeze()
-                since_deep, gone_at_deep = 0, gone
-            else:
-                gc.collect(2)
-                if freeze_every and rounds % freeze_every == 0:
-                    gc.freeze()
+                last_deep, gone_at_deep = now, gone
+                continue        # the deep walk's length says nothing of the next one's
+            t = stopwatch()
+            gc.collect(2)
+            took = stopwatch() - t
+            gc.freeze()
+            interval = next_interval(interval, took, target, shortest, longest)
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)

@@ -5,22 +5,23 @@ from __future__ import annotations
 import gc
 import weakref
 from functools import partial
+from itertools import pairwise
 
 import trio
 import trio.testing
 
-from grain.executor.heap import full_collections
+from grain.executor.heap import deep_due, full_collections, next_interval
 
 
 def test_full_collections_run_on_schedule_and_never_by_themselves() -> None:
     """While the task runs, the collector starts no full collection of its own (its
-    oldest generation's threshold is out of reach) and one runs every ``interval``; when
-    the task ends, the thresholds are what they were."""
+    oldest generation's threshold is out of reach) and one runs every interval (here held
+    at 5 s); when the task ends, the thresholds are what they were."""
     before = gc.get_threshold()
 
     async def main() -> tuple[tuple[int, ...], int]:
         async with trio.open_nursery() as n:
-            n.start_soon(full_collections, 5.0)
+            n.start_soon(partial(full_collections, shortest=5.0, longest=5.0))
             await trio.testing.wait_all_tasks_blocked()
             during = gc.get_threshold()
             full = gc.get_stats()[2]["collections"]
@@ -55,7 +56,7 @@ def test_what_existed_at_start_is_not_walked_by_full_collections_but_new_garbage
 
     async def main() -> tuple[bool, int]:
         async with trio.open_nursery() as n:
-            n.start_soon(full_collections, 5.0)
+            n.start_soon(partial(full_collections, shortest=5.0, longest=5.0))
             await trio.testing.wait_all_tasks_blocked()
             frozen_old = not in_generations(old)
             young = _Cycle()
@@ -74,10 +75,10 @@ def test_what_existed_at_start_is_not_walked_by_full_collections_but_new_garbage
 
 
 def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection() -> None:
-    """What survives the ``freeze_every``-th scheduled collection (a connected peer's
-    link and session) is frozen: the next full collections do not walk it. A garbage
-    cycle among frozen objects (a peer that left) waits for the ``deep_every``-th
-    collection, which walks everything once."""
+    """What survives a scheduled collection (a connected peer's link and session) is
+    frozen: the next full collections do not walk it. A garbage cycle among frozen
+    objects (a peer that left) waits for the deep collection, which walks everything
+    once (here every ``deep_after`` = 5.5 s, there being no ``departures``)."""
     gone_ref: list[weakref.ref[_Cycle]] = []
 
     def in_generations(obj: object) -> bool:
@@ -86,7 +87,8 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
     async def main() -> list[tuple[bool, bool, bool]]:
         seen = []
         async with trio.open_nursery() as n:
-            n.start_soon(full_collections, 1.0, 2, 6)
+            n.start_soon(partial(full_collections, shortest=1.0, longest=1.0,
+                                 deep_after=5.5))
             await trio.testing.wait_all_tasks_blocked()
             kept, gone = _Cycle(), _Cycle()     # made after the start: not frozen yet
             gone_ref.append(weakref.ref(gone))
@@ -96,12 +98,12 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
                 return (in_generations(kept), g is not None and in_generations(g),
                         g is not None)
             seen.append(state())
-            await trio.sleep(2.5)           # collections 1 and 2: then survivors frozen
+            await trio.sleep(1.5)           # collection 1: then survivors frozen
             seen.append(state())
             del gone                        # a cycle of frozen objects: garbage now
-            await trio.sleep(3.0)           # collections 3-5 do not walk it
+            await trio.sleep(3.0)           # collections 2-4 do not walk it
             seen.append(state())
-            await trio.sleep(1.0)           # collection 6: the deep one
+            await trio.sleep(2.0)           # collection 5 neither; 6 is the deep one
             seen.append(state())
             seen.append((kept is not None, False, False))
             n.cancel_scope.cancel()
@@ -109,7 +111,7 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
 
     seen = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert seen[0] == (True, True, True), "new objects are walked by full collections"
-    assert seen[1] == (False, False, True), "survivors of the second collection are frozen"
+    assert seen[1] == (False, False, True), "survivors of a collection are frozen"
     assert seen[2] == (False, False, True), "a frozen garbage cycle is not walked (kept)"
     assert seen[3] == (False, False, False), "the deep collection frees it, refreezes kept"
     assert gc.get_freeze_count() == 0
@@ -119,15 +121,16 @@ def test_the_deep_collection_waits_for_a_peer_to_leave() -> None:
     """With ``departures`` (the executor's count of peer connections that ended), the deep
     collection comes only once one has ended since the last (a steady cluster makes no
     garbage among its frozen objects, and a deep walk is the long one), or after
-    ``deep_max_every`` collections whatever happened."""
+    ``deep_max_after`` seconds whatever happened."""
     gone = [0]
     refs: list[weakref.ref[_Cycle]] = []
 
     async def main() -> list[bool]:
         alive = []
         async with trio.open_nursery() as n:
-            n.start_soon(partial(full_collections, 1.0, 1, 3, departures=lambda: gone[0],
-                                 deep_max_every=12))
+            n.start_soon(partial(full_collections, shortest=1.0, longest=1.0,
+                                 deep_after=3.0, deep_max_after=12.0,
+                                 departures=lambda: gone[0]))
             await trio.testing.wait_all_tasks_blocked()
             c = _Cycle()
             refs.append(weakref.ref(c))
@@ -136,14 +139,14 @@ def test_the_deep_collection_waits_for_a_peer_to_leave() -> None:
             await trio.sleep(4.0)       # collections 2-5: no peer left, no deep one
             alive.append(refs[0]() is not None)
             gone[0] += 1                # a peer's connection ended
-            await trio.sleep(1.0)       # collection 6: deep
+            await trio.sleep(1.0)       # collection 6: deep (3 s have passed)
             alive.append(refs[0]() is not None)
             c = _Cycle()
             refs[0] = weakref.ref(c)
             await trio.sleep(1.0)       # collection 7 freezes it
             del c
-            await trio.sleep(10.0)      # collections 8-17: no peer left; the 18th is the
-            alive.append(refs[0]() is not None)   # 12th since the deep one: deep anyway
+            await trio.sleep(10.0)      # collections 8-17: no peer left; the 18th comes
+            alive.append(refs[0]() is not None)   # 12 s after the deep one: deep anyway
             await trio.sleep(1.0)
             alive.append(refs[0]() is not None)
             n.cancel_scope.cancel()
@@ -151,3 +154,48 @@ def test_the_deep_collection_waits_for_a_peer_to_leave() -> None:
 
     alive = trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     assert alive == [True, False, True, False]
+
+
+def test_the_interval_follows_what_a_walk_costs() -> None:
+    """Walks that take longer than the target (1 ms) halve the interval down to the
+    shortest; walks well under it double it back up to the longest. A fake stopwatch
+    says how long each walk took; the walks' start times give the intervals."""
+    cost = [0.004]
+    calls: list[float] = []
+    reading = [0.0]
+
+    def stopwatch() -> float:      # called just before and just after each walk
+        calls.append(trio.current_time())
+        reading[0] += cost[0] / 2
+        return reading[0]
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            n.start_soon(partial(full_collections, shortest=0.05, longest=2.0,
+                                 stopwatch=stopwatch))
+            await trio.sleep(4.3)       # 2 + 1 + 0.5 + 0.25 + 0.125 + 0.0625 + 0.05 * 7
+            cost[0] = 0.0001            # walks cost nothing now
+            await trio.sleep(3.2)       # 0.05 + 0.1 + 0.2 + 0.4 + 0.8 + 1.6
+            n.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    starts = calls[::2]
+    gaps = [round(b - a, 4) for a, b in pairwise([0.0, *starts])]  # the clock starts at 0
+    assert gaps[:8] == [2.0, 1.0, 0.5, 0.25, 0.125, 0.0625, 0.05, 0.05]
+    slow = [g for g in gaps[6:] if g == 0.05]
+    assert gaps[6 + len(slow):] == [0.1, 0.2, 0.4, 0.8, 1.6], gaps
+
+
+def test_the_interval_and_the_deep_collection_rules() -> None:
+    """The pure decisions: the interval halves over the target and doubles well under
+    it, within its bounds; the deep collection needs a departure and ``deep_after``
+    seconds, or ``deep_max_after`` seconds."""
+    assert next_interval(2.0, 0.004) == 1.0
+    assert next_interval(0.06, 0.004) == 0.05
+    assert next_interval(1.0, 0.0005) == 1.0
+    assert next_interval(1.0, 0.0001) == 2.0
+    assert next_interval(2.0, 0.0001) == 2.0
+    assert not deep_due(100.0, 0.0, True)
+    assert deep_due(300.0, 0.0, True)
+    assert not deep_due(3599.0, 0.0, False)
+    assert deep_due(3600.0, 0.0, False)

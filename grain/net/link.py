@@ -6,8 +6,10 @@ written). ``receive()`` returns the next batch. Two kinds:
 
 - ``memory_link_pair()``: both ends in one trio run (the embedded cluster). No encoding.
 - ``StreamLink``: over a trio stream (TCP, TLS, Unix socket), framed by ``protocol.frames``,
-  with heartbeats: a PING goes out after ``heartbeat`` seconds of silence, and a peer
-  silent for ``timeout`` seconds is declared dead (half-open connections included).
+  with heartbeats: a PING goes out after ``heartbeat`` seconds of silence (less up to
+  ``PING_JITTER``), and a peer silent for ``timeout`` seconds is declared dead
+  (half-open connections included); one task per trio run keeps time for all links
+  (``timekeeper``).
   Each end's first frame is ``[PING, timeout]``: the peer then pings at least every
   ``timeout / 4`` seconds, so two ends configured differently never time each other out
   merely for being quiet.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -31,6 +34,7 @@ from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import Ping
+from .timekeeper import KEEPER_SLACK, timekeeper
 from .transport import LOWAT_PATIENCE, RECV_SIZE, recv_frames, send_nowait, set_rcvlowat, wake_at
 
 log = logging.getLogger(__name__)
@@ -196,11 +200,37 @@ def _raw_socket(stream: trio.abc.Stream) -> socket.socket | None:
     return raw if isinstance(raw, socket.socket) else None
 
 
+def _socket_under(stream: trio.abc.Stream) -> socket.socket | None:
+    """The stdlib socket under a ``SocketStream``, or under the TLS stream over one."""
+    stream = getattr(stream, "transport_stream", stream)
+    raw = getattr(getattr(stream, "socket", None), "_sock", None)
+    return raw if isinstance(raw, socket.socket) else None
+
+
+def _bytes_waiting(sock: socket.socket | None) -> bool:
+    """Whether the kernel holds something from the peer that our reader has not read
+    yet: bytes, the end of the stream, or an error (all of them news from the peer)."""
+    if sock is None:
+        return False
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
 BURST = 1024
 """Messages queued outside a handling step that are written at once, without waiting for
 the sending task to yield."""
 LAZY_DELAY = 0.02
 """How long a message sent with ``send_later`` may wait for company."""
+PING_JITTER = 0.25
+"""A link pings after ``heartbeat`` seconds of its own silence less up to this fraction,
+drawn anew after each ping. Peers that started together (a node pool, a burst of jobs
+sent to every worker at once) would otherwise ping in step for ever; drawn shorter each
+time, their phases spread apart within a few heartbeats."""
 IOV_MAX = 512
 """Buffers per ``sendmsg`` call (the kernel's limit is 1024)."""
 SMALL = 64 * 1024
@@ -250,9 +280,13 @@ class StreamLink(Link):
         self._in = _Box()
         self._out = _Box()
         self._scope = trio.CancelScope()
-        self._idle: trio.CancelScope | None = None
         self._last_send = 0.0
+        self._ping_gap = heartbeat     # quiet this long, the timekeeper sends a ping
+        self._quiet_since = math.inf   # since when the reader waits for the peer
+        self._reason: str | None = None   # why the link closed, set by who saw it first
+        self.check_at = math.nan     # when the timekeeper looks at this link next
         self._raw = _raw_socket(stream)
+        self._peek = _socket_under(stream)   # to tell silence from a reader not yet run
         self._pending: list[Any] = []      # buffers written in part: the writer finishes
         self._queued = False     # the outbox waits for a step's end or for the writer
         self._lazy_since: float | None = None  # when the oldest ``send_later`` was queued
@@ -296,9 +330,9 @@ class StreamLink(Link):
         out.items.append((header, payload))
         if self._queued or self._lazy_since is not None:
             return               # goes with what is queued already, or by its own deadline
-        self._lazy_since = now = trio.current_time()
-        if self._idle is not None:   # the idle writer wakes for it by then
-            self._idle.deadline = min(self._idle.deadline, now + LAZY_DELAY)
+        self._lazy_since = trio.current_time()
+        if self._writer_idle:        # it sets itself a deadline for these
+            out.event.set()
 
     def _flush(self) -> None:
         """Write the outbox now from the calling task if the writer is idle and the
@@ -335,12 +369,51 @@ class StreamLink(Link):
         super().close(reason)
         self._scope.cancel()
 
+    def keep_time(self, now: float) -> float | None:
+        """The timekeeper's look at this link: close it if the peer has been silent for
+        ``timeout`` while the reader waited for it; ping if we have been quiet for our
+        heartbeat (less a random part, ``PING_JITTER``). Returns when to look again
+        (None: the link is closed)."""
+        if self._out.closed is not None:
+            return None
+        due = now + KEEPER_SLACK     # what falls due this soon is done now: the next
+        quiet = self._quiet_since    # look is then always later than that
+        if due - quiet >= self.timeout and _bytes_waiting(self._peek):
+            # The peer did speak; our reader has not run since. The event loop was
+            # stopped (a long step, a starved process) and the same wake-up handed this
+            # look and the reader their turns in either order: a per-wait deadline
+            # lost that race by design (trio hands out I/O before deadlines), and so
+            # must we: the reader is about to note the arrival.
+            quiet = now
+        if due - quiet >= self.timeout:
+            if self._reason is None:
+                self._reason = (f"peer {self.peer} silent for {self.timeout:g}s "
+                                "(heartbeat timeout)")
+            self.silent = True
+            self._scope.cancel()
+            return None
+        ping_at = self._last_send + self._ping_gap
+        if due >= ping_at:
+            self._ping_gap = self.heartbeat * (1.0 - PING_JITTER * random.random())
+            ping_at = now + self._ping_gap
+            if self._writer_idle and not (self._queued or self._pending):
+                self._out.items.append((_PING, b""))
+                self._flush()
+            # else: the writer is writing, which is as good as a ping
+        # the reader may start waiting for the peer at any moment: look again within a
+        # quarter of the timeout, so that silence is noticed at most that late
+        return min(ping_at, quiet + self.timeout, now + self.timeout / 4)
+
     async def _run(self) -> None:
-        self._reason: str | None = None
-        with self._scope:
-            async with trio.open_nursery() as n:
-                n.start_soon(self._guard, self._writer, n)
-                await self._guard(self._reader, n)
+        self._quiet_since = now = trio.current_time()
+        timekeeper().schedule(self, now + min(self.heartbeat, self.timeout / 4))
+        try:
+            with self._scope:
+                async with trio.open_nursery() as n:
+                    n.start_soon(self._guard, self._writer, n)
+                    await self._guard(self._reader, n)
+        finally:
+            self.check_at = math.nan     # the timekeeper forgets it
         reason = self._reason or self._in.closed or "connection closed"
         self._in.close(reason)
         self._out.close(reason)
@@ -352,7 +425,7 @@ class StreamLink(Link):
 
     async def _guard(self, part: Any, n: trio.Nursery) -> None:
         """Run the reader or writer; whichever stops first records why and stops both."""
-        reason = None
+        reason: str | None = None
         try:
             reason = await part()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as e:
@@ -360,31 +433,21 @@ class StreamLink(Link):
         except ProtocolError as e:
             reason = f"protocol error from {self.peer}: {e}"
             log.warning("dropping %s: %s", self.peer, e)
-        except trio.TooSlowError:
-            reason = f"peer {self.peer} silent for {self.timeout:g}s (heartbeat timeout)"
-            self.silent = True
         if self._reason is None:
             self._reason = reason
         n.cancel_scope.cancel()
 
     async def _reader(self) -> str:
-        """Read and deliver frames until the peer closes; ``TooSlowError`` when the peer
-        is silent for ``timeout`` while we wait for it.
+        """Read and deliver frames until the peer closes.
 
-        The silence deadline is one cancel scope for the link's life, armed (its deadline
-        set) only when nothing is there to read, and disarmed while we wait for our own
-        receiver (back-pressure is not the peer's silence): a scope per wait was a cancel
-        scope, a generator and its context manager made per message, and at 1,000
-        connected workers the ones alive at any moment were objects every full garbage
-        collection walked (``grain.executor.heap``)."""
+        Silence is the timekeeper's to judge (``keep_time``): the reader notes when it
+        starts to wait for the peer (``_quiet_since``), only when nothing is there to
+        read, and clears it while it waits for our own receiver (back-pressure is not the
+        peer's silence) or for the rest of a big frame that keeps coming."""
         self._deliver(self._decoder.feed(b""))  # frames that arrived with the handshake
-        with trio.CancelScope() as silence:
-            reason = await self._read(silence)
-        if silence.cancelled_caught:
-            raise trio.TooSlowError
-        return reason
+        return await self._read()
 
-    async def _read(self, silence: trio.CancelScope) -> str:
+    async def _read(self) -> str:
         raw = self._raw
         waiting = 0     # bytes read since the receiver last took its messages
         lowat, slow = 1, False   # the socket's SO_RCVLOWAT; the peer sends big frames slowly
@@ -394,16 +457,16 @@ class StreamLink(Link):
                 # Back-pressure: read on only once the receiver has taken what it was
                 # given. A peer sending faster than it is served waits in TCP (its
                 # kernel's buffers), not in this process's memory as decoded messages.
-                silence.deadline = math.inf
+                self._quiet_since = math.inf
                 await self._in.wait_taken()
             if not self._in.items:
                 waiting = 0
             if raw is None:
-                silence.deadline = trio.current_time() + self.timeout
+                self._quiet_since = trio.current_time()
                 data = await self.stream.receive_some(RECV_SIZE)
                 n, batches = len(data), self._decoder.feed(data)
             else:
-                # Read at once what is there; wait, and arm the silence deadline, only
+                # Read at once what is there; wait, and note since when, only
                 # when nothing is (no scheduler trip per read).
                 try:
                     n, batches = recv_frames(raw, self._decoder)
@@ -416,13 +479,13 @@ class StreamLink(Link):
                     if want != lowat:
                         lowat = want if set_rcvlowat(raw, want) else 1
                     if lowat > 1:
-                        silence.deadline = math.inf
+                        self._quiet_since = math.inf
                         with trio.move_on_after(LOWAT_PATIENCE):
                             await trio.lowlevel.wait_readable(raw)
                             continue
-                        slow = True   # so the silence deadline below counts, per byte
+                        slow = True   # so silence below counts, from each arrival
                         continue
-                    silence.deadline = trio.current_time() + self.timeout
+                    self._quiet_since = trio.current_time()
                     await trio.lowlevel.wait_readable(raw)
                     continue
                 if slow and not self._decoder.missing:
@@ -448,11 +511,15 @@ class StreamLink(Link):
         if hb < self.heartbeat:
             log.debug("link to %s: pinging every %gs (the peer's timeout is %gs)",
                       self.peer, hb, value)
-            self.heartbeat = hb
-            if self._idle is not None:
-                self._idle.deadline = min(self._idle.deadline, self._last_send + hb)
+            self.heartbeat = self._ping_gap = hb
+            when = self._last_send + hb
+            if when < self.check_at:
+                timekeeper().schedule(self, when)
 
     async def _writer(self) -> str | None:
+        """Write what the outbox holds when a step did not; idle, wait for it without a
+        deadline (pings are the timekeeper's), unless messages sent later wait for
+        company: then until their time (``LAZY_DELAY``)."""
         out = self._out
         await self._write(encode_parts([(Ping(self.timeout), b"")]))  # announce our timeout
         while True:
@@ -461,35 +528,28 @@ class StreamLink(Link):
                 await self._write(parts)
                 continue
             if not (self._queued and out.items):
-                # nothing to write at once: wait for it, for the deadline of messages
-                # sent later (``send_later``), or for the time to ping
-                deadline = self._last_send + self.heartbeat
-                if self._lazy_since is not None:
-                    deadline = min(deadline, self._lazy_since + LAZY_DELAY)
                 self._writer_idle = True
                 try:
-                    with trio.CancelScope(deadline=deadline) as self._idle:
-                        while not ((self._queued and out.items) or self._pending):
-                            if out.closed is not None:
-                                return out.closed
+                    while not ((self._queued and out.items) or self._pending):
+                        if out.closed is not None:
+                            return out.closed
+                        if self._lazy_since is None:
                             await out.event.wait()
                             out.event = trio.Event()
+                            continue
+                        with trio.move_on_at(self._lazy_since + LAZY_DELAY):
+                            await out.event.wait()
+                            out.event = trio.Event()
+                            continue
+                        break             # messages sent later: their time has come
                 finally:
                     self._writer_idle = False
-                    self._idle = None
                 if self._pending:
                     continue
                 if not (self._queued and out.items):
                     if out.closed is not None:
                         return out.closed
-                    now = trio.current_time()
-                    if out.items and self._lazy_since is not None \
-                            and now >= self._lazy_since + LAZY_DELAY:
-                        pass              # messages sent later: their time has come
-                    elif now < self._last_send + self.heartbeat:
-                        continue          # written meanwhile by a step: no ping needed
-                    else:
-                        await self._write(encode_parts([(_PING, b"")]))
+                    if not out.items:
                         continue
             items, out.items = out.items, []
             self._queued = False

@@ -1,0 +1,197 @@
+"""The links' timekeeper: one task per trio run that sends every link's pings and
+notices every peer's silence (``grain.net.timekeeper``), instead of a deadline per
+link per wait.
+
+``StreamLink.keep_time`` is the decision for one link at one moment; the tests below
+check it directly, then two real links over a socket pair left idle, and a link whose
+peer says nothing."""
+
+from __future__ import annotations
+
+import math
+import random
+import socket
+import time
+
+import pytest
+import trio
+
+from grain.net import link as link_module
+from grain.net.link import PING_JITTER, LinkClosed, StreamLink
+from grain.net.timekeeper import KEEPER_SLACK
+from grain.protocol.frames import encode_parts
+
+pytestmark = pytest.mark.timeout(60)
+
+
+_PEERS: list[socket.socket] = []     # the far ends, kept open: a closed one is news
+
+
+def _stream() -> trio.SocketStream:
+    a, b = socket.socketpair()
+    _PEERS.append(b)
+    return trio.SocketStream(trio.socket.from_stdlib_socket(a))
+
+
+def _link(heartbeat: float = 2.0, timeout: float = 10.0) -> StreamLink:
+    link = StreamLink(_stream(), "peer", None, heartbeat=heartbeat, timeout=timeout)
+    link._writer_idle = False      # not started: a ping would be the writer's
+    return link
+
+
+def test_a_peer_quiet_for_the_timeout_closes_the_link_as_silent() -> None:
+    link = _link()
+    link._quiet_since = 100.0
+    assert link.keep_time(109.0) is not None and not link.silent
+    assert link.keep_time(110.0) is None
+    assert link.silent and "silent for 10s" in (link._reason or "")
+
+
+def test_no_silence_while_the_reader_is_not_waiting_for_the_peer() -> None:
+    """Back-pressure (``_quiet_since`` = inf) is never silence; the link is looked at
+    again within a quarter of the timeout, in case the reader starts waiting."""
+    link = _link()
+    link._quiet_since = math.inf
+    link._last_send = 1000.0
+    nxt = link.keep_time(1000.5)
+    assert nxt is not None and not link.silent
+    assert nxt <= 1000.5 + 10.0 / 4
+
+
+def test_a_ping_due_draws_the_next_gap_shorter_than_the_heartbeat() -> None:
+    random.seed(7)
+    link = _link(heartbeat=2.0)
+    link._quiet_since = 50.0
+    link._last_send = 50.0
+    gaps = []
+    now = 52.0
+    for _ in range(200):
+        nxt = link.keep_time(now)
+        assert nxt is not None
+        gaps.append(link._ping_gap)
+        link._last_send = now       # as if the ping went out
+        link._quiet_since = now
+        now = link._last_send + link._ping_gap
+    assert all(2.0 * (1 - PING_JITTER) <= g <= 2.0 for g in gaps)
+    assert max(gaps) - min(gaps) > 2.0 * PING_JITTER / 2, "the gaps are drawn, not fixed"
+
+
+def test_the_next_look_is_always_past_the_slack() -> None:
+    """Whatever the link's state, the next look is later than what this look already
+    handled (``now + KEEPER_SLACK``): a link due within the slack is handled now, so the
+    timekeeper never spins on it (it once did, stopping the whole process, when a ping
+    was due 1 ms later)."""
+    rng = random.Random(3)
+    for _ in range(5000):
+        hb = rng.choice([0.1, 0.5, 2.0])
+        link = _link(heartbeat=hb, timeout=rng.choice([0.4, 2.0, 10.0]))
+        now = 1000.0
+        link._last_send = now - rng.uniform(0, 2 * hb)
+        link._ping_gap = hb * rng.uniform(1 - PING_JITTER, 1)
+        link._quiet_since = rng.choice([math.inf, now - rng.uniform(0, link.timeout * 1.2)])
+        nxt = link.keep_time(now)
+        if nxt is not None:
+            assert nxt > now + KEEPER_SLACK, (nxt - now, link._last_send, link._ping_gap)
+
+
+def test_a_stalled_loop_does_not_take_a_peer_that_spoke_for_silent() -> None:
+    """The event loop stops for longer than the timeout (a long step, a process starved
+    of CPU) while the peer's ping waits in the kernel. The wake-up after the stall hands
+    the timekeeper's look and the reader their turns in an order trio draws; either way
+    the link stays up, because the look sees the unread bytes. Without that, each stall
+    is a coin toss: ten of them close the link all but surely (it did, under 20 busy
+    clients on 2 cores)."""
+    ping = b"".join(encode_parts([(link_module._PING, b"")]))
+
+    async def main() -> tuple[str | None, bool]:
+        a, b = socket.socketpair()
+        link = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "peer",
+                          None, heartbeat=0.1, timeout=0.3)
+        async with trio.open_nursery() as n:
+            link.start(n)
+            for _ in range(10):
+                await trio.sleep(0.05)    # the reader waits for the peer again
+                b.send(ping)
+                time.sleep(0.4)           # the stall, past the timeout
+            await trio.sleep(0.05)        # the look and the reader after the last one
+            closed, silent = link.closed, link.silent
+            link.close("done")
+        b.close()
+        return closed, silent
+
+    assert trio.run(main) == (None, False)
+
+
+def test_a_peer_that_only_began_a_frame_is_silent_all_the_same() -> None:
+    """Unread bytes spare a link only until its reader has run: half a frame, then
+    nothing, is silence (the reader took the half and waits for the rest)."""
+    frame = b"".join(encode_parts([(link_module._PING, b"")]))
+
+    async def main() -> bool:
+        a, b = socket.socketpair()
+        link = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "peer",
+                          None, heartbeat=0.1, timeout=0.3)
+        async with trio.open_nursery() as n:
+            link.start(n)
+            b.send(frame[:3])
+            with pytest.raises(LinkClosed), trio.fail_after(5):
+                while True:
+                    await link.receive()
+        b.close()
+        return link.silent
+
+    assert trio.run(main)
+
+
+async def _pair(heartbeat: float, timeout: float) -> tuple[StreamLink, StreamLink]:
+    a, b = socket.socketpair()
+    la = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "b", None,
+                    heartbeat=heartbeat, timeout=timeout)
+    lb = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(b)), "a", None,
+                    heartbeat=heartbeat, timeout=timeout)
+    return la, lb
+
+
+def test_idle_links_ping_each_heartbeat_and_stay_up() -> None:
+    """Two real links left idle for 15 heartbeats (3 timeouts) stay up; each sent a ping
+    every 0.75-1 heartbeat (counted in bytes: a ping is a frame of known size)."""
+    ping = sum(map(len, encode_parts([(link_module._PING, b"")])))
+
+    async def main() -> tuple[list[int], list[str | None]]:
+        la, lb = await _pair(heartbeat=0.1, timeout=0.5)
+        async with trio.open_nursery() as n:
+            la.start(n)
+            lb.start(n)
+            await trio.sleep(0.3)
+            start = [la.bytes_out, lb.bytes_out]
+            await trio.sleep(1.5)
+            pings = [(la.bytes_out - start[0]) // ping, (lb.bytes_out - start[1]) // ping]
+            closed = [la.closed, lb.closed]
+            la.close("done")
+            lb.close("done")
+        return pings, closed
+
+    pings, closed = trio.run(main)
+    assert closed == [None, None]
+    for count in pings:    # 1.5 s / 0.1 s = 15 at the longest gap, 20 at the shortest
+        assert 12 <= count <= 22, pings
+
+
+def test_a_peer_that_says_nothing_is_closed_after_the_timeout_not_before() -> None:
+    async def main() -> float:
+        a, b = socket.socketpair()
+        link = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "mute",
+                          None, heartbeat=0.1, timeout=0.5)
+        async with trio.open_nursery() as n:
+            started = trio.current_time()
+            link.start(n)
+            with pytest.raises(LinkClosed):
+                while True:
+                    await link.receive()
+            took = trio.current_time() - started
+        b.close()
+        assert link.silent
+        return took
+
+    took = trio.run(main)
+    assert took >= 0.5

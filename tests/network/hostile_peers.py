@@ -17,7 +17,8 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,15 @@ class RawPeer:
                 await self.send([(m.Ping(), b"")])
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
+
+    @asynccontextmanager
+    async def pinging(self, every: float = 0.5) -> AsyncIterator[None]:
+        """``keep_alive`` for the length of a ``with`` block: for tests that wait on
+        something else (a thread measuring the executor) while the peer has nothing to say."""
+        async with trio.open_nursery() as n:
+            n.start_soon(self.keep_alive, every)
+            yield
+            n.cancel_scope.cancel()
 
     async def pump(self) -> bool:
         """Read what arrived (waiting for at least one byte); False at the end."""

@@ -154,13 +154,14 @@ def test_cancelling_ten_thousand_queued_jobs_back_to_front(grain_procs: Harness,
         peer = await RawPeer.connect(ex.port)
         await peer.send([(m.DefineFunction(1), pl.dumps(netjobs.mark_and_sleep)),
                          (m.Submit(1, WIRE, 1), pickle.dumps(((marks, "hold", 120), {})))])
-        await trio.to_thread.run_sync(lambda: wait_until(
-            lambda: netjobs.markers(marks), 20, "the first job to hold the core"))
-        for start in range(2, n + 2, 1000):
-            await peer.send([(m.Submit(cid, WIRE, 1), NO_ARGS)
-                             for cid in range(start, start + 1000)])
-        await trio.to_thread.run_sync(lambda: ex.wait_status(
-            lambda st: st["queue_length"] == n, 60, "10,000 jobs queued"))
+        async with peer.pinging():      # the waits below can outlast the executor's timeout
+            await trio.to_thread.run_sync(lambda: wait_until(
+                lambda: netjobs.markers(marks), 20, "the first job to hold the core"))
+            for start in range(2, n + 2, 1000):
+                await peer.send([(m.Submit(cid, WIRE, 1), NO_ARGS)
+                                 for cid in range(start, start + 1000)])
+            await trio.to_thread.run_sync(lambda: ex.wait_status(
+                lambda st: st["queue_length"] == n, 60, "10,000 jobs queued"))
         with _probe(ex) as probe:
             await peer.send([(m.Cancel(cid), b"") for cid in range(n + 1, 1, -1)])
             results = await peer.results(range(2, n + 2), limit=120)
@@ -228,16 +229,19 @@ def test_redefined_functions_and_huge_core_lists_cost_bounded_memory(grain_procs
             await peer.until(lambda inbox: sum(type(h) is m.Status for h, _ in inbox) >= sync)
             figures[what] = await trio.to_thread.run_sync(_settled_rss, ex.pid)
 
-        for i in range(100):
-            await peer.send([(m.DefineFunction(1), bytes([i]) * (5 * MiB))])
-        await settle("redefined")
-        await peer.send([(m.DefineFunction(2), pl.dumps(netjobs.noop))])
-        for i in range(40):
-            await peer.send([(m.Submit(i + 1, [["Cores", {"N": 1, "c": _core_list(i)}]], 2),
-                              NO_ARGS)])
-        results = await peer.results(range(1, 41), limit=60)
-        assert all(r.end == m.End.OK for r in results.values()), results
-        await settle("core lists")
+        # a real client pings while it waits; the memory is measured for seconds
+        # (longer than the executor's timeout) with nothing else to say
+        async with peer.pinging():
+            for i in range(100):
+                await peer.send([(m.DefineFunction(1), bytes([i]) * (5 * MiB))])
+            await settle("redefined")
+            await peer.send([(m.DefineFunction(2), pl.dumps(netjobs.noop))])
+            for i in range(40):
+                await peer.send([(m.Submit(i + 1, [["Cores", {"N": 1, "c": _core_list(i)}]],
+                                           2), NO_ARGS)])
+            results = await peer.results(range(1, 41), limit=60)
+            assert all(r.end == m.End.OK for r in results.values()), results
+            await settle("core lists")
         await peer.send([(m.Ack(list(range(1, 41))), b""), (m.Bye("done"), b"")])
         await peer.until(lambda inbox: peer.closed or None, limit=10) \
             if not peer.closed else None

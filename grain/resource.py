@@ -98,7 +98,20 @@ class Resource:
 
     # -- composite machinery --------------------------------------------------------
     def __init__(self, init: bool = True) -> None:
-        self._parts: dict[str, Resource] = {type(self).__name__: self} if init else {}
+        if not init:
+            self._parts = {}    # a composite, empty until kinds are added
+
+    @property
+    def _parts(self) -> dict[str, Resource]:
+        """The kinds in this resource, by class name. A composite stores them; a kind is its
+        own only part, computed, not stored: a kind naming itself was a reference cycle,
+        freed only by the cyclic collector (``grain.executor.heap``)."""
+        stored: dict[str, Resource] | None = self.__dict__.get("_parts")
+        return stored if stored is not None else {type(self).__name__: self}
+
+    @_parts.setter
+    def _parts(self, parts: dict[str, Resource]) -> None:
+        self.__dict__["_parts"] = parts
 
     def __repr__(self) -> str:
         if not self._parts:

@@ -89,7 +89,6 @@ class ClientsMixin:
                 return sess
 
     def _client_link_gone(self: ExecutorHost, s: ClientSession, link: Link) -> None:
-        self.departures += 1
         if s.link is not link:
             return    # replaced by a newer connection
         s.link = None

@@ -112,7 +112,6 @@ class Executor(ClientsMixin, RecoveryMixin):
         self.placement_seconds_sum = 0.0
         self.placement_count = 0
         self.loop_watch: LoopWatch | None = None   # set by ``grain executor`` (/metrics)
-        self.departures = 0     # peer connections that ended (``heap.full_collections``)
         self.worker_changed = trio.Event()
         self.chain_short = chain_short
         self.chained = 0

@@ -1,14 +1,14 @@
 """What placement gave one running job: a ``Grant``, kept out of the garbage collector's sight.
 
 An allocation as ``Resource.alloc`` makes it is a small graph of objects (the composite, a
-``Cores`` and a ``Memory`` part, each part's ``_parts`` dict naming the part itself, the set
-of core ids, the parts' ``__dict__`` once sent): about nine objects the cyclic collector
-tracks, held for as long as the job runs. On 1,000 nodes of 64 cores busy with 60,000
-running jobs that was half a million tracked objects, and every full collection walked
-them with the event loop stopped, every 2 s (``grain.executor.heap``): half the
+``Cores`` and a ``Memory`` part, the set of core ids, the parts' ``__dict__`` once sent, and
+then each part's ``_parts`` dict naming the part itself): about nine objects the cyclic
+collector tracks, held for as long as the job runs. On 1,000 nodes of 64 cores busy with
+60,000 running jobs that was half a million tracked objects, and every full collection
+walked them with the event loop stopped, every 2 s (``grain.executor.heap``): half the
 executor's busy time (py-spy, ``bench.capacity --window 60000 --job-seconds 60``). And
-since each part names itself,
-every ended job left cyclic garbage that only the collector could free.
+since each part then named itself, every ended job left cyclic garbage that only the
+collector could free (a kind's parts are computed now, ``Resource._parts``).
 
 A ``Grant`` is one object that the collector never tracks (``gc=False``: it refers to no
 other grant and nothing it holds refers back): the core ids as a tuple, the memory as a

@@ -54,12 +54,9 @@ so that each walks about this much (``next_interval``)."""
 SHORTEST = 0.05
 LONGEST = 2.0
 """Bounds of the interval between scheduled full collections (seconds)."""
-DEEP_AFTER = 300.0
-"""At most every this many seconds, everything is thawed first and walked once (frees
-cycles among what was frozen: the links and sessions of peers that have left), when one
-has left."""
-DEEP_MAX_AFTER = 3600.0
-"""Every this many seconds, a deep collection whether a peer left or not."""
+DEEP_EVERY = 3600.0
+"""Every this many seconds, everything is thawed first and walked once: frees whatever
+garbage cycles formed among frozen objects, which no scheduled collection walks."""
 
 
 def next_interval(interval: float, took: float, target: float = TARGET,
@@ -75,19 +72,14 @@ def next_interval(interval: float, took: float, target: float = TARGET,
     return interval
 
 
-def deep_due(now: float, last_deep: float, departed: bool, deep_after: float = DEEP_AFTER,
-             deep_max_after: float = DEEP_MAX_AFTER) -> bool:
+def deep_due(now: float, last_deep: float, every: float = DEEP_EVERY) -> bool:
     """Whether the scheduled collection at ``now`` should be a deep one (thaw, walk
-    everything, freeze): ``deep_after`` seconds since the last one and a peer has
-    ``departed`` since, or ``deep_max_after`` seconds whatever happened."""
-    since = now - last_deep
-    return (departed and since >= deep_after) or since >= deep_max_after
+    everything, freeze): ``every`` seconds after the last."""
+    return now - last_deep >= every
 
 
 async def full_collections(*, target: float = TARGET, shortest: float = SHORTEST,
-                           longest: float = LONGEST, deep_after: float = DEEP_AFTER,
-                           deep_max_after: float = DEEP_MAX_AFTER,
-                           departures: Callable[[], int] | None = None,
+                           longest: float = LONGEST, deep_every: float = DEEP_EVERY,
                            stopwatch: Callable[[], float] = time.perf_counter) -> None:
     """Run the garbage collector's full collections from here, each in a step of its
     own, instead of letting them start inside whatever step allocates when one falls due
@@ -112,14 +104,15 @@ async def full_collections(*, target: float = TARGET, shortest: float = SHORTEST
       (1 ms) and doubles while they take under a quarter of it, between ``shortest`` and
       ``longest``. The collector's total work is the same (each object is walked once
       at most); it comes in steps of a millisecond or two instead of one long one;
-    - frozen objects are still freed by reference counting; only garbage cycles among
+    - frozen objects are still freed by reference counting; only garbage *cycles* among
       them wait for a deep collection, which thaws everything and walks it all once
-      (with 1,000 workers: 45-76 ms), then freezes what survived: at most every
-      ``deep_after`` seconds and only when ``departures()`` (a count of peer
-      connections that ended, the executor's) changed since the last one, since a
-      cluster whose peers stay makes no such garbage; at least every
-      ``deep_max_after`` for whatever else was frozen and let go. Without
-      ``departures``, every ``deep_after``.
+      (with 1,000 workers: 45-76 ms), then freezes what survived: every ``deep_every``
+      seconds (an hour). A peer that leaves makes no such cycle
+      (``tests/network/test_departures_gc.py`` has every kind of peer leave every way
+      from a real executor that froze them and finds none), so a cluster whose clients
+      and workers come and go does not need one after each departure, as it did while
+      every resource kind referred to itself (``Resource._parts``); what else is frozen
+      and let go in cycles waits for the hourly walk.
 
     Running jobs and queued jobs add nothing here: their records, queue entries and
     grants are invisible to the collector. Young generations are still collected as
@@ -133,16 +126,14 @@ async def full_collections(*, target: float = TARGET, shortest: float = SHORTEST
     try:
         interval = longest
         last_deep = trio.current_time()
-        gone_at_deep = departures() if departures is not None else 0
         while True:
             await trio.sleep(interval)
             now = trio.current_time()
-            gone = departures() if departures is not None else gone_at_deep + 1
-            if deep_due(now, last_deep, gone != gone_at_deep, deep_after, deep_max_after):
+            if deep_due(now, last_deep, deep_every):
                 gc.unfreeze()
                 gc.collect(2)
                 gc.freeze()
-                last_deep, gone_at_deep = now, gone
+                last_deep = now
                 continue        # the deep walk's length says nothing of the next one's
             t = stopwatch()
             gc.collect(2)

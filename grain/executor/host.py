@@ -65,7 +65,6 @@ class ExecutorHost(Protocol):
     seen: dict[str, tuple[Resource, float]]
     deferred: dict[int, None]
     worker_names: dict[str, int]
-    departures: int
     ended_sessions: dict[int, tuple[str, str, float]]
 
     # -- core -------------------------------------------------------------------------

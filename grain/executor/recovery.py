@@ -183,7 +183,6 @@ class RecoveryMixin:
 
     def worker_gone(self: ExecutorHost, w: WorkerSession) -> None:
         """A worker connection closed: wait for it (its jobs park) or re-run its jobs."""
-        self.departures += 1
         self.workers.pop(w.wid, None)
         if self.worker_names.get(w.name) == w.wid:
             del self.worker_names[w.name]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import resource
 import signal
-from functools import partial
 
 import trio
 
@@ -71,7 +70,7 @@ async def run_executor(*, listen: str, credentials: Credentials, http: str | Non
         n.start_soon(_exit_on_sigterm, n.cancel_scope)
         n.start_soon(return_free_memory)
         # first freezes what start-up made
-        n.start_soon(partial(full_collections, departures=lambda: ex.departures))
+        n.start_soon(full_collections)
         task_status.started(bound)
 
 

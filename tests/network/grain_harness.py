@@ -62,11 +62,12 @@ class GrainProc:
     """One CLI process and its log."""
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Path,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, program: Sequence[str] | None = None) -> None:
+        """``program``: what runs ``argv`` (``grain``'s command line unless given)."""
         self.name = name
         self.log_path = log_path
         self.netns = netns
-        full = [sys.executable, "-m", "grain.cli", *argv]
+        full = [*(program or (sys.executable, "-m", "grain.cli")), *argv]
         if netns:
             full = ["ip", "netns", "exec", netns, *full]
         self.argv = full

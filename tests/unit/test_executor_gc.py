@@ -73,32 +73,3 @@ def test_a_running_job_adds_no_object_the_collector_walks():
     # the messages in flight and a link's buffers come and go; what stays per job must not
     # be tracked (it was ~9 objects per job when allocations were Resource graphs)
     assert per_job < 0.5, f"{per_job:.2f} tracked objects per running job"
-
-
-def test_peers_leaving_are_counted_for_the_deep_collection() -> None:
-    """``Executor.departures`` counts ended peer connections: ``heap.full_collections``
-    walks its frozen objects again only after one (their links are garbage then)."""
-
-    async def main() -> list[int]:
-        ex = Executor()
-        seen = [ex.departures]
-        async with trio.open_nursery() as n:
-            await n.start(ex.run)
-            mine, theirs = memory_link_pair("worker", "executor")
-            n.start_soon(ex.serve_worker, theirs, {"name": "w"}, Cores(2) & Memory(4))
-            n.start_soon(_worker, mine, [])
-            client, server = memory_link_pair("client", "executor")
-            n.start_soon(ex.serve_client, server, "alice", {"name": "alice", "session": 1})
-            await trio.testing.wait_all_tasks_blocked()
-            assert ex.sessions and ex.workers
-            seen.append(ex.departures)
-            client.close("done")
-            await trio.testing.wait_all_tasks_blocked()
-            seen.append(ex.departures)
-            mine.close("done")
-            await trio.testing.wait_all_tasks_blocked()
-            seen.append(ex.departures)
-            n.cancel_scope.cancel()
-        return seen
-
-    assert trio.run(main) == [0, 0, 1, 2]

@@ -77,8 +77,8 @@ def test_what_existed_at_start_is_not_walked_by_full_collections_but_new_garbage
 def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection() -> None:
     """What survives a scheduled collection (a connected peer's link and session) is
     frozen: the next full collections do not walk it. A garbage cycle among frozen
-    objects (a peer that left) waits for the deep collection, which walks everything
-    once (here every ``deep_after`` = 5.5 s, there being no ``departures``)."""
+    objects waits for the deep collection, which walks everything once (here every
+    ``deep_every`` = 5.5 s)."""
     gone_ref: list[weakref.ref[_Cycle]] = []
 
     def in_generations(obj: object) -> bool:
@@ -88,7 +88,7 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
         seen = []
         async with trio.open_nursery() as n:
             n.start_soon(partial(full_collections, shortest=1.0, longest=1.0,
-                                 deep_after=5.5))
+                                 deep_every=5.5))
             await trio.testing.wait_all_tasks_blocked()
             kept, gone = _Cycle(), _Cycle()     # made after the start: not frozen yet
             gone_ref.append(weakref.ref(gone))
@@ -117,37 +117,33 @@ def test_survivors_are_frozen_and_cycles_among_them_go_with_the_deep_collection(
     assert gc.get_freeze_count() == 0
 
 
-def test_the_deep_collection_waits_for_a_peer_to_leave() -> None:
-    """With ``departures`` (the executor's count of peer connections that ended), the deep
-    collection comes only once one has ended since the last (a steady cluster makes no
-    garbage among its frozen objects, and a deep walk is the long one), or after
-    ``deep_max_after`` seconds whatever happened."""
-    gone = [0]
+def test_the_deep_collection_comes_on_its_timer_only() -> None:
+    """Deep collections (the long walks) come every ``deep_every`` seconds and at no
+    other time: a frozen garbage cycle stays until the next one, however many scheduled
+    collections pass in between."""
     refs: list[weakref.ref[_Cycle]] = []
 
     async def main() -> list[bool]:
         alive = []
         async with trio.open_nursery() as n:
             n.start_soon(partial(full_collections, shortest=1.0, longest=1.0,
-                                 deep_after=3.0, deep_max_after=12.0,
-                                 departures=lambda: gone[0]))
+                                 deep_every=6.0))
             await trio.testing.wait_all_tasks_blocked()
             c = _Cycle()
             refs.append(weakref.ref(c))
             await trio.sleep(1.5)       # collection 1 freezes it
             del c                       # garbage among frozen objects
-            await trio.sleep(4.0)       # collections 2-5: no peer left, no deep one
+            await trio.sleep(4.0)       # collections 2-5 are not deep
             alive.append(refs[0]() is not None)
-            gone[0] += 1                # a peer's connection ended
-            await trio.sleep(1.0)       # collection 6: deep (3 s have passed)
+            await trio.sleep(1.0)       # collection 6: deep (6 s have passed)
             alive.append(refs[0]() is not None)
             c = _Cycle()
             refs[0] = weakref.ref(c)
             await trio.sleep(1.0)       # collection 7 freezes it
             del c
-            await trio.sleep(10.0)      # collections 8-17: no peer left; the 18th comes
-            alive.append(refs[0]() is not None)   # 12 s after the deep one: deep anyway
-            await trio.sleep(1.0)
+            await trio.sleep(4.0)       # collections 8-11 are not deep
+            alive.append(refs[0]() is not None)
+            await trio.sleep(1.0)       # collection 12: deep (6 s after the last)
             alive.append(refs[0]() is not None)
             n.cancel_scope.cancel()
         return alive
@@ -188,14 +184,13 @@ def test_the_interval_follows_what_a_walk_costs() -> None:
 
 def test_the_interval_and_the_deep_collection_rules() -> None:
     """The pure decisions: the interval halves over the target and doubles well under
-    it, within its bounds; the deep collection needs a departure and ``deep_after``
-    seconds, or ``deep_max_after`` seconds."""
+    it, within its bounds; the deep collection comes ``every`` seconds (an hour)."""
     assert next_interval(2.0, 0.004) == 1.0
     assert next_interval(0.06, 0.004) == 0.05
     assert next_interval(1.0, 0.0005) == 1.0
     assert next_interval(1.0, 0.0001) == 2.0
     assert next_interval(2.0, 0.0001) == 2.0
-    assert not deep_due(100.0, 0.0, True)
-    assert deep_due(300.0, 0.0, True)
-    assert not deep_due(3599.0, 0.0, False)
-    assert deep_due(3600.0, 0.0, False)
+    assert not deep_due(3599.0, 0.0)
+    assert deep_due(3600.0, 0.0)
+    assert not deep_due(105.0, 100.0, every=10.0)
+    assert deep_due(110.0, 100.0, every=10.0)

@@ -56,6 +56,12 @@ class Channel:
         self.sock = sock
         sock.setblocking(False)
         self._lock = threading.Lock()
+        # poll, not select: the socket's number is the worker's, above select()'s 1,024
+        # when the worker is a program holding that many files (the embedded cluster)
+        self.writable = select.poll()
+        self.writable.register(sock, select.POLLOUT)
+        self.readable = select.poll()
+        self.readable.register(sock, select.POLLIN)
 
     def send(self, messages: list[Message]) -> None:
         parts = encode_parts(messages)
@@ -66,7 +72,7 @@ class Channel:
                     try:
                         view = view[self.sock.send(view):]
                     except BlockingIOError:
-                        select.select([], [self.sock], [])
+                        self.writable.poll()
 
 
 class Runner:
@@ -187,9 +193,9 @@ async def serve(channel: Channel, runner: Runner) -> None:
                     preload()
                     continue
                 # Idle between jobs, nothing else can run here (a job's tasks end with
-                # it): block in select() rather than a trio wait, which costs an epoll
+                # it): block in poll() rather than a trio wait, which costs an epoll
                 # registration and a scheduler round per job.
-                select.select([sock], [], [])
+                channel.readable.poll()
                 continue
             if not n:
                 return

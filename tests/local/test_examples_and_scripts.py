@@ -72,6 +72,37 @@ def test_main_module_functions_use_module_globals(tmp_path):
     assert "[(3, 'Point'), (13, 'Point'), (23, 'Point')]" in out.stdout
 
 
+def test_a_program_holding_thousands_of_open_files_runs_its_jobs(tmp_path):
+    """A program with more than 1,024 files open (select()'s limit) before it starts the
+    embedded cluster: its runners get their socket at a descriptor number above that,
+    and must still wait on it (they crashed: "filedescriptor out of range in select()")."""
+    script = tmp_path / "many_files.py"
+    script.write_text(textwrap.dedent("""
+        import os, resource
+        import grain
+        from grain.resource import Cores
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+        held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        assert max(held) > 1024
+
+        def square(x):
+            return x * x
+
+        async def main():
+            async with grain.open_waitgroup() as wg:
+                for i in range(6):
+                    wg.submit(Cores(1), square, i)
+            print(wg.results)
+
+        grain.run_combine(main)
+    """))
+    out = run(script, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "[0, 1, 4, 9, 16, 25]" in out.stdout
+
+
 def start_sleepy_program(tmp_path, jobs):
     """A user program whose ``jobs`` one-core jobs sleep; returns it once their runners
     are up, with those runners."""

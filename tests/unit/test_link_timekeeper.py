@@ -12,6 +12,7 @@ import math
 import random
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 import trio
@@ -24,12 +25,20 @@ from grain.protocol.frames import encode_parts
 pytestmark = pytest.mark.timeout(60)
 
 
-_PEERS: list[socket.socket] = []     # the far ends, kept open: a closed one is news
+_PAIRS: list[socket.socket] = []     # both ends, the far one kept open (a closed one is news)
+
+
+@pytest.fixture(autouse=True)
+def _close_pairs() -> Iterator[None]:
+    """The socket pairs a test made are closed after it (one test makes 5,000)."""
+    yield
+    while _PAIRS:
+        _PAIRS.pop().close()
 
 
 def _stream() -> trio.SocketStream:
     a, b = socket.socketpair()
-    _PEERS.append(b)
+    _PAIRS.extend((a, b))
     return trio.SocketStream(trio.socket.from_stdlib_socket(a))
 
 

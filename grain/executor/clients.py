@@ -220,8 +220,8 @@ class ClientsMixin:
 
     def _know_user(self: ExecutorHost, user: str) -> None:
         """Tell placement a user's weight and limits (again, when the tokens changed)."""
-        policy = self.policy(user)
         if user not in self._known_users or self._policy_changed:
+            policy = self.policy(user)
             self.placement.set_user(user, weight=policy.weight, max_cores=policy.max_cores,
                                     max_queued=policy.max_queued)
             self._known_users.add(user)

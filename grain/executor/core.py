@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import trio
 
 from .. import config
@@ -64,6 +65,9 @@ def _small_wire(wire: Any) -> bool:
             if type(v) is list and len(v) > 16:
                 return False
     return True
+
+
+_encode_key = msgspec.msgpack.Encoder().encode
 
 
 @dataclass(slots=True)
@@ -116,7 +120,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         self.chain_short = chain_short
         self.chained = 0
         self._fn_runtime: dict[tuple[int, int], list[float]] = {}   # (sess, fid) -> stats
-        self._requests: dict[str, tuple[Resource, Any]] = {}
+        self._requests: dict[bytes, tuple[Resource, Any]] = {}
         self._fits: dict[Any, bool] = {}     # shape -> could some worker ever run it
         self._first_unfit: dict[Any, float] = {}
         self._ids = 0
@@ -159,7 +163,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         if not _small_wire(req_wire):
             request = request_from_wire(req_wire)
             return request, shape_of(request)
-        key = repr(req_wire)
+        key = _encode_key(req_wire)    # its msgpack bytes: ~10x quicker than repr()
         hit = self._requests.get(key)
         if hit is None:
             request = request_from_wire(req_wire)

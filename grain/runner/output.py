@@ -140,6 +140,13 @@ class OutputCapture:
             os.close(w)
             os.set_blocking(r, False)
             self._fds[r] = stream
+        # which pipes hold output, in one call: most jobs print nothing, and a read that
+        # finds nothing raises (two per drain, two drains per job: ~10 us of a no-op job)
+        self._readable = select.poll()
+        self._pumped = select.poll()     # the capture thread's own: it waits unlocked
+        for r in self._fds:
+            self._readable.register(r, select.POLLIN)
+            self._pumped.register(r, select.POLLIN)
         self.stdout, self.stderr = sys.stdout, sys.stderr
         for f in (sys.stdout, sys.stderr):
             if isinstance(f, io.TextIOWrapper):   # a print reaches the pipe at its newline
@@ -159,9 +166,14 @@ class OutputCapture:
     def end(self) -> list[Message]:
         """The job is over (and its processes are gone): its last output, to be sent
         before its result."""
-        for f in {sys.stdout, sys.stderr, self.stdout, self.stderr}:
-            with contextlib.suppress(Exception):
+        streams = [sys.stdout, sys.stderr]
+        if streams != [self.stdout, self.stderr]:    # the job replaced them
+            streams += [self.stdout, self.stderr]
+        for f in streams:
+            try:
                 f.flush()
+            except Exception:  # noqa: BLE001, S112 - a stream the job broke: its loss
+                continue
         sys.stdout, sys.stderr = self.stdout, self.stderr
         if self._libc_fflush is not None:
             self._libc_fflush(None)
@@ -179,10 +191,9 @@ class OutputCapture:
 
     # -- the capture thread ------------------------------------------------------------
     def _pump(self) -> None:
-        fds = list(self._fds)
         while True:
             try:
-                self._pump_once(fds)
+                self._pump_once()
             except OSError:
                 return   # the worker is gone; the runner goes with it
             except Exception:  # noqa: BLE001 - never stop draining: a full pipe blocks the job
@@ -191,11 +202,11 @@ class OutputCapture:
                 with self._lock:
                     self._batch, self._batch_bytes, self._first = [], 0, None
 
-    def _pump_once(self, fds: list[int]) -> None:
+    def _pump_once(self) -> None:
         with self._lock:
             wait = None if self._first is None else \
                 max(0.0, self._first + BATCH_SECONDS - time.monotonic())
-        ready, _, _ = select.select(fds, [], [], wait)
+        ready = [fd for fd, _ in self._pumped.poll(None if wait is None else wait * 1000)]
         with self._lock:
             self._drain(keep=self.jid is not None, only=ready)
             if self._first is not None and (
@@ -205,7 +216,9 @@ class OutputCapture:
 
     # -- under the lock ------------------------------------------------------------------
     def _drain(self, keep: bool, only: list[int] | None = None) -> None:
-        for fd in (only if only is not None else self._fds):
+        if only is None:
+            only = [fd for fd, _ in self._readable.poll(0)]
+        for fd in only:
             stream = self._fds[fd]
             while True:
                 try:

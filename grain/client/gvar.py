@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..context import JOB_VARS as _VARS
+from ..context import value_of
 
 
 class GrainVar:
@@ -21,7 +22,7 @@ class GrainVar:
             var = _VARS[k]
         except KeyError:
             raise AttributeError(f"GVAR has no variable {k!r} (it has {sorted(_VARS)})") from None
-        return var.get()
+        return value_of(var)
 
     def __setattr__(self, k: str, v: Any) -> None:
         if k not in _VARS:
@@ -30,7 +31,8 @@ class GrainVar:
 
     def __getstate__(self) -> dict[str, Any]:
         _none = object()
-        return {k: v.get(_none) for k, v in _VARS.items() if v.get(_none) is not _none}
+        return {k: value_of(v, _none) for k, v in _VARS.items()
+                if v.get(_none) is not _none}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():

@@ -57,17 +57,9 @@ def limits_for(request: Resource) -> tuple[float | None, int | None]:
             int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0 else None)
 
 
-def _small_wire(wire: Any) -> bool:
-    """True when a request's wire form is small enough to key a cache by (no list of
-    more than 16 values in it)."""
-    for _, state in wire:
-        for v in state.values():
-            if type(v) is list and len(v) > 16:
-                return False
-    return True
-
-
 _encode_key = msgspec.msgpack.Encoder().encode
+_KEY_MAX = 256
+"""Requests whose msgpack form is longer are not remembered (``_request_for``)."""
 
 
 @dataclass(slots=True)
@@ -160,10 +152,10 @@ class Executor(ClientsMixin, RecoveryMixin):
         Only small requests are remembered: a request may carry a list of 65,536 core ids
         (ignored: jobs ask for a count), and a cache keyed by such lists grew by half a
         megabyte per distinct list, for ever."""
-        if not _small_wire(req_wire):
+        key = _encode_key(req_wire)    # its msgpack bytes: ~10x quicker than repr()
+        if len(key) > _KEY_MAX:
             request = request_from_wire(req_wire)
             return request, shape_of(request)
-        key = _encode_key(req_wire)    # its msgpack bytes: ~10x quicker than repr()
         hit = self._requests.get(key)
         if hit is None:
             request = request_from_wire(req_wire)

@@ -258,8 +258,17 @@ class _Capped(io.BytesIO):
         return super().write(b)
 
 
+_PLAIN = frozenset({type(None), bool, int, float})
+"""Types whose pickle needs none of the checks (no reference, nothing refused): a
+job's usual small result goes by ``pickle.dumps`` (~1 us instead of ~5)."""
+
+
 def _dumps(obj: Any, what: str, limit: int | None, std: type[_StdPickler],
            runner: bool) -> bytes:
+    if type(obj) in _PLAIN:
+        data = pickle.dumps(obj, protocol=5)
+        if limit is None or len(data) <= limit:
+            return data
     buf = io.BytesIO() if limit is None else _Capped(limit)
     try:
         std(buf, protocol=5).dump(obj)

@@ -30,12 +30,14 @@ import sys
 import threading
 import traceback
 from collections import deque
+from functools import partial
 from typing import Any
 
 import trio
 
 from .. import config
 from ..context import JOB_VARS as _VARS
+from ..context import Deferred
 from ..errors import RemoteError, SerializationError
 from ..net.transport import recv_frames, send_nowait
 from ..protocol import messages as m
@@ -136,7 +138,7 @@ class Runner:
                           f"cannot unpickle the job's function or arguments on the worker: "
                           f"{type(e).__name__}: {e}")
         self.pools.fit(cores)
-        _VARS["res"].set(from_wire(job.alloc, strict=False))
+        _VARS["res"].set(Deferred(partial(from_wire, job.alloc, strict=False)))
         _VARS["instance"].set(job.instance)
         try:
             value = fn(*args, **kwargs)

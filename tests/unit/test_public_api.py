@@ -23,3 +23,30 @@ def test_gvar_outside_a_job_raises_lookuperror():
     with pytest.raises(LookupError):
         _ = grain.GVAR.res
     assert grain.GVAR.instance == "local"
+
+
+def test_gvar_res_set_by_a_runner_is_built_when_first_read_and_once():
+    """A runner sets ``res`` as a ``Deferred`` (most jobs never read it): ``GVAR.res`` and
+    a pickled ``GVAR`` see the built allocation, built once."""
+    import contextvars
+    import pickle
+
+    from grain.context import JOB_VARS, Deferred
+    from grain.resource import Cores, Memory, from_wire, to_wire
+
+    built = []
+
+    def build():
+        built.append(1)
+        return from_wire(to_wire(Cores([2, 3]) & Memory(1)))
+
+    def job():
+        JOB_VARS["res"].set(Deferred(build))
+        assert built == []
+        first = grain.GVAR.res
+        assert first.c == {2, 3} and grain.GVAR.res is first
+        state = pickle.loads(pickle.dumps(grain.GVAR)).__getstate__()
+        assert state["res"].c == {2, 3}
+        return built
+
+    assert contextvars.copy_context().run(job) == [1]

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import trio
 
 from .. import config, errors
@@ -30,6 +29,7 @@ from ..context import JOB_VARS
 from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
 from ..protocol import payload as pl
+from ..protocol.frames import wire_key
 from ..protocol.messages import End
 from ..resource import (
     ZERO,
@@ -41,7 +41,6 @@ from ..resource import (
 )
 
 log = logging.getLogger("grain.client")
-_encode_key = msgspec.msgpack.Encoder().encode
 _LAST_END = max(End)
 
 OnEnd = Callable[[bool, Any], None]
@@ -132,7 +131,7 @@ class Session:
         self._idle: dict[int, None] = {}              # fids with no job in flight, oldest first
         self._idle_bytes = 0
         self._jobs: dict[int, _Job] = {}
-        self._wires: dict[bytes | str, Any] = {}
+        self._wires: dict[bytes, Any] = {}
         self._closed: str | None = None
         self._acks: list[int] = []    # results received, not yet acknowledged (``_ack``)
         self.reconnects = 0
@@ -187,10 +186,7 @@ class Session:
         """The request's wire form, checked as the executor will check it (so a bad
         request fails at the call), shared by every job asking the same."""
         wire = to_wire(request)
-        try:
-            key: bytes | str = _encode_key(wire)   # its msgpack bytes: ~10x quicker than repr()
-        except (TypeError, ValueError):     # a custom kind's odd state: sent as it may
-            key = repr(wire)
+        key = wire_key(wire)
         shared = self._wires.get(key)
         if shared is None:
             try:

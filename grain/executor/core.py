@@ -23,13 +23,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import trio
 
 from .. import config
 from ..auth import UserPolicy
 from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
+from ..protocol.frames import wire_key
 from ..protocol.messages import End
 from ..resource import (
     Resource,
@@ -57,7 +57,6 @@ def limits_for(request: Resource) -> tuple[float | None, int | None]:
             int(mem.m * 1024 ** 3) if mem is not None and mem.m > 0 else None)
 
 
-_encode_key = msgspec.msgpack.Encoder().encode
 _KEY_MAX = 256
 """Requests whose msgpack form is longer are not remembered (``_request_for``)."""
 
@@ -152,7 +151,7 @@ class Executor(ClientsMixin, RecoveryMixin):
         Only small requests are remembered: a request may carry a list of 65,536 core ids
         (ignored: jobs ask for a count), and a cache keyed by such lists grew by half a
         megabyte per distinct list, for ever."""
-        key = _encode_key(req_wire)    # its msgpack bytes: ~10x quicker than repr()
+        key = wire_key(req_wire)
         if len(key) > _KEY_MAX:
             request = request_from_wire(req_wire)
             return request, shape_of(request)

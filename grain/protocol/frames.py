@@ -37,6 +37,17 @@ for raw decoders and hostile tests, any msgpack value)."""
 _encode = msgspec.msgpack.Encoder().encode
 
 
+def wire_key(value: Any) -> bytes:
+    """A plain value (a resource's wire form) as a dictionary key: its msgpack bytes,
+    ~10x quicker to make than its ``repr``. What msgpack cannot encode (a custom kind's
+    odd state, in the embedded cluster where nothing is encoded) is keyed by its
+    ``repr`` after 0xc1, a byte that starts no msgpack value: the two never collide."""
+    try:
+        return _encode(value)
+    except (TypeError, ValueError, OverflowError):
+        return b"\xc1" + repr(value).encode()
+
+
 FRAME_MESSAGES = 4096
 """Messages per frame at most: a burst of a million submissions goes out as frames a
 receiver accepts (headers far below ``MAX_FRAME_HEADER``) and handles in steps."""

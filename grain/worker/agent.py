@@ -31,6 +31,7 @@ from .. import config
 from ..errors import ProtocolError
 from ..net.link import Link, LinkClosed, handling
 from ..protocol import messages as m
+from ..protocol.frames import wire_key
 from ..protocol.messages import End
 from ..resource import from_wire
 from .inventory import Inventory
@@ -138,7 +139,7 @@ class WorkerAgent:
         # never knew the session can only send if the Attach names it
         self.kept_sessions: dict[int, str] = {}
         self._killed_for: dict[RunnerProcess, Job] = {}   # the job each kill was meant for
-        self._env_cache: dict[str, tuple[list[int] | None, dict[str, str]]] = {}
+        self._env_cache: dict[bytes, tuple[list[int] | None, dict[str, str]]] = {}
         self._deadlines_changed = trio.Event()
         self._chained: dict[RunnerProcess, list[Any]] = {}
         self._link: Link | None = None
@@ -496,8 +497,7 @@ class WorkerAgent:
             self._idle.set()
 
     def _env_for(self, alloc_wire: Any) -> tuple[list[int] | None, dict[str, str]]:
-        key = repr(alloc_wire)
-        cached = self._env_cache.get(key)
+        cached = self._env_cache.get(key := wire_key(alloc_wire))
         if cached is not None:
             return cached
         kinds = from_wire(alloc_wire, strict=False).kinds()

@@ -129,3 +129,23 @@ def test_typed_frames_round_trip_and_refuse_other_hops():
         FrameDecoder(m.ClientToExecutor).feed(encode(m.Done(1, 2, 0), b"x"))
     with pytest.raises(ProtocolError, match="NaN|nan|>= 0|float"):
         FrameDecoder(m.ClientToExecutor).feed(encode([10, float("nan")]))
+
+
+def test_wire_keys_are_equal_exactly_for_equal_wire_forms() -> None:
+    """Request caches are keyed by ``wire_key``: equal wire forms share a key, different
+    ones never do, including what msgpack cannot encode (keyed by ``repr``)."""
+    from grain.protocol.frames import wire_key
+    from grain.resource import Cores, Memory, to_wire
+
+    class Odd:
+        def __repr__(self) -> str:
+            return "Odd()"
+
+    a, b = to_wire(Cores(2) & Memory(1)), to_wire(Cores(2) & Memory(1))
+    assert wire_key(a) == wire_key(b)
+    assert wire_key(a) != wire_key(to_wire(Cores(3) & Memory(1)))
+    odd = [("Custom", {"x": Odd()})]
+    assert wire_key(odd) == wire_key([("Custom", {"x": Odd()})])
+    assert wire_key([("Custom", {"x": 2 ** 70})]) != wire_key([("Custom", {"x": 2 ** 69})])
+    # a value keyed by repr cannot take the key of one that msgpack encodes
+    assert wire_key(odd)[:1] == b"\xc1" and not wire_key(a).startswith(b"\xc1")

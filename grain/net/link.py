@@ -9,14 +9,14 @@ written). ``receive()`` returns the next batch. Two kinds:
   with heartbeats: a PING goes out after ``heartbeat`` seconds of silence (less up to
   ``PING_JITTER``), and a peer silent for ``timeout`` seconds is declared dead
   (half-open connections included); one task per trio run keeps time for all links
-  (``timekeeper``).
-  Each end's first frame is ``[PING, timeout]``: the peer then pings at least every
-  ``timeout / 4`` seconds, so two ends configured differently never time each other out
-  merely for being quiet.
+  (``timekeeper``). Each end's first frame is ``[PING, timeout]``: the peer then pings at
+  least every ``timeout / 4`` seconds, so two ends configured differently never time
+  each other out merely for being quiet.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -304,12 +304,15 @@ class StreamLink(Link):
             raise LinkClosed(out.closed)
         out.items.append((header, payload))
         if self._queued:
-            if len(out.items) >= BURST and not _steps.depth and self._writer_idle \
-                    and not self._pending:
-                # A long burst from code that does not yield (a loop submitting thousands
-                # of jobs): write it now rather than after the loop, or the peer hears
+            if len(out.items) % BURST == 0 and not _steps.depth and self._writer_idle:
+                # A long burst from code that does not yield (a loop submitting jobs): write
+                # it now (after what a full socket left of the last write), or the peer hears
                 # nothing for as long as the loop runs and may take this end for dead.
-                self._flush()
+                if self._pending and self._raw is not None:
+                    with contextlib.suppress(OSError):   # the writer meets it, and closes
+                        self._pending = send_nowait(self._raw, self._pending)
+                if not self._pending:
+                    self._flush()
             return               # written with the others, at the step's end or by the writer
         st = _steps
         self._queued = True

@@ -18,9 +18,9 @@ JOB_VARS: dict[str, ContextVar[Any]] = {
 
 
 class Deferred:
-    """A context value built on first use, once: the runner sets the job's ``res`` as its
-    wire form and most jobs never read it (building it was ~15% of a no-op job's time in
-    its runner)."""
+    """A context value built on first use, once: the runner sets the job's ``res`` as one
+    (built from the allocation's wire form), since most jobs never read it and building
+    it was ~15% of a no-op job's time in its runner."""
 
     __slots__ = ("_build", "_value")
 

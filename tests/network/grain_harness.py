@@ -332,11 +332,13 @@ class Harness:
                               env={**process_env(), "COLUMNS": "200", **(env or {})},
                               cwd=self.tmp)
 
-    def python(self, script: Path | str, *args: str, log: str = "client") -> subprocess.Popen:
-        """Start a Python program (a Grain client) as its own process."""
+    def python(self, script: Path | str, *args: str, log: str = "client",
+               stdin: int = subprocess.DEVNULL) -> subprocess.Popen:
+        """Start a Python program (a Grain client) as its own process (``stdin``:
+        ``subprocess.PIPE`` to talk to it)."""
         f = open(self._log(log), "ab")  # noqa: SIM115 - the process owns it
         p = subprocess.Popen([sys.executable, str(script), *args], stdout=f,
-                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             stderr=subprocess.STDOUT, stdin=stdin,
                              env=process_env(), cwd=self.tmp)
         f.close()
         self._clients.append(p)

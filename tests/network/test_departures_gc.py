@@ -25,7 +25,6 @@ from grain_harness import (
     TIMEOUT,
     ExecutorProc,
     Harness,
-    process_env,
     wait_markers,
     wait_until,
 )
@@ -49,25 +48,10 @@ def _probe_executor(h: Harness) -> ExecutorProc:
     return p.ready()
 
 
-def _signal(ex: ExecutorProc, sig: int, answer: str, nth: int) -> str:
-    """Send ``sig``; the ``nth`` line that starts with ``answer`` (its rest)."""
+def _signal(ex: ExecutorProc, sig: int, answer: str) -> str:
+    """Send ``sig``; the rest of the line the executor answers with (``answer`` first)."""
     ex.popen.send_signal(sig)
-
-    def said() -> list[str] | None:
-        lines = [ln for ln in ex.text().splitlines() if ln.startswith(answer)]
-        return lines if len(lines) >= nth else None
-    wait_until(said, 30, f"the executor to answer {answer!r}")
-    return ex.text().split(answer, nth)[nth].splitlines()[0]
-
-
-def _lingering_client(h: Harness, ex: ExecutorProc) -> subprocess.Popen[bytes]:
-    log = open(h.tmp / "lingering-client.log", "ab")  # noqa: SIM115 - the process owns it
-    p = subprocess.Popen([sys.executable, str(NET_DIR / "lingering_client.py"), ex.address,
-                          str(h.token_file), "5"], stdin=subprocess.PIPE, stdout=log,
-                         stderr=subprocess.STDOUT, env=process_env(), cwd=h.tmp)
-    log.close()
-    h._clients.append(p)
-    return p
+    return ex.wait_for(rf"(?m)^{answer}(.*)$", 30).group(1)
 
 
 def test_departed_peers_leave_no_cycles_for_the_deep_collection(grain_procs: Harness,
@@ -77,9 +61,10 @@ def test_departed_peers_leave_no_cycles_for_the_deep_collection(grain_procs: Har
     h.worker("stays", ex, cores="0")
     killed_worker = h.worker("killed", ex, cores="1")
     stopped_worker = h.worker("stopped", ex, cores="0")
-    polite = _lingering_client(h, ex)
-    wait_until(lambda: "ready" in (h.tmp / "lingering-client.log").read_text(), 60,
-               "the lingering client to have run its jobs")
+    polite = h.python(NET_DIR / "lingering_client.py", ex.address, str(h.token_file), "5",
+                      log="lingering", stdin=subprocess.PIPE)
+    wait_until(lambda: any("ready" in p.read_text() for p in h.tmp.glob("*-lingering.log")),
+               60, "the lingering client to have run its jobs")
     marks = str(tmp_path / "marks")
     # three jobs run (one on each worker), two wait: the client is then killed
     killed_client = h.python(NET_DIR / "client_prog.py", ex.address, str(h.token_file),
@@ -95,7 +80,7 @@ def test_departed_peers_leave_no_cycles_for_the_deep_collection(grain_procs: Har
         assert st["running_jobs"] == 3, st
         # everything the peers hold in the executor is frozen now, as the scheduled
         # collections freeze what survives them
-        await trio.to_thread.run_sync(_signal, ex, signal.SIGUSR1, "frozen ", 1)
+        await trio.to_thread.run_sync(_signal, ex, signal.SIGUSR1, "frozen ")
 
         polite.stdin.write(b"go\n")           # a program that ends: its session says bye
         polite.stdin.flush()
@@ -112,5 +97,5 @@ def test_departed_peers_leave_no_cycles_for_the_deep_collection(grain_procs: Har
     ex.wait_status(lambda st: st["sessions"] == 0 and [w["name"] for w in st["workers"]]
                    == ["stays"] and st["running_jobs"] == 0 and st["queue_length"] == 0,
                    30, "every peer but one worker to be gone, and their jobs with them")
-    found = json.loads(_signal(ex, signal.SIGUSR2, "check 1: ", 1))
+    found = json.loads(_signal(ex, signal.SIGUSR2, "check 1: "))
     assert found == {}, f"cycles left behind by departed peers: {found}"

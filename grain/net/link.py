@@ -9,7 +9,7 @@ written). ``receive()`` returns the next batch. Two kinds:
   with heartbeats: a PING goes out after ``heartbeat`` seconds of silence (less up to
   ``PING_JITTER``), and a peer silent for ``timeout`` seconds is declared dead
   (half-open connections included); one task per trio run keeps time for all links
-  (``timekeeper``). Each end's first frame is ``[PING, timeout]``: the peer then pings at
+  (``timekeeper``). Each end's first message is ``[PING, timeout]``: the peer then pings at
   least every ``timeout / 4`` seconds, so two ends configured differently never time
   each other out merely for being quiet.
 """
@@ -34,6 +34,7 @@ from ..config import PEER_TIMEOUT as DEFAULT_TIMEOUT
 from ..errors import ProtocolError
 from ..protocol.frames import FrameDecoder, Message, encode_parts
 from ..protocol.messages import Ping
+from .mailbox import LinkClosed, Mailbox
 from .timekeeper import KEEPER_SLACK, timekeeper
 from .transport import LOWAT_PATIENCE, RECV_SIZE, recv_frames, send_nowait, set_rcvlowat, wake_at
 
@@ -50,55 +51,6 @@ INBOX_BYTES = 16 * 1024 * 1024
 """... or bytes read for them (big payloads)."""
 
 
-class LinkClosed(Exception):
-    """The link is closed; ``reason`` says why."""
-
-
-class _Box:
-    __slots__ = ("items", "event", "closed", "taken")
-
-    def __init__(self) -> None:
-        self.items: list[Message] = []
-        self.event = trio.Event()
-        self.closed: str | None = None
-        self.taken: trio.Event | None = None   # set when the consumer takes the items
-
-    def put(self, msg: Message) -> None:
-        items = self.items
-        items.append(msg)
-        if len(items) == 1:
-            self.event.set()
-
-    def put_many(self, msgs: list[Message]) -> None:
-        if msgs:
-            self.items.extend(msgs)
-            self.event.set()
-
-    def close(self, reason: str) -> None:
-        if self.closed is None:
-            self.closed = reason
-        self.event.set()
-
-    async def take(self) -> list[Message]:
-        while not self.items:
-            if self.closed is not None:
-                raise LinkClosed(self.closed)
-            await self.event.wait()
-            self.event = trio.Event()
-        items, self.items = self.items, []
-        if self.taken is not None:
-            self.taken.set()
-            self.taken = None
-        return items
-
-    async def wait_taken(self) -> None:
-        """Until the consumer has taken what is in the box."""
-        if self.items and self.closed is None:
-            if self.taken is None:
-                self.taken = trio.Event()
-            await self.taken.wait()
-
-
 class Link:
     """A message link: an inbox and an outbox. Subclasses move the outbox's messages."""
 
@@ -106,8 +58,8 @@ class Link:
     silent: bool = False
     """True when the link closed because the peer fell silent (a heartbeat timeout: the
     peer may be alive behind a broken network), not because its end closed."""
-    _in: _Box
-    _out: _Box
+    _in: Mailbox
+    _out: Mailbox
 
     def send(self, header: Any, payload: bytes = b"") -> None:
         """Queue a message (a ``messages`` struct and its payload); never blocks. Raises
@@ -140,13 +92,13 @@ class Link:
 class MemoryLink(Link):
     """One end of an in-process link."""
 
-    def __init__(self, inbox: _Box, outbox: _Box, peer: str) -> None:
+    def __init__(self, inbox: Mailbox, outbox: Mailbox, peer: str) -> None:
         self._in, self._out, self.peer = inbox, outbox, peer
 
 
 def memory_link_pair(name_a: str = "a", name_b: str = "b") -> tuple[MemoryLink, MemoryLink]:
     """Two connected ends; ``a.send`` arrives at ``b.receive`` and back."""
-    x, y = _Box(), _Box()
+    x, y = Mailbox(), Mailbox()
     return MemoryLink(x, y, name_b), MemoryLink(y, x, name_a)
 
 
@@ -228,9 +180,8 @@ LAZY_DELAY = 0.02
 """How long a message sent with ``send_later`` may wait for company."""
 PING_JITTER = 0.25
 """A link pings after ``heartbeat`` seconds of its own silence less up to this fraction,
-drawn anew after each ping. Peers that started together (a node pool, a burst of jobs
-sent to every worker at once) would otherwise ping in step for ever; drawn shorter each
-time, their phases spread apart within a few heartbeats."""
+drawn anew after each ping: peers that started together (a node pool, a burst of jobs to
+every worker) would otherwise ping in step for ever."""
 IOV_MAX = 512
 """Buffers per ``sendmsg`` call (the kernel's limit is 1024)."""
 SMALL = 64 * 1024
@@ -277,8 +228,8 @@ class StreamLink(Link):
         self.timeout = timeout
         self._decoder = decoder or FrameDecoder()
         self._decoder.set_schema(schema)   # what this hop may carry; anything else: dropped
-        self._in = _Box()
-        self._out = _Box()
+        self._in = Mailbox()
+        self._out = Mailbox()
         self._scope = trio.CancelScope()
         self._last_send = 0.0
         self._ping_gap = heartbeat     # quiet this long, the timekeeper sends a ping
@@ -288,9 +239,12 @@ class StreamLink(Link):
         self._raw = _raw_socket(stream)
         self._peek = _socket_under(stream)   # to tell silence from a reader not yet run
         self._pending: list[Any] = []      # buffers written in part: the writer finishes
-        self._queued = False     # the outbox waits for a step's end or for the writer
+        # our timeout goes first, queued: a loop of submissions may run before the writer
+        self._out.items.append((Ping(timeout), b""))   # does, and must be written (``send``)
+        self._queued = True      # the outbox waits for a step's end or for the writer
         self._lazy_since: float | None = None  # when the oldest ``send_later`` was queued
-        self._writer_idle = False          # True while the writer waits for messages
+        self._writer_idle = True           # True while nobody writes (the writer waits)
+        self._midframe = False             # the writer waits to write the rest of a frame
         self._direct_epoch = -1  # the step after which this link last wrote at once
         self.bytes_in = 0
         self.bytes_out = 0
@@ -304,15 +258,16 @@ class StreamLink(Link):
             raise LinkClosed(out.closed)
         out.items.append((header, payload))
         if self._queued:
-            if len(out.items) % BURST == 0 and not _steps.depth and self._writer_idle:
+            if len(out.items) % BURST == 0 and not _steps.depth and not self._midframe:
                 # A long burst from code that does not yield (a loop submitting jobs): write
                 # it now (after what a full socket left of the last write), or the peer hears
-                # nothing for as long as the loop runs and may take this end for dead.
+                # nothing for as long as the loop runs and may take this end for dead. The
+                # writer may be runnable meanwhile, but it is not in the middle of a frame.
                 if self._pending and self._raw is not None:
                     with contextlib.suppress(OSError):   # the writer meets it, and closes
                         self._pending = send_nowait(self._raw, self._pending)
                 if not self._pending:
-                    self._flush()
+                    self._flush(burst=True)
             return               # written with the others, at the step's end or by the writer
         st = _steps
         self._queued = True
@@ -337,15 +292,17 @@ class StreamLink(Link):
         if self._writer_idle:        # it sets itself a deadline for these
             out.event.set()
 
-    def _flush(self) -> None:
-        """Write the outbox now from the calling task if the writer is idle and the
-        socket takes it; else leave it (or its rest) to the writer."""
+    def _flush(self, burst: bool = False) -> None:
+        """Write the outbox now from the calling task if the writer is idle (``burst``:
+        not in the middle of a frame) and the socket takes it; else leave it (or its
+        rest) to the writer."""
         self._queued = False
         out = self._out
         if not out.items:
             return
         raw = self._raw
-        if raw is None or not self._writer_idle or self._pending or out.closed is not None:
+        if raw is None or not (self._writer_idle or burst) or self._pending \
+                or out.closed is not None:
             self._queued = True
             out.event.set()
             return
@@ -524,7 +481,7 @@ class StreamLink(Link):
         deadline (pings are the timekeeper's), unless messages sent later wait for
         company: then until their time (``LAZY_DELAY``)."""
         out = self._out
-        await self._write(encode_parts([(Ping(self.timeout), b"")]))  # announce our timeout
+        self._writer_idle = False
         while True:
             if self._pending:
                 parts, self._pending = self._pending, []
@@ -574,9 +531,11 @@ class StreamLink(Link):
                 head, tail = parts[:IOV_MAX], parts[IOV_MAX:]
                 rest = send_nowait(raw, head)
                 while rest:
+                    self._midframe = True
                     await trio.lowlevel.wait_writable(raw)
                     rest = send_nowait(raw, rest)
                 parts = tail
+            self._midframe = False
             await trio.lowlevel.checkpoint()
         self._last_send = trio.current_time()
 

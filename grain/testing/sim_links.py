@@ -17,7 +17,8 @@ from typing import Any
 
 import trio
 
-from ..net.link import Link, LinkClosed, _Box
+from ..net.link import Link, LinkClosed
+from ..net.mailbox import Mailbox
 from ..protocol.frames import Message
 
 _FIN = object()
@@ -26,7 +27,7 @@ _FIN = object()
 class _Pipe:
     """One direction: messages wait ``delay()`` seconds, then land in ``dest``."""
 
-    def __init__(self, dest: _Box, delay: Callable[[], float], nursery: trio.Nursery) -> None:
+    def __init__(self, dest: Mailbox, delay: Callable[[], float], nursery: trio.Nursery) -> None:
         self.dest = dest
         self.delay = delay
         self.closed: str | None = None
@@ -84,7 +85,7 @@ class _Pipe:
 class SimLink(Link):
     """One end of a simulated link."""
 
-    def __init__(self, inbox: _Box, out: _Pipe, peer: str) -> None:
+    def __init__(self, inbox: Mailbox, out: _Pipe, peer: str) -> None:
         self._in = inbox
         self._pipe = out
         self.peer = peer
@@ -115,7 +116,7 @@ def sim_link_pair(nursery: trio.Nursery, delay_ab: Callable[[], float],
                   name_b: str = "b") -> tuple[SimLink, SimLink]:
     """Two connected ends: ``a.send`` arrives at ``b.receive`` after ``delay_ab()``
     seconds, and back after ``delay_ba()``. Pipes' tasks run in ``nursery``."""
-    box_a, box_b = _Box(), _Box()
+    box_a, box_b = Mailbox(), Mailbox()
     a = SimLink(box_a, _Pipe(box_b, delay_ab, nursery), name_b)
     b = SimLink(box_b, _Pipe(box_a, delay_ba, nursery), name_a)
     a.other, b.other = b, a

@@ -21,7 +21,8 @@ import trio.testing
 from grain.net import link as link_module
 from grain.net.link import BURST, PING_JITTER, LinkClosed, StreamLink
 from grain.net.timekeeper import KEEPER_SLACK
-from grain.protocol.frames import encode_parts
+from grain.protocol.frames import FrameDecoder, encode_parts
+from grain.protocol.messages import Ping
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -248,3 +249,88 @@ def test_a_long_burst_keeps_writing_after_the_socket_was_full() -> None:
 
     heard = trio.run(main)
     assert all(heard), f"bytes the peer got after each burst of {BURST}: {heard}"
+
+
+def _wire(header: object) -> object:
+    """``header`` as a decoder without a schema gives it back."""
+    return FrameDecoder().feed(b"".join(encode_parts([(header, b"")])))[0][0][0]
+
+
+def _drain(sock: socket.socket) -> bytes:
+    got = b""
+    while True:
+        try:
+            got += sock.recv(1 << 16)
+        except BlockingIOError:
+            return got
+
+
+def test_a_burst_right_after_connecting_is_written_as_it_goes() -> None:
+    """A program that submits in a loop right after its link opened, before the link's
+    writer ever ran: the bursts go out as the loop goes, our timeout first. Before, the
+    writer's first step was to write that ping, so until it ran the link counted as busy
+    and no burst was written: 20 clients of 5,000 jobs on two busy cores were dropped as
+    silent 2 s after they connected, mid-loop (``tests/network/test_load.py``)."""
+    payload = b"x" * 64
+
+    async def main() -> tuple[list[int], list[object]]:
+        a, b = socket.socketpair()
+        _PAIRS.extend((a, b))
+        b.setblocking(False)
+        link = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "peer",
+                          None, heartbeat=10.0, timeout=60.0)
+        heard, first = [], b""
+        async with trio.open_nursery() as n:
+            link.start(n)                   # its tasks have not run yet
+            for _ in range(3):              # no await in here: the loop never yields
+                for _ in range(BURST):
+                    link.send(link_module._PING, payload)
+                got = _drain(b)
+                first = first or got
+                heard.append(len(got))
+            link.close("done")
+        decoder = FrameDecoder()
+        messages = [h for batch in decoder.feed(first) for h, _ in batch]
+        return heard, messages[:1]
+
+    heard, messages = trio.run(main)
+    assert all(heard), f"bytes the peer got after each burst of {BURST}: {heard}"
+    assert messages == [_wire(Ping(60.0))], "the link's timeout goes first"
+
+
+def test_a_burst_never_cuts_into_a_frame_the_writer_is_still_writing() -> None:
+    """The socket is full and the writer waits to write the rest of a big frame: a burst
+    from a loop that never yields must not go out in the middle of it. The peer reads
+    every frame whole and every message in order."""
+    big = b"b" * (1 << 20)
+
+    async def main() -> list[tuple[object, int]]:
+        a, b = socket.socketpair()
+        _PAIRS.extend((a, b))
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setblocking(False)
+        link = StreamLink(trio.SocketStream(trio.socket.from_stdlib_socket(a)), "peer",
+                          None, heartbeat=10.0, timeout=60.0)
+        raw = b""
+        async with trio.open_nursery() as n:
+            link.start(n)
+            await trio.testing.wait_all_tasks_blocked()
+            link.send(Ping(1.0), big)       # written at once, in part
+            link.send(Ping(2.0), big)       # the writer's, once it runs
+            await trio.testing.wait_all_tasks_blocked()   # it waits: the socket is full
+            assert link._midframe
+            for _ in range(2):
+                for _ in range(BURST):
+                    link.send(Ping(3.0), b"")
+                raw += _drain(b)
+            while link._pending or link._midframe or link._out.items:
+                raw += _drain(b)
+                await trio.sleep(0.001)
+            raw += _drain(b)
+            link.close("done")
+        return [(h, len(p)) for batch in FrameDecoder().feed(raw) for h, p in batch]
+
+    got = trio.run(main)
+    assert got[0] == (_wire(Ping(60.0)), 0)
+    assert got[1:3] == [(_wire(Ping(1.0)), 1 << 20), (_wire(Ping(2.0)), 1 << 20)]
+    assert got[3:] == [(_wire(Ping(3.0)), 0)] * (2 * BURST)

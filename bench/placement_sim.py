@@ -44,6 +44,7 @@ from typing import Any
 
 import psutil
 
+from grain import config
 from grain.executor.grant import Grant
 from grain.executor.placement import Placement
 from grain.resource import Cores, Memory, Resource, WTime
@@ -321,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=4, help="users the jobs are spread over")
     ap.add_argument("--weighted", action="store_true", help="user i gets weight i + 1")
     ap.add_argument("--reservations", type=int, default=1, help="max_reservations")
-    ap.add_argument("--batch", type=int, default=128,
-                    help="max_placements per schedule() step")
+    ap.add_argument("--batch", type=int, default=config.SCHEDULE_BATCH,
+                    help="max_placements per schedule() step (default: the executor's)")
     ap.add_argument("--completions", type=int, default=1000,
                     help="running jobs that end between two rounds of placement")
     ap.add_argument("--seconds", type=float, default=20.0, help="steady-state time budget")

@@ -30,7 +30,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
         return {"rt_jobs": 10, "noop_jobs": 200, "sleep_jobs": 100, "big_bytes": MiB,
                 "big_reps": 2, "cpu_jobs": 4, "cpu_seconds": 0.02, "idle_wait": 0.1,
                 "pin_jobs": 40, "queue_jobs": 2000, "stall_jobs": 2000,
-                "place_jobs": 2000, "place_seconds": 0.2, "cap_workers": [2],
+                "place_jobs": 2000, "place_users_jobs": 2000, "place_seconds": 0.2, "cap_workers": [2],
                 "cap_seconds": 0.5, "cap_warm": 0.4, "cap_busy": (2, 50, 0.3, 0.5),
                 "alice_jobs": 20, "bob_trials": 2,
                 "timeout": 100}
@@ -47,6 +47,7 @@ def sizes(quick: bool, smoke: bool = False) -> dict[str, Any]:
         "queue_jobs": 200_000 if quick else 1_000_000,
         "stall_jobs": 200_000 if quick else 1_000_000,
         "place_jobs": 1_000_000,
+        "place_users_jobs": 300_000,
         "place_seconds": 2.0 if quick else 5.0,
         "cap_workers": [10, 100, 1000],
         "cap_seconds": 2.0 if quick else 5.0,

@@ -86,7 +86,7 @@ class Shape:
 
     __slots__ = ("key", "request", "cores", "mem", "kinds", "n_cores", "n_mem", "others",
                  "extras", "nofit", "groups", "groups_at", "holdable", "holdable_at",
-                 "blocked", "queues", "hint", "hint_pass")
+                 "blocked", "queues", "hint", "hint_pass", "nlive")
 
     def __init__(self, key: Hashable, request: Resource) -> None:
         self.key = key
@@ -117,6 +117,7 @@ class Shape:
         self.queues: dict[Any, None] = {}   # the per-user queues of this shape (placement's)
         self.hint: WorkerState | None = None  # where it went last, in pass ``hint_pass``
         self.hint_pass = -1
+        self.nlive = 0                      # jobs of this shape queued, all users
 
 
 class _Group:

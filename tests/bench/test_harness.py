@@ -46,7 +46,8 @@ def test_every_workload_measured(doc: dict) -> None:
               "sleep_jobs_per_s", "sleep_of_ideal", "big_rt_ms", "cpu_speedup",
               "idle_rss_mib"}
     grain_only = {"pin_mismatches", "cpu_pin_mismatches", "stall_max_ms",
-                  "place_step_max_ms", "place_per_s", "idle_core_rss_mib"}
+                  "place_step_max_ms", "place_per_s", "place_users_step_max_ms",
+                  "place_users_per_s", "idle_core_rss_mib"}
     assert set(doc["results"]["grain"]) >= common | grain_only
     assert set(doc["results"]["processpool"]) >= common
     assert not set(doc["results"]["processpool"]) & grain_only

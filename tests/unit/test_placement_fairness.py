@@ -274,3 +274,31 @@ def test_chaining_follows_fair_share():
     assert chained and all(j.user_of[g] == "alice" for g, *_ in chained)
     assert all(j.user_of[after] == "alice" for *_, after in chained), "behind her own jobs"
     assert p.user_stats()["alice"].cores == 1, "an allocation counts once, however shared"
+
+
+def test_a_release_is_seen_by_the_next_pass_even_by_a_user_that_had_no_turn():
+    """Placement keeps the users' order between passes: a user's jobs ending must move it
+    up even when the last pass never came to it."""
+    j = Jobs(cluster(lambda: Cores(4)))
+    j.submit("alice", Cores(1), 10)
+    j.submit("bob", Cores(1), 10)
+    assert sorted(j.users(j.schedule())) == ["alice", "alice", "bob", "bob"]
+    j.release_of("alice")
+    assert j.users(j.schedule(max_placements=1)) == ["alice"], "only Alice had a turn"
+    j.release_of("bob", 2)              # Bob holds nothing now, Alice two cores
+    j.release_of("alice")
+    assert j.users(j.schedule(max_placements=1)) == ["bob"]
+
+
+def test_a_pass_ends_early_only_when_every_shape_queued_is_blocked():
+    """Ann and Bob wait for a whole worker (Ann holds the one reservation), Cid's one-core
+    job fits elsewhere: a pass may end once everything queued fits nowhere, and here one
+    shape still fits, however many users' heads of the other shape it met."""
+    j = Jobs(cluster(lambda: Cores(4), lambda: Cores(1)))
+    [x] = j.submit("xavier", Cores(3))
+    assert j.schedule() == [x]
+    [a] = j.submit("ann", Cores(4))
+    j.submit("bob", Cores(4))
+    [c] = j.submit("cid", Cores(1))
+    assert j.schedule() == [c]
+    assert [(r.gid, r.wid) for r in j.p.reservations] == [(a, 1)]

@@ -79,6 +79,7 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "stall_cancel_ms": ("ms", "lower", "  longest while cancelling"),
     "stall_leave_ms": ("ms", "lower", "  longest while the client leaves"),
     "stall_after_ms": ("ms", "lower", "  longest while freed memory goes back"),
+    "stall_place_ms": ("ms", "lower", "longest stall, 1,000 workers x 64 come with jobs queued"),
     "place_step_max_ms": ("ms", "lower", "placement step, 1,000x64 cores, longest"),
     "place_step_p99_ms": ("ms", "lower", "  placement step p99"),
     "place_step_wall_max_ms": ("ms", "lower", "  longest step, wall (gc included)"),

@@ -95,16 +95,19 @@ async def queue1m(ops: Any, p: dict[str, Any]) -> dict[str, Any]:
 # -- the event loop's longest stall (bench/stall.py) --------------------------------------
 def stall(system: str, p: dict[str, Any]) -> dict[str, Any]:
     """``python -m bench.stall --jobs N --json``: an executor with N jobs submitted, queued,
-    cancelled and dropped with their session; the longest stall of its event loop."""
+    cancelled and dropped with their session, then N / 1000 workers of 64 cores arriving
+    with as many jobs queued; the longest stall of its event loop."""
     r = subprocess.run([sys.executable, "-m", "bench.stall", "--jobs", str(p["stall_jobs"]),
                         "--json"], capture_output=True, text=True, timeout=p["timeout"])
     if r.returncode != 0:
         raise RuntimeError(f"bench.stall exited {r.returncode}: {r.stderr[-1500:]}")
     doc = json.loads(r.stdout.strip().splitlines()[-1])
     phases = doc["phases"]
+    # the million jobs' phases; "place" (a thousand workers arriving) has a row of its own
+    jobs = [ph for ph in phases if ph["phase"] != "place"]
     out: dict[str, Any] = {"stall_jobs": doc["jobs"], "_stall_phases": phases,
-                           "stall_max_ms": max(ph["longest_stall_ms"] for ph in phases),
-                           "stall_p99_ms": max(ph["p99_stall_ms"] for ph in phases)}
+                           "stall_max_ms": max(ph["longest_stall_ms"] for ph in jobs),
+                           "stall_p99_ms": max(ph["p99_stall_ms"] for ph in jobs)}
     for ph in phases:
         out[f"stall_{ph['phase']}_ms"] = ph["longest_stall_ms"]
     return out

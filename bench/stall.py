@@ -10,7 +10,11 @@ it is given (so everything else stays queued) and a client that:
 4. submits them all again and **leaves** (its session ends: the executor cancels them
    itself);
 5. waits, idle, while the executor gives the memory it freed back to the system
-   (**after**: ``grain.executor.heap``, as ``grain executor`` runs it).
+   (**after**: ``grain.executor.heap``, as ``grain executor`` runs it);
+6. submits ``jobs // 1000`` x 64 jobs more (not measured), then ``jobs // 1000`` workers
+   of 64 cores connect, ``CONNECTING`` at a time: the executor **places** them all, a
+   ``Run`` message each (the cluster scaled up, or came back after an outage, with a full
+   queue).
 
 Peers are joined by in-memory links (``memory_link_pair``: the messages the executor
 would decode from a socket, without the decoding), so what is measured is the
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +53,9 @@ BURST = 5_000
 """Messages the client hands over at once: about what one 256 KiB read of a socket
 carries (Submit messages of tiny jobs are ~50 bytes)."""
 PROBE = 0.001
+CONNECTING = 50
+"""Workers that connect in one stretch of the event loop (phase "place"): about what one
+pass of the listener accepts and authenticates when a thousand workers redial."""
 
 
 @dataclass
@@ -247,13 +255,36 @@ async def measure(jobs: int, settle: float = 2.0, after: float = 3.0,
         # what it freed goes back to the system meanwhile (``return_free_memory``)
         begin("after", 0)
         await trio.sleep(after)
+
+        k = max(1, min(1000, jobs // 1000))
+        begin("-", 0)       # the submission is not measured: probe.phase None
+        probe.phase = None
+        client, server = memory_link_pair("client", "executor")
+        n.start_soon(ex.serve_client, server, "second", {"name": "second", "session": 2})
+        client.send(m.DefineFunction(1), b"fn")
+        await _submit(client, 1, k * 64)
+        await _wait_queued(ex, k * 64 - 1)     # one of them runs on the first worker
+        pairs = []
+        for i in range(k):      # in steps: the harness's own work is not a stall
+            pairs.append((i, *memory_link_pair("worker", "executor"), Cores(64) & _memory(256)))
+            await trio.lowlevel.checkpoint()
+        begin("place", k * 64)
+        for i, mine, theirs, capacity in pairs:
+            n.start_soon(ex.serve_worker, theirs, {"name": f"big{i}"}, capacity)
+            n.start_soon(_holding_worker, mine)
+            if i % CONNECTING == CONNECTING - 1:
+                await trio.lowlevel.checkpoint()
+        del pairs
+        while len(ex.placement):
+            await trio.sleep(0.01)
         begin("end", 0)
+        logging.getLogger("grain").setLevel(logging.ERROR)   # the workers' end, not news
         n.cancel_scope.cancel()
     if instrument is not None:
         print("longest task steps (CPU ms, phase, task):", file=sys.stderr)
         for dt, phase, name in sorted(instrument.longest, reverse=True):
             print(f"  {dt * 1e3:6.1f}  {phase:<9} {name}", file=sys.stderr)
-    return [p.report() for p in phases[:-1]]
+    return [p.report() for p in phases[:-1] if p.name != "-"]
 
 
 def _memory(gb: float) -> Any:

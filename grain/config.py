@@ -59,11 +59,13 @@ MAX_BUNDLE_BYTES = 32 * 1024 ** 2
 CHAIN_SHORT_SECONDS = 0.01
 CHAIN_MIN_SAMPLES = 5
 CHAIN_DEPTH = 16
-SCHEDULE_BATCH = 256
-"""Placements per step of the event loop (then other peers' messages are served)."""
+SCHEDULE_BATCH = 32
+"""Placements per call of placement; the executor makes such calls within a budget per
+stretch of its event loop (``Executor._pump``), then other peers' messages are served."""
 STEP_SECONDS = 0.001
 """How long the executor works on one peer's messages before it lets the others (and
-``/healthz``) have a turn: a frame of thousands of submissions is served in steps. (With
+``/healthz``) have a turn: a frame of thousands of submissions is served in steps. Also
+the least time placement may take per stretch of the event loop. (With
 2 ms, the probe of ``bench.stall`` saw a p99 stall of ~4 ms in every busy phase, with 1 ms
 ~2 ms; no-op throughput over TCP was the same within noise.)"""
 ENDINGS_PER_STEP = 256

@@ -40,7 +40,7 @@ from .grant import Grant
 from .host import send as _send
 from .jobtable import JobTable
 from .ledger import JobRecord, JobState, Ledger
-from .loopwatch import LoopWatch
+from .loopwatch import LoopWatch, Polls
 from .placement import Placement, shape_of
 from .recovery import RecoveryMixin
 from .sessions import ClientSession, HeldResult, WorkerSession
@@ -102,6 +102,13 @@ class Executor(ClientsMixin, RecoveryMixin):
         self.workers: dict[int, WorkerSession] = {}
         self._known_users: set[str] = set()
         self._pump_more = trio.Event()
+        # placement's budget per stretch of the event loop without an I/O poll (see
+        # ``_pump``): the stretch counted (``Polls``: None until ``run``), the seconds
+        # that peers' messages and placement took in it
+        self._polls: Polls | None = None
+        self._stretch = -1
+        self._handled = 0.0
+        self._pump_spent = 0.0
         self.started_at = time.time()
         self.started_mono = clock()
         self.placement_seconds_sum = 0.0
@@ -236,6 +243,7 @@ class Executor(ClientsMixin, RecoveryMixin):
                             on_message(header, payload)
                             if clock() > deadline:
                                 break
+                        self._stretch_work(clock() - deadline + step)
                         self._pump()
                     # a busy peer must not starve the others. (Yielding only when more
                     # was waiting, as a plain relay does, gained nothing measurable.)
@@ -280,21 +288,50 @@ class Executor(ClientsMixin, RecoveryMixin):
 
     # -- placement and endings --------------------------------------------------------
     def _pump(self) -> None:
-        """Start what can start: at most ``SCHEDULE_BATCH`` placements now; the rest after
-        the event loop has served other peers (``run``), so no message waits behind a long
-        pass."""
-        if not len(self.placement):
+        """Start what can start: placement passes of at most ``SCHEDULE_BATCH`` jobs, each
+        dispatched at once, within a budget per stretch of the event loop (``_stretch_work``);
+        the rest in the next stretch (``run``), so no message waits behind a long pass. (A
+        count alone bounded nothing: 256 placements with their ``Run`` messages were a
+        step of 2-10 ms, and every peer's step in a stretch made its own.)"""
+        pl = self.placement
+        if not len(pl):
+            return
+        # A budget per stretch, not per call: many peers' steps may run in one stretch (a
+        # thousand workers registering at once), each calling this. Placement may take
+        # twice as long as the messages did, STEP_SECONDS at least: under load the two
+        # share the loop (a fixed 1 ms per stretch cut dispatch to 1,000 workers).
+        budget = self._stretch_work(0.0)
+        if budget <= 0:
+            self._pump_more.set()           # in the next stretch (``_pumper``)
             return
         now = self.clock()
-        for gid, wid, alloc in self.placement.schedule(config.SCHEDULE_BATCH):
-            self._dispatch(gid, wid, alloc, None, now)
-        if self.placement.more:
-            self._pump_more.set()
-            return
+        start = time.perf_counter()
+        try:
+            while True:
+                for gid, wid, alloc in pl.schedule(config.SCHEDULE_BATCH):
+                    self._dispatch(gid, wid, alloc, None, now)
+                if not pl.more:
+                    break
+                if time.perf_counter() - start > budget:
+                    self._pump_more.set()
+                    return
+        finally:
+            self._pump_spent += time.perf_counter() - start
         if self.placement.chain_depth and len(self.placement):
             for gid, wid, alloc, after in self.placement.chain(self._chain_depth_for):
                 self.chained += 1
                 self._dispatch(gid, wid, alloc, after, now)
+
+    def _stretch_work(self, handled: float) -> float:
+        """Count ``handled`` seconds of peers' messages in this stretch of the event loop;
+        returns what placement may still spend in it."""
+        polls = self._polls
+        if polls is None:
+            return config.STEP_SECONDS
+        if polls.count != self._stretch:
+            self._stretch, self._handled, self._pump_spent = polls.count, 0.0, 0.0
+        self._handled += handled
+        return max(config.STEP_SECONDS, 2.0 * self._handled) - self._pump_spent
 
     def _dispatch(self, gid: int, wid: int, alloc: Grant, after: int | None,
                   now: float) -> None:
@@ -495,17 +532,24 @@ class Executor(ClientsMixin, RecoveryMixin):
         """Everything that happens with time: graces, parked jobs, deferred jobs."""
         self.sweep_recovery()
         self.sweep_unschedulable()
-        self._end_bulk_step()
+        if not self._pump_more.is_set():   # else ``_pumper`` is on it: not twice a stretch
+            self._end_bulk_step()
         self._pump()
 
     async def run(self, interval: float = 1.0,
                   task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """The executor's own tasks: ``sweep`` every ``interval`` seconds, and placement
         passes continued between other peers' messages."""
-        async with trio.open_nursery() as n:
-            n.start_soon(self._sweeper, interval)
-            n.start_soon(self._pumper)
-            task_status.started()
+        self._polls = Polls()
+        trio.lowlevel.add_instrument(self._polls)
+        try:
+            async with trio.open_nursery() as n:
+                n.start_soon(self._sweeper, interval)
+                n.start_soon(self._pumper)
+                task_status.started()
+        finally:
+            trio.lowlevel.remove_instrument(self._polls)
+            self._polls = None
 
     async def _sweeper(self, interval: float) -> None:
         while True:

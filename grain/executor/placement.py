@@ -43,9 +43,9 @@ How EASY works across users (the reasoning is in docs/scaling.md, "Placement"):
 
 Work per call is bounded: ``schedule(max_placements=N)`` stops after N placements and sets
 ``more``, so the caller can yield to its event loop between batches. A call costs
-O(users + placements · (log workers + log shapes + log users)) plus, for a shape that is
-blocked, one look at the index per pass (see ``placement_index`` for the index and the fallback for
-kinds it does not cover).
+O(placements · (log workers + log shapes + log users)), O(1) per user whose figures changed
+since the last call, a copy of the users' order (C speed), and for a blocked shape one look
+at the index per pass (``placement_index``: the index, and the fallback for other kinds).
 
 Chaining (``chain``): when nothing more fits, the head of the most deserving user may be
 queued *behind* a running job of the same user and request, on that job's allocation, to

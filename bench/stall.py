@@ -278,8 +278,11 @@ async def measure(jobs: int, settle: float = 2.0, after: float = 3.0,
         while len(ex.placement):
             await trio.sleep(0.01)
         begin("end", 0)
-        logging.getLogger("grain").setLevel(logging.ERROR)   # the workers' end, not news
+        quiet = logging.getLogger("grain")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)       # a thousand workers' end is not news
         n.cancel_scope.cancel()
+    quiet.setLevel(level)
     if instrument is not None:
         print("longest task steps (CPU ms, phase, task):", file=sys.stderr)
         for dt, phase, name in sorted(instrument.longest, reverse=True):

@@ -324,8 +324,8 @@ def test_a_burst_never_cuts_into_a_frame_the_writer_is_still_writing() -> None:
                     link.send(Ping(3.0), b"")
                 raw += _drain(b)
             while link._pending or link._midframe or link._out.items:
-                raw += _drain(b)
-                await trio.sleep(0.001)
+                raw += _drain(b)                  # room: the writer goes on, until it
+                await trio.testing.wait_all_tasks_blocked()   # waits again or is done
             raw += _drain(b)
             link.close("done")
         return [(h, len(p)) for batch in FrameDecoder().feed(raw) for h, p in batch]

@@ -52,6 +52,13 @@ class Topology:
 
 
 def _teardown(topo: Topology) -> list[str]:
+    """Remove everything the fixture made; return what could not be removed.
+
+    The veths go first, from the root side, while their namespaces still exist: deleting
+    one end of a pair deletes both at once. Deleting a namespace first would also take its
+    veth pair with it, but asynchronously in the kernel, so the root-side end could vanish
+    between our check and our delete (seen in CI as "Cannot find device").
+    """
     problems = []
     for ns in topo.netns.values():
         pids = _ip("netns", "pids", ns, check=False).stdout.split()
@@ -60,14 +67,15 @@ def _teardown(topo: Topology) -> list[str]:
                 os.kill(int(pid), 9)
             except (ProcessLookupError, ValueError):
                 pass
-        r = _ip("netns", "del", ns, check=False)
-        if r.returncode != 0 and "No such file" not in r.stderr:
-            problems.append(f"netns del {ns}: {r.stderr.strip()}")
     for dev in [*topo.veth.values(), topo.bridge]:
         if _ip("link", "show", dev, check=False).returncode == 0:
             r = _ip("link", "del", dev, check=False)
             if r.returncode != 0:
                 problems.append(f"link del {dev}: {r.stderr.strip()}")
+    for ns in topo.netns.values():
+        r = _ip("netns", "del", ns, check=False)
+        if r.returncode != 0 and "No such file" not in r.stderr:
+            problems.append(f"netns del {ns}: {r.stderr.strip()}")
     names = _ip("netns", "list", check=False).stdout
     links = _ip("-o", "link", "show", check=False).stdout
     left = [n for n in [*topo.netns.values()] if n in names]

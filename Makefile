@@ -27,7 +27,7 @@ demo: $(STAMP)-core
 	$(BIN)/python examples/demo.py
 
 test: lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --durations=25
 
 test-fast: $(STAMP)-test
 	$(BIN)/python -m pytest tests/unit -q

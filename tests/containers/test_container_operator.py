@@ -47,7 +47,8 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
     with KMock(namespaces=(NS,)) as api, StatusServer(sample_status()) as status_server, \
             Containers(engine, image) as box:
         operator = run_operator(box, api, tmp_path, NS, liveness=liveness,
-                                args=["--status-url", status_server.url])
+                                # kopf's debug log: what it patched, if the deletion stalls
+                                args=["--status-url", status_server.url, "--verbose"])
         wait_until(lambda: http_ok(f"http://127.0.0.1:{liveness}/healthz") or not operator.running(),
                  60, "the operator's liveness endpoint")
         assert operator.running(), operator.logs()
@@ -73,8 +74,12 @@ def test_operator_image_reconciles_and_stops(engine: Engine, image: str, tmp_pat
         assert grc is not None and "grain.dev/finalizer" in grc["metadata"]["finalizers"]
 
         api.delete(GRC, NS, "demo")
-        wait_until(lambda: api.get(GRC, NS, "demo") is None, 30,
-                 "the finalizer to be released and the GrainCluster to go")
+        try:
+            wait_until(lambda: api.get(GRC, NS, "demo") is None, 30,
+                       "the finalizer to be released and the GrainCluster to go")
+        except AssertionError as e:
+            left = (api.get(GRC, NS, "demo") or {}).get("metadata")
+            raise AssertionError(f"{e}; its metadata now: {left}\n{operator.logs()[-20000:]}") from None
         wait_until(lambda: not any(api.get(res, NS, name) for res, name in children), 30,
                  "the children to be deleted")
 

@@ -45,7 +45,8 @@ Work per call is bounded: ``schedule(max_placements=N)`` stops after N placement
 ``more``, so the caller can yield to its event loop between batches. A call costs
 O(placements · (log workers + log shapes + log users)), O(1) per user whose figures changed
 since the last call, a copy of the users' order (C speed), and for a blocked shape one look
-at the index per pass (``placement_index``: the index, and the fallback for other kinds).
+at the index per pass (``placement_index``: the index, and the fallback for other kinds);
+a user whose head is known to fit nowhere, once no reservation is left, is a heap pop.
 
 Chaining (``chain``): when nothing more fits, the head of the most deserving user may be
 queued *behind* a running job of the same user and request, on that job's allocation, to
@@ -63,7 +64,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from itertools import count, islice
 from typing import NamedTuple
 
@@ -74,6 +75,7 @@ from .jobtable import JobTable
 from .placement_attach import AttachMixin
 from .placement_index import CapacityIndex, Shape, WorkerState, shape_of
 from .placement_queue import TRIM_MIN, Chain, JobQueue, User, UserStats
+from .placement_views import ViewsMixin
 
 __all__ = ["Placement", "Reservation", "UserStats", "WorkerState", "shape_of"]
 
@@ -91,8 +93,10 @@ class Reservation(NamedTuple):
 Placed = tuple[int, int, Grant]
 
 
-class Placement(AttachMixin):
+class Placement(AttachMixin, ViewsMixin):
     """The executor's queue, its users and the workers' free resources."""
+
+    _skip_blocked = True    # pop users whose head is known blocked (off: tests' oracle)
 
     def __init__(self, chain_depth: int = 0, max_reservations: int = 1) -> None:
         self.index = CapacityIndex()
@@ -277,27 +281,6 @@ class Placement(AttachMixin):
     def is_queued(self, gid: int) -> bool:
         return gid in self._where
 
-    def shapes(self) -> list[tuple[Resource, list[int]]]:
-        """(request, queued ids oldest first) per shape, all users together, for sweeps
-        over what is waiting. O(queued): see ``requests`` for the cheap part."""
-        return [(s.request, sorted(g for q in s.queues for g in q.ids()))
-                for s in self._shapes.values() if any(q.live for q in s.queues)]
-
-    def requests(self) -> list[tuple[Hashable, Resource]]:
-        """(shape, request) per shape with queued jobs: O(shapes)."""
-        return [(s.key, s.request) for s in self._shapes.values()
-                if any(q.live for q in s.queues)]
-
-    def queued_of(self, shape: Hashable) -> list[int]:
-        """The queued ids of one shape, all users, oldest first."""
-        s = self._shapes.get(shape)
-        return [] if s is None else sorted(g for q in s.queues for g in q.ids())
-
-    def queues(self) -> list[tuple[str, Resource, list[int]]]:
-        """(user, request, queued ids oldest first) per user and shape."""
-        return [(u.name, q.shape.request, q.ids())
-                for u in self._users.values() for q in u.queues.values() if q.live]
-
     # -- running ---------------------------------------------------------------------
     def release(self, wid: int, gid: int, alloc: Grant) -> int | None:
         """A job ended. When jobs are chained behind it, the allocation passes on and the
@@ -397,6 +380,7 @@ class Placement(AttachMixin):
                     entries.pop(u, None)
                 else:
                     entries[u] = (u.key(ic, im), u.last, q.key, next(seq), u)
+                    u.fq = q    # its front while it is not dirty (see ``_pass_over``)
             self._dirty.clear()
         return self._entries
 
@@ -438,6 +422,7 @@ class Placement(AttachMixin):
         seq = self._seq
         queue_seq = placement_queue.SEQ
         blocked = 0                         # shapes found to fit nowhere, this pass
+        maxr, skip = self.max_reservations, self._skip_blocked
         while uheap:
             if blocked >= self._live_shapes and len(reserved) >= self.max_reservations:
                 # nothing queued fits anywhere (and that stays so for this pass: room
@@ -448,6 +433,16 @@ class Placement(AttachMixin):
             # deserving (its entry at the root keeps its old key meanwhile: it is only
             # compared with the root's children, which are exact)
             u = uheap[0][4]
+            fs = u.fq.shape
+            if (fs.blocked == pno and len(reserved) >= maxr and u not in turns and skip
+                    and fs.holdable_at == index.version and fs.holdable
+                    and (u.max_cores is None or u.cores + fs.cores <= u.max_cores)):
+                # a user not seen yet this pass whose head fits nowhere, no reservation
+                # left: its turn would end at once, changing nothing. The users who wait
+                # longest are the most deserving, so a full cluster puts all of them
+                # first in every pass: a pop (C speed) each instead of a visit
+                heapq.heappop(uheap)
+                continue
             turns[u] = None
             if len(uheap) > 1:
                 nkey = uheap[1][0] if len(uheap) < 3 or uheap[1] < uheap[2] else uheap[2][0]
@@ -570,27 +565,3 @@ class Placement(AttachMixin):
                 u.park(q)                 # its later jobs may backfill elsewhere
                 return True
         return False                      # an unprotected head: the user waits
-
-    # -- introspection, for tests and status pages ----------------------------------------
-    def chain_of(self, gid: int) -> tuple[int, int] | None:
-        """(position, length) of the chain job ``gid`` is part of (0: it runs; more:
-        it waits behind others on the same allocation), or None when it is not chained."""
-        ch = self._chain_of.get(gid)
-        if ch is None:
-            return None
-        return ch.jobs.index(gid) if gid in ch.jobs else 0, len(ch.jobs)
-
-    def queue_heads(self) -> Iterator[tuple[str, Resource, int, int | None]]:
-        """(user, request, jobs queued, the next job's id) per user and shape with jobs
-        queued. O(users x shapes)."""
-        for u in self._users.values():
-            for q in u.queues.values():
-                if q.live > 0:
-                    yield u.name, q.shape.request, q.live, q.peek()
-
-    def running_on(self, wid: int) -> Iterator[tuple[int, str]]:
-        """(job id, user) of the jobs placed on ``wid``."""
-        w = self.workers.get(wid)
-        for gid in (w.running if w is not None else ()):
-            qn = self._run.get(gid)
-            yield gid, self._queues[qn].user.name if qn is not None else ""

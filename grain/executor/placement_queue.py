@@ -256,7 +256,7 @@ class User:
     """A user's queues (one per shape), its limits and what it holds now."""
 
     __slots__ = ("name", "weight", "max_cores", "max_queued", "queues", "heap", "queued",
-                 "running", "cores", "mem", "parked", "blocked_head", "last")
+                 "running", "cores", "mem", "parked", "blocked_head", "last", "fq")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -275,6 +275,8 @@ class User:
         self.parked: list[JobQueue] = []   # queues set aside for the rest of a pass
         self.blocked_head = False          # this pass met the user's head, which fit nowhere
         self.last = 0                      # when it was last served (0: never)
+        self.fq: JobQueue                  # its front when placement last ordered it (set
+        #                                    for every user in placement's order)
 
     def file(self, q: JobQueue, head: int) -> None:
         """(Re-)file ``q`` in the heap under ``head``; any older entry becomes stale."""

@@ -302,3 +302,47 @@ def test_a_pass_ends_early_only_when_every_shape_queued_is_blocked():
     [c] = j.submit("cid", Cores(1))
     assert j.schedule() == [c]
     assert [(r.gid, r.wid) for r in j.p.reservations] == [(a, 1)]
+
+
+# A pass pops users whose head is known to fit nowhere once no reservation is left, without
+# visiting them. Each test below is a user that must still be visited in that state.
+
+def _full_for_four_cores():
+    """Two 8-core workers with 3 cores free on each: a Cores(4) job fits nowhere now."""
+    j = Jobs(cluster(lambda: Cores(8), lambda: Cores(8)))
+    x = j.submit("xavier", Cores(5), 2)
+    assert j.schedule() == x
+    return j
+
+
+def test_the_user_holding_the_reservation_backfills_on_each_of_its_turns():
+    """Ann's head waits (with the reservation), her one-core jobs backfill. Her turn ends after
+    each one while Bob (share 0) is ahead; when it comes back, her blocked head is parked,
+    and she goes on placing: she is not popped like a user whose head fits nowhere."""
+    j = _full_for_four_cores()
+    [head, *small] = j.submit("ann", Cores(4)) + j.submit("ann", Cores(1), 3)
+    j.submit("bob", Cores(4))
+    assert j.schedule() == small
+    assert [r.gid for r in j.p.reservations] == [head]
+
+
+def test_a_user_over_its_core_limit_goes_on_with_its_other_jobs():
+    """Uma's head asks more cores than her limit (never for her), Vic's head of the same
+    shape waits with the reservation: Uma's one-core jobs still start."""
+    j = _full_for_four_cores()
+    [v] = j.submit("vic", Cores(4))
+    j.p.set_user("uma", max_cores=2)
+    small = j.submit("uma", Cores(4)) and j.submit("uma", Cores(1), 2)
+    assert j.schedule() == small
+    assert [r.gid for r in j.p.reservations] == [v]
+
+
+def test_a_user_whose_head_no_worker_could_ever_run_goes_on_with_its_other_jobs():
+    """Ann holds the reservation; Vic's and then Uma's heads ask 16 cores of 8-core workers
+    (never: not a head that waits). Uma's one-core job still starts."""
+    j = _full_for_four_cores()
+    [a] = j.submit("ann", Cores(4))
+    j.submit("vic", Cores(16))
+    small = j.submit("uma", Cores(16)) and j.submit("uma", Cores(1))
+    assert j.schedule() == small
+    assert [r.gid for r in j.p.reservations] == [a]

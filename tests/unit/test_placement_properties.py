@@ -283,7 +283,9 @@ def test_a_big_head_is_never_starved_by_a_stream_of_small_jobs_from_many_users()
 class FromScratch(Placement):
     """Placement without its shortcuts: every user's place in the fair-share order is
     recomputed for every pass, and a pass visits every user even when nothing queued fits
-    anywhere any more."""
+    anywhere any more, and visits each user whose head is known to fit nowhere."""
+
+    _skip_blocked = False
 
     def _order(self):
         self._dirty = dict.fromkeys(self._users.values())

@@ -119,10 +119,9 @@ def _ending(gen: Gen, ending: str, own: Any) -> bytes:
     return b""
 
 
-async def _sync(peer: RawPeer | None, limit: float = 15.0, strict: bool = True) -> None:
+async def _sync(peer: RawPeer | None, limit: float = 15.0) -> None:
     """Until the executor answered a status request sent after everything else (so it
-    handled all of it), or dropped the peer. Not ``strict`` after a bad ending: behind
-    half a frame the request is only more of that frame."""
+    handled all of it), or dropped the peer (after a bad ending: ``_hang_up``)."""
     if peer is None or peer.closed:
         return
     have = sum(type(h) is m.Status for h, _ in peer.inbox)
@@ -132,9 +131,22 @@ async def _sync(peer: RawPeer | None, limit: float = 15.0, strict: bool = True) 
                          limit)
     except (ConnectionError, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
-    except trio.TooSlowError:
-        if strict:
-            raise
+
+
+async def _hang_up(peer: RawPeer, limit: float = 5.0) -> None:
+    """After a bad ending: send the end of our stream and wait until the executor, which
+    must drop a peer that broke the protocol or stopped mid-frame, closes its side. (A
+    status request would not do: behind half a frame it is only more of that frame, and
+    the executor waits for the rest until the peer's timeout.)"""
+    if peer.closed:
+        return
+    try:
+        await peer.stream.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        return
+    with trio.fail_after(limit):
+        while await peer.pump():
+            pass
 
 
 async def _executor_session(port: int, gen: Gen, plan: dict[str, Any]) -> int:
@@ -177,7 +189,10 @@ async def _executor_session(port: int, gen: Gen, plan: dict[str, Any]) -> int:
     for peer, hop in peers:
         bad = _ending(gen, plan["ending"], hop)
         sent += await _send_last(peer, bad)
-        await _sync(peer, 5.0, strict=not bad)
+        if bad:
+            await _hang_up(peer)
+        else:
+            await _sync(peer, 5.0)
         if plan["bye"] and not peer.closed:
             try:
                 await peer.send_raw(encode_frame([(m.Bye("fuzzed"), b"")]))

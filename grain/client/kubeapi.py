@@ -204,6 +204,20 @@ def _handshake_status(message: str) -> str:
     return m.group(1) if m else ""
 
 
+def _hang_up(remote: Any) -> None:
+    """Close our end of the official client's socket pair without resetting it: say we are
+    done (its proxy thread then closes its end), read what it still had for us, then close.
+    Closed with bytes unread, or while the proxy still writes, the pair is reset, and the
+    proxy thread dies with a traceback on the user's terminal."""
+    with contextlib.suppress(OSError):
+        remote.shutdown(socket.SHUT_WR)
+        remote.settimeout(2.0)
+        while remote.recv(65536):
+            pass
+    with contextlib.suppress(OSError):
+        remote.close()
+
+
 class PortForwarder:
     """127.0.0.1:<local_port> relayed to the executor pod, one port-forward stream per connection.
 
@@ -304,9 +318,9 @@ class PortForwarder:
                     log.debug("port-forward connection ended: %s", e)
             finally:
                 self._conns.discard(conn)
-                for s in (conn, remote):
-                    with contextlib.suppress(OSError):
-                        s.close()
+                with contextlib.suppress(OSError):
+                    conn.close()
+                _hang_up(remote)
                 error = stream.error(port)
                 if error:  # e.g. the pod's port refused: it is restarting or gone
                     log.info("port-forward to pod %s: %s", self.pod, error.strip())

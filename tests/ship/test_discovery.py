@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import socket
+import socketserver
 import ssl
 import stat
 import threading
@@ -477,3 +479,46 @@ def test_grain_status_cluster_verifies_the_service_name(real, kubeconfig, monkey
     monkeypatch.setenv("GRAIN_USER", "alice")
     doc = fetch_status(cluster="demo", namespace=NS)
     assert [w["name"] for w in doc["workers"]] == ["node-a"]
+
+
+class _Chatty(socketserver.BaseRequestHandler):
+    """A pod that answers far more than the client will read (a status page, a stream)."""
+
+    def handle(self) -> None:
+        self.request.recv(100)
+        with contextlib.suppress(OSError):
+            for _ in range(64):
+                self.request.sendall(b"x" * 65536)
+
+
+def test_a_client_that_hangs_up_mid_answer_leaves_no_thread_error(api, kubeconfig, monkeypatch):
+    """The client closes while the pod is still sending: the relay must not close its end of
+    the official client's socket pair with bytes unread (that resets it, and the client's
+    proxy thread dies with a traceback on the user's terminal)."""
+    errors: list[str] = []
+    monkeypatch.setattr(threading, "excepthook",
+                        lambda a: errors.append(f"{a.thread.name if a.thread else '?'}: {a.exc_value!r}"))
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Chatty)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.1,), daemon=True).start()
+    try:
+        _cluster(api)
+        _secret(api)
+        _executor_objects(api)
+        api.km.forward_to = server.server_address[1]
+        before = set(threading.enumerate())
+        with open_cluster("demo", NS, kubeconfig=kubeconfig) as conn:
+            host, port = conn.address.removeprefix("grain://").rsplit(":", 1)
+            for _ in range(3):
+                with socket.create_connection((host, int(port)), timeout=5) as s:
+                    s.sendall(b"hello")
+                    assert s.recv(100).startswith(b"x")
+        proxies = [t for t in set(threading.enumerate()) - before
+                   if t.name.startswith("Kubernetes port forward proxy")]
+        for t in proxies:
+            t.join(10)
+        assert not [t for t in proxies if t.is_alive()]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert errors == []

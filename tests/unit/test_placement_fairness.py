@@ -332,7 +332,8 @@ def test_a_user_over_its_core_limit_goes_on_with_its_other_jobs():
     j = _full_for_four_cores()
     [v] = j.submit("vic", Cores(4))
     j.p.set_user("uma", max_cores=2)
-    small = j.submit("uma", Cores(4)) and j.submit("uma", Cores(1), 2)
+    j.submit("uma", Cores(4))
+    small = j.submit("uma", Cores(1), 2)
     assert j.schedule() == small
     assert [r.gid for r in j.p.reservations] == [v]
 
@@ -343,6 +344,7 @@ def test_a_user_whose_head_no_worker_could_ever_run_goes_on_with_its_other_jobs(
     j = _full_for_four_cores()
     [a] = j.submit("ann", Cores(4))
     j.submit("vic", Cores(16))
-    small = j.submit("uma", Cores(16)) and j.submit("uma", Cores(1))
+    j.submit("uma", Cores(16))
+    small = j.submit("uma", Cores(1))
     assert j.schedule() == small
     assert [r.gid for r in j.p.reservations] == [a]

@@ -29,6 +29,8 @@ from typing import Any
 
 import trio
 
+from .procs import tree_cpu_s
+
 LOOPBACK = "127.0.0.1"
 MESSAGE = 64
 
@@ -205,16 +207,20 @@ async def _trio_client(port: int, n: int, warm: int) -> list[float]:
 
 
 def chain_roundtrip(kind: str, n: int, warm: int = 50) -> dict[str, Any]:
-    """Median and p95 round trip (ms) of a 64-byte message through ``kind``'s chain."""
+    """Median and p95 round trip (ms) of a 64-byte message through ``kind``'s chain, and
+    the CPU all its processes spent per round trip (us, warm-up included: the same work)."""
     procs, port = _start_chain(kind)
     try:
+        cpu = tree_cpu_s()      # the chain's processes are up (each printed its port)
         if kind == "raw":
             times = _raw_client(port, n, warm)
         else:
             times = trio.run(_trio_client, port, n, warm)
+        cpu = tree_cpu_s() - cpu
     finally:
         _stop(procs)
-    return {"rt_median_ms": statistics.median(times) * 1e3, "rt_p95_ms": _p95(times) * 1e3}
+    return {"rt_median_ms": statistics.median(times) * 1e3, "rt_p95_ms": _p95(times) * 1e3,
+            "rt_cpu_us": cpu / (warm + n) * 1e6}
 
 
 if __name__ == "__main__":

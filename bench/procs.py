@@ -62,6 +62,26 @@ def tree_memory(pid: int | None = None, *, pss: bool = True) -> dict[str, Any]:
     return out
 
 
+def tree_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user and system) used so far by ``pid`` (default: this process) and
+    its live descendants. The difference over a measurement, divided by the jobs in it, is
+    what a job costs the machine in all its processes: the figure that caps throughput on
+    a given number of cores, whichever process spends it."""
+    try:
+        root = psutil.Process(pid or os.getpid())
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def rss_mib(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2 ** 20
 

@@ -85,22 +85,27 @@ async def roundtrip(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     for i in range(20):
         await ops.call(noop, i)
     lat = []
+    cpu = procs.tree_cpu_s()
     for i in range(p["rt_jobs"]):
         t = time.perf_counter()
         await ops.call(noop, i)
         lat.append(time.perf_counter() - t)
-    return {"rt_median_ms": statistics.median(lat) * 1e3, "rt_p95_ms": p95(lat) * 1e3}
+    cpu = procs.tree_cpu_s() - cpu
+    return {"rt_median_ms": statistics.median(lat) * 1e3, "rt_p95_ms": p95(lat) * 1e3,
+            "rt_cpu_us": cpu / p["rt_jobs"] * 1e6}
 
 
 async def noops(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     """N no-op jobs submitted at once: jobs/s from the first submit to the last result."""
     await warm(ops, 200)
     n = p["noop_jobs"]
+    cpu = procs.tree_cpu_s()
     t = time.perf_counter()
     out = await ops.map(noop, [(i,) for i in range(n)])
     dt = time.perf_counter() - t
+    cpu = procs.tree_cpu_s() - cpu
     assert len(out) == n
-    return {"noop_jobs_per_s": n / dt}
+    return {"noop_jobs_per_s": n / dt, "noop_cpu_us": cpu / n * 1e6}
 
 
 async def sleeps(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
@@ -121,12 +126,15 @@ async def big(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
     for _ in range(2):
         await ops.call(echo, data)
     times = []
+    cpu = procs.tree_cpu_s()
     for _ in range(p["big_reps"]):
         t = time.perf_counter()
         r = await ops.call(echo, data)
         times.append(time.perf_counter() - t)
         assert len(r) == len(data)
-    return {"big_rt_ms": statistics.median(times) * 1e3}
+    cpu = procs.tree_cpu_s() - cpu
+    return {"big_rt_ms": statistics.median(times) * 1e3,
+            "big_cpu_ms": cpu / p["big_reps"] * 1e3}
 
 
 async def idle(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +211,8 @@ def tcp_echo(p: dict[str, Any]) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i in range(2 + p["big_reps"]):
+                if i == 2:
+                    cpu = procs.tree_cpu_s()
                 t = time.perf_counter()
                 s.sendall(len(data).to_bytes(8, "big") + data)
                 got = _recv_exact(s, 8)
@@ -211,7 +221,9 @@ def tcp_echo(p: dict[str, Any]) -> dict[str, Any]:
                 assert len(back) == len(data)
                 if i >= 2:
                     times.append(dt)
-        return {"big_rt_ms": statistics.median(times) * 1e3}
+            cpu = procs.tree_cpu_s() - cpu
+        return {"big_rt_ms": statistics.median(times) * 1e3,
+                "big_cpu_ms": cpu / p["big_reps"] * 1e3}
     finally:
         srv.kill()
         srv.wait()

@@ -44,7 +44,7 @@ def test_top_level_keys(doc: dict) -> None:
 def test_every_workload_measured(doc: dict) -> None:
     common = {"cold_start_s", "rt_median_ms", "rt_p95_ms", "noop_jobs_per_s",
               "sleep_jobs_per_s", "sleep_of_ideal", "big_rt_ms", "cpu_speedup",
-              "idle_rss_mib"}
+              "idle_rss_mib", "rt_cpu_us", "noop_cpu_us", "big_cpu_ms"}
     grain_only = {"pin_mismatches", "cpu_pin_mismatches", "stall_max_ms",
                   "place_step_max_ms", "place_per_s", "place_users_step_max_ms",
                   "place_users_per_s", "idle_core_rss_mib"}
@@ -77,9 +77,36 @@ from bench.floors import chain_roundtrip
 for kind in ("raw", "trio"):
     r = chain_roundtrip(kind, 20, warm=2)
     assert r["rt_median_ms"] > 0 and r["rt_p95_ms"] >= r["rt_median_ms"], r
+    assert r["rt_cpu_us"] > 0, r
 rows = capacity_table([{"jobs_per_s": 1000.0, "executor_cpu_us_per_job": 50.0}])
 assert [r["job_s"] for r in rows] == [1, 10, 60], rows
 assert rows[0]["cores_measured"] == 1000.0 and rows[0]["cores_one_core"] == 20_000.0, rows
+print("fine")
+"""
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "fine" in p.stdout, p.stdout + p.stderr
+
+
+def test_tree_cpu_counts_the_descendants() -> None:
+    """The CPU figures (per round trip, per job) count every process of a system, not
+    only the one measuring: a child that burns 0.3 s of CPU shows in the difference
+    while it lives. In a subprocess, as above."""
+    code = """
+import subprocess, sys
+from bench.procs import tree_cpu_s
+burn = ("import sys, time\\n"
+        "while time.process_time() < 0.3: pass\\n"
+        "print('burnt', flush=True)\\n"
+        "sys.stdin.read()")
+before = tree_cpu_s()
+child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "burnt"
+used = tree_cpu_s() - before      # the child is alive: it waits for its stdin to end
+child.stdin.close()
+child.wait()
+assert used >= 0.3, used
 print("fine")
 """
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -80,7 +80,8 @@ async def cold(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def roundtrip(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
-    """One job at a time: submit, wait for its result, again."""
+    """One job at a time: submit, wait for its result, again (and the CPU each round trip
+    cost in all the system's processes)."""
     await warm(ops)
     for i in range(20):
         await ops.call(noop, i)
@@ -96,7 +97,8 @@ async def roundtrip(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def noops(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
-    """N no-op jobs submitted at once: jobs/s from the first submit to the last result."""
+    """N no-op jobs submitted at once: jobs/s from the first submit to the last result,
+    and the CPU per job in all the system's processes."""
     await warm(ops, 200)
     n = p["noop_jobs"]
     cpu = procs.tree_cpu_s()
@@ -120,7 +122,8 @@ async def sleeps(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def big(ops: Ops, p: dict[str, Any]) -> dict[str, Any]:
-    """One job taking and returning a 10 MiB bytes object, several times: round trip."""
+    """One job taking and returning a 10 MiB bytes object, several times: round trip, and
+    its CPU in all the system's processes."""
     data = os.urandom(p["big_bytes"])
     await warm(ops)
     for _ in range(2):

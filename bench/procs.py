@@ -69,10 +69,9 @@ def tree_cpu_s(pid: int | None = None) -> float:
     number of cores, whichever process spends it."""
     try:
         root = psutil.Process(pid or os.getpid())
-        procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0.0
-    return sum(_cpu_s(p) for p in procs)
+    return sum(_cpu_s(p) for p in [root, *descendants(pid)])
 
 
 def _cpu_s(p: psutil.Process) -> float:
